@@ -1,5 +1,80 @@
-"""Placeholder, replaced by the engine."""
+"""Compressed models as first-class transformers models.
+
+For each supported architecture X we register a config type `sfsd_X` (X's config plus the per-module
+ranks and the method) and a model class that builds X and then puts a `LowRankLinear` of the recorded
+shape at each decomposed module. `AutoModelForCausalLM.from_pretrained(folder)` therefore rebuilds the
+thin layers and loads the safetensors weights as they are; `save_pretrained` writes them as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from sfsd.adapters import SUPPORTED_MODEL_TYPES, base_model_type
+from sfsd.decompose.lowrank import LowRankLinear
+
+PREFIX = "sfsd_"
+_CLASSES: dict[str, tuple[type, type]] = {}
+
+
+def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
+    """Put an (uninitialised) LowRankLinear of the recorded shape at every decomposed module."""
+    for name, spec in layers.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        like = next(old.parameters())
+        new = LowRankLinear(spec["d_in"], spec["d_out"], spec["rank"], spec["bias"], like.device, like.dtype)
+        setattr(parent, child, new)
+
+
+def _make_classes(model_type: str) -> tuple[type, type]:
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    base_config = CONFIG_MAPPING[model_type]
+    base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
+    config_cls = type(f"Sfsd{base_config.__name__}", (base_config,), {"model_type": PREFIX + model_type})
+
+    def __init__(self, config, *args, **kwargs):
+        base_model.__init__(self, config, *args, **kwargs)
+        install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {})
+
+    model_cls = type(f"Sfsd{base_model.__name__}", (base_model,), {"config_class": config_cls, "__init__": __init__})
+    return config_cls, model_cls
 
 
 def register_all() -> None:
-    return None
+    """Register `sfsd_<type>` configs and models with the transformers Auto classes (idempotent)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for model_type in SUPPORTED_MODEL_TYPES:
+        if model_type in _CLASSES:
+            continue
+        config_cls, model_cls = _make_classes(model_type)
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+        _CLASSES[model_type] = (config_cls, model_cls)
+
+
+def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, Any]], extra: dict | None = None):
+    """Turn an in-memory model whose layers were swapped into its registered sfsd class, in place.
+
+    The sfsd classes add nothing to the base classes but the low-rank layers, so switching the class of
+    the model and of its config is safe; save_pretrained then records the ranks and writes thin weights.
+    """
+    register_all()
+    model_type = base_model_type(model.config.model_type)
+    config_cls, model_cls = _CLASSES[model_type]
+    model.config.__class__ = config_cls
+    model.config.sfsd_method = method
+    model.config.sfsd_layers = layers
+    model.config.sfsd = dict(extra or {})
+    model.__class__ = model_cls
+    return model
+
+
+def is_compressed(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", "").startswith(PREFIX)

@@ -1,0 +1,161 @@
+"""The decompositions: feature space (SFSD), weight space (SVD) and two activation-aware baselines.
+
+Every method factors a layer y = W x + b0 (W is d2 x d1) once, fully; any rank afterwards is a slice:
+first = coeffs[:r] (r x d1), second = basis[:, :r] (d2 x r), bias = b0 (+ compensation, feature space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from sfsd.calibration import InputStatistics
+from sfsd.errors import SfsdError
+
+
+@dataclass
+class Decomposition:
+    """A full factorisation of one layer; `factors(r)` slices it to rank r."""
+
+    method: str
+    basis: torch.Tensor  # d2 x k, columns ordered by decreasing importance
+    coeffs: torch.Tensor  # k x d1
+    spectrum: torch.Tensor  # energy of each direction (eigenvalues / squared singular values), descending
+    bias: torch.Tensor | None  # b0 of the original layer
+    mean_shift: torch.Tensor | None = None  # W x_bar, for the bias compensation of feature space
+
+    @property
+    def max_rank(self) -> int:
+        return self.coeffs.shape[0]
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(first r x d1, second d2 x r, bias d2) of the rank-r replacement (Eq. 5)."""
+        if not 1 <= rank <= self.max_rank:
+            raise SfsdError(f"rank {rank} is outside 1..{self.max_rank} for this layer: choose a smaller rank")
+        first, second = self.coeffs[:rank], self.basis[:, :rank]
+        if self.mean_shift is None:
+            return first, second, self.bias
+        # b = b0 + (I - V_r V_r^T) W x_bar: what the cut directions contributed on average.
+        shift = self.mean_shift.to(torch.float64)
+        basis = second.to(torch.float64)
+        compensation = shift - basis @ (basis.T @ shift)
+        bias = compensation if self.bias is None else self.bias.to(torch.float64) + compensation
+        return first, second, bias.to(second.dtype)
+
+    def residual_energy(self, rank: int) -> float:
+        """Sum of the discarded spectrum: the output error per token on calibration data (feature space)."""
+        return float(self.spectrum[rank:].sum())
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix (negative round-off clipped)."""
+    values, vectors = torch.linalg.eigh(matrix)
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def _output_eigenbasis(weight: torch.Tensor, input_moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors and eigenvalues of C_y = W M W^T, descending, top min(d1, d2) of them.
+
+    Computed as the SVD of W M^{1/2}, whose left singular vectors are C_y's eigenvectors and whose
+    squared singular values are its eigenvalues: the same result as eigh(C_y), cheaper and more
+    accurate when d2 > d1 (C_y then has rank at most d1).
+    """
+    left, singular, _ = torch.linalg.svd(weight @ _psd_sqrt(input_moment), full_matrices=False)
+    return left, singular.square()
+
+
+def _cast(dec: Decomposition, dtype: torch.dtype) -> Decomposition:
+    dec.basis, dec.coeffs = dec.basis.to(dtype).contiguous(), dec.coeffs.to(dtype).contiguous()
+    return dec
+
+
+def feature_space(weight, bias, stats: InputStatistics, centred: bool = True) -> Decomposition:
+    """SFSD (Eq. 4-5): keep the top eigenvectors V_r of the output covariance; first = V_r^T W, second = V_r.
+
+    Centred (default): C_y = W Cov(x) W^T and b = b0 + (I - V_r V_r^T) W x_bar, the optimal rank-r
+    affine approximation of the outputs; the discarded eigenvalues sum to the mean squared error.
+    Uncentred (the paper's Eq. 4 as written): C = W E[x x^T] W^T (i.e. Y Y^T / n), bias b0 kept.
+    """
+    moment = stats.covariance if centred else stats.second_moment
+    basis, spectrum = _output_eigenbasis(weight, moment)
+    name = "feature" if centred else "feature-uncentred"
+    shift = weight @ stats.mean if centred else None
+    return Decomposition(name, basis, basis.T @ weight, spectrum, bias, shift)
+
+
+def weight_space(weight, bias, stats: InputStatistics | None = None) -> Decomposition:
+    """Plain truncated SVD of the weight: W ~ U_r S_r V_r^T."""
+    left, singular, right_t = torch.linalg.svd(weight, full_matrices=False)
+    return Decomposition("weight", left, singular[:, None] * right_t, singular.square(), bias)
+
+
+def asvd(weight, bias, stats: InputStatistics, alpha: float = 0.5) -> Decomposition:
+    """ASVD-style: SVD of W diag(s) with s = mean|x|^alpha per input channel, then undo the scaling."""
+    scale = (stats.sum_abs_x / stats.count).pow(alpha).clamp(min=1e-6)
+    left, singular, right_t = torch.linalg.svd(weight * scale[None, :], full_matrices=False)
+    return Decomposition("asvd", left, singular[:, None] * right_t / scale[None, :], singular.square(), bias)
+
+
+def _cholesky_with_shift(moment: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor of E[x x^T], adding a growing multiple of the identity until it is PD."""
+    eye = torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+    scale = moment.diagonal().mean().clamp(min=1e-12)
+    for shift in (0.0, 1e-8, 1e-6, 1e-4, 1e-2):
+        factor, info = torch.linalg.cholesky_ex(moment + shift * scale * eye)
+        if int(info) == 0:
+            return factor
+    raise SfsdError("the calibration inputs are degenerate (no Cholesky factor): use more calibration samples")
+
+
+def svd_llm(weight, bias, stats: InputStatistics) -> Decomposition:
+    """SVD-LLM-style whitening: SVD of W S with S S^T = E[x x^T] (Cholesky), first = S_r V_r^T S^{-1}."""
+    chol = _cholesky_with_shift(stats.second_moment)
+    left, singular, right_t = torch.linalg.svd(weight @ chol, full_matrices=False)
+    scaled = singular[:, None] * right_t
+    coeffs = torch.linalg.solve_triangular(chol, scaled, upper=False, left=False)
+    return Decomposition("svdllm", left, coeffs, singular.square(), bias)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fit: Callable[..., Decomposition]
+    needs_calibration: bool
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)"),
+        Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False), True,
+               "feature space, uncentred Y Y^T without compensation (the paper's Eq. 4 as written)"),
+        Method("weight", weight_space, False, "weight space: truncated SVD of W"),
+        Method("asvd", asvd, True, "ASVD-style input-channel scaling (mean |x|^0.5)"),
+        Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise SfsdError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def decompose_layer(
+    method: str, weight: torch.Tensor, bias: torch.Tensor | None, stats: InputStatistics | None,
+    dtype: torch.dtype = torch.float32,
+) -> Decomposition:
+    """Factor one layer in float64 and store the factors in `dtype`."""
+    chosen = get_method(method)
+    w64 = weight.to(torch.float64)
+    b64 = None if bias is None else bias.to(torch.float64)
+    s64 = None if stats is None else stats.to(w64.device)
+    dec = chosen.fit(w64, b64, s64)
+    dec.bias = None if bias is None else bias.detach().clone()
+    if dec.mean_shift is not None:
+        dec.mean_shift = dec.mean_shift.to(torch.float64)
+    return _cast(dec, dtype)
