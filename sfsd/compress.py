@@ -20,6 +20,7 @@ from sfsd.calibration import InputStatistics, collect_statistics
 from sfsd.decompose import (
     Decomposition,
     apply_ranks,
+    check_beta,
     fit_decompositions,
     get_method,
     overall_budget,
@@ -34,7 +35,7 @@ from sfsd.hf_classes import mark_compressed
 class CalibrationSpec:
     """Where calibration text comes from and how much of it (the paper: 512 x 128 tokens)."""
 
-    source: str = "wiki"
+    source: str = "mix"
     samples: int = 512
     seq_len: int = 128
     seed: int = 0
@@ -66,6 +67,7 @@ class Compressor:
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     blocks: list[int] | None = None
     roles: list[str] | None = None
+    layer_names: list[str] | None = None  # restrict to these layers (after blocks and roles)
     batch_size: int = 16
     progress: bool = True
 
@@ -73,6 +75,9 @@ class Compressor:
         get_method(self.method)
         self.adapter: ModelAdapter = adapter_for(self.model)
         self.layers = self.adapter.layers(self.blocks, self.roles)
+        if self.layer_names is not None:
+            chosen = set(self.layer_names)
+            self.layers = [layer for layer in self.layers if layer.name in chosen]
         self.all_layers = self.adapter.layers()
         self.stats: dict[str, InputStatistics] | None = None
         self.decompositions: dict[str, Decomposition] = {}
@@ -115,6 +120,19 @@ class Compressor:
         return mark_compressed(self.model, self.method, layers, extra)
 
 
+def check_compress_request(method: str, beta: float | None, calibration: CalibrationSpec) -> None:
+    """Fail fast, before any model is loaded, on a bad method, budget or calibration source."""
+    get_method(method)
+    if beta is not None:
+        check_beta(beta)
+    if calibration.source != "random" and get_method(method).needs_calibration:
+        from sfsd.data import CALIBRATION_SOURCES
+
+        if calibration.source not in CALIBRATION_SOURCES:
+            raise SfsdError(f"unknown calibration source {calibration.source!r}: choose one of "
+                            f"{', '.join(CALIBRATION_SOURCES)}")
+
+
 def compress(
     model: nn.Module,
     tokenizer: Any,
@@ -123,27 +141,29 @@ def compress(
     last_blocks: int | None = None,
     ranks: Mapping[str, int] | None = None,
     calibration: CalibrationSpec | None = None,
+    batch_size: int = 16,
+    seq_len: int = 128,
     progress: bool = True,
 ) -> nn.Module:
-    """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks."""
+    """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks.
+
+    The base model's parameters and MACs at `seq_len` are measured first and recorded in the config.
+    """
     if (beta is None) == (ranks is None):
         raise SfsdError("give either a budget (--beta with --last-blocks) or explicit --ranks, not both")
     adapter = adapter_for(model)
+    base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
     if ranks is None:
         last_blocks = adapter.num_blocks if last_blocks is None else last_blocks
-        blocks = list(range(adapter.num_blocks - last_blocks, adapter.num_blocks))
-        compressor = Compressor(model, tokenizer, method, calibration or CalibrationSpec(), blocks=blocks,
-                                progress=progress)
-        ranks = compressor.uniform_ranks(beta, last_blocks)
+        ranks = uniform_ranks(adapter.layers(), beta, last_blocks, adapter.num_blocks)
         description = {"protocol": "uniform", "beta": beta, "last_blocks": last_blocks}
     else:
         ranks = validate_ranks(adapter.layers(), dict(ranks))
-        blocks = sorted({layer.block for layer in adapter.layers() if layer.name in ranks})
-        compressor = Compressor(model, tokenizer, method, calibration or CalibrationSpec(), blocks=blocks,
-                                progress=progress)
         description = {"protocol": "ranks"}
-    compressor.layers = [layer for layer in compressor.layers if layer.name in ranks]
-    return compressor.apply(ranks, description)
+    layers = [layer.name for layer in adapter.layers() if layer.name in ranks]
+    compressor = Compressor(model, tokenizer, method, calibration or CalibrationSpec(), layer_names=layers,
+                            batch_size=batch_size, progress=progress)
+    return compressor.apply(ranks, {**description, "base": base})
 
 
 def save_compressed(model: nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:

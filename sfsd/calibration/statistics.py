@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ class InputStatistics:
     sum_x: torch.Tensor
     sum_abs_x: torch.Tensor
     sum_xxT: torch.Tensor
+    _derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls, dim: int, device: torch.device) -> InputStatistics:
@@ -34,7 +35,15 @@ class InputStatistics:
         self.sum_xxT.addmm_(x.T, x)
 
     def to(self, device: torch.device | str) -> InputStatistics:
+        if self.sum_xxT.device == torch.device(device):
+            return self
         return InputStatistics(self.count, self.sum_x.to(device), self.sum_abs_x.to(device), self.sum_xxT.to(device))
+
+    def derived(self, key: str, compute) -> torch.Tensor:
+        """A matrix derived from these statistics, computed once per shared-input group."""
+        if key not in self._derived:
+            self._derived[key] = compute(self)
+        return self._derived[key]
 
     @property
     def mean(self) -> torch.Tensor:

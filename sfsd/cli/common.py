@@ -1,0 +1,43 @@
+"""Flags and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sfsd.errors import SfsdError
+from sfsd.models import DEFAULT_MODEL
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"short name ({DEFAULT_MODEL}), local folder or hub id (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration")
+    group.add_argument("--calib-source", default="mix",
+                       help="mix (equal share of each task), wiki, a task name, or random (default: %(default)s)")
+    group.add_argument("--calib-samples", type=int, default=512, help="number of sequences (default: 512)")
+    group.add_argument("--calib-seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")
+    group.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default: 16)")
+
+
+def read_ranks(path: str) -> dict[str, int]:
+    """A JSON file mapping full module names to ranks."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise SfsdError(f"ranks file {path} does not exist: pass a JSON file of {{module name: rank}}") from exc
+    except json.JSONDecodeError as exc:
+        raise SfsdError(f"ranks file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(data, dict):
+        raise SfsdError(f"ranks file {path} must hold a JSON object {{module name: rank}}")
+    return data
+
+
+def fmt_int(value: float) -> str:
+    return f"{value / 1e6:,.2f}M" if value >= 1e6 else f"{value:,.0f}"

@@ -1,0 +1,99 @@
+"""`sfsd compress` and `sfsd info`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from sfsd.cli.common import add_calibration_flags, add_model_flags, fmt_int, read_ranks
+from sfsd.decompose import METHODS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("compress", help="decompose a model's linear layers and save it",
+                              description="Compress a causal LM with the uniform protocol or explicit ranks.")
+    add_model_flags(p)
+    p.add_argument("--method", default="feature", choices=list(METHODS), help="decomposition (default: feature)")
+    p.add_argument("--beta", type=float, help="per-layer parameter budget in (0, 1] (Eq. 3)")
+    p.add_argument("--last-blocks", type=int, help="compress the last N blocks (default: all)")
+    p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
+    p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
+    add_calibration_flags(p)
+    p.set_defaults(func=run_compress)
+
+    q = subparsers.add_parser("info", help="ranks, parameters, budget and MACs of a model folder")
+    q.add_argument("model", help="a folder saved by `sfsd compress`, or any model")
+    q.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
+    q.add_argument("--layers", action="store_true", help="print the per-layer table")
+    q.add_argument("--device", default=None)
+    q.set_defaults(func=run_info)
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    from sfsd.compress import CalibrationSpec, check_compress_request, compress, save_compressed
+    from sfsd.errors import SfsdError
+    from sfsd.models import load_model
+
+    if (args.beta is None) == (args.ranks is None):
+        raise SfsdError("give either --beta (with --last-blocks) or --ranks FILE")
+    ranks = read_ranks(args.ranks) if args.ranks else None
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
+    calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
+    check_compress_request(args.method, args.beta, calibration)
+    start = time.perf_counter()
+    model, tokenizer = load_model(args.model, args.device)
+    compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
+             calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len)
+    save_compressed(model, tokenizer, out, overwrite=args.overwrite)
+    print(f"saved {out} in {time.perf_counter() - start:.1f} s")
+    _print_info(model, args.seq_len, layers=False)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from sfsd.models import load_model
+
+    model, _ = load_model(args.model, args.device)
+    _print_info(model, args.seq_len, args.layers)
+    return 0
+
+
+def _print_info(model, seq_len: int, layers: bool) -> None:
+    from sfsd.compress import describe
+
+    info = describe(model, seq_len)
+    base = (getattr(model.config, "sfsd", None) or {}).get("base", {})
+    rows = [
+        ("architecture", f"{info['model_type']} ({info['blocks']} blocks; roles {', '.join(info['roles'])})"),
+        ("method", info["method"] or "none (original model)"),
+        ("layers decomposed", f"{info['layers_decomposed']} of {info['layers_total']}"),
+        ("overall budget (App. B)", f"{info['overall_budget']:.4f}"),
+        ("params (with embeddings)", _vs(info["params"], base.get("params"))),
+        ("params of linear layers", _vs(info["params_linear"], info["params_linear_full"])),
+        (f"MACs per sequence of {seq_len}", _vs(info["macs"], base.get("macs", {}).get(str(seq_len)))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    table = info["table"]
+    if layers:
+        with pd.option_context("display.max_rows", None, "display.width", 160):
+            print(table.drop(columns=["name"]).to_string(index=False))
+    elif info["layers_decomposed"]:
+        grid = table.pivot(index="block", columns="role", values="rank")[info["roles"]]
+        decomposed = table.loc[~table["intact"], "block"].unique()
+        print("\nranks per block (decomposed blocks):")
+        print(grid.loc[sorted(decomposed)].to_string())
+
+
+def _vs(value: float, reference: float | None) -> str:
+    if not reference:
+        return fmt_int(value)
+    return f"{fmt_int(value)} of {fmt_int(reference)} ({100 * value / reference:.1f}%)"

@@ -1,0 +1,51 @@
+"""Shared fixtures: offline hub, tiny real models of every supported architecture."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import sfsd  # noqa: E402,F401  registers the compressed classes
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def tiny_config(model_type: str):
+    """A few-MB config of `model_type` with every decomposable role present."""
+    from transformers import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    if model_type == "gpt2":
+        return cls(vocab_size=256, n_embd=64, n_layer=3, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2)
+    extra = {"head_dim": 16} if model_type.startswith("gemma") else {}
+    if model_type == "gemma3_text":
+        extra["sliding_window"] = 16
+    return cls(**TINY, **extra)
+
+
+def tiny_model(model_type: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type), dtype=torch.float32)
+    # Random init gives near-zero biases and bland statistics; make them informative.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    from sfsd.models import DEFAULT_MODEL, resolve_model
+
+    return resolve_model(DEFAULT_MODEL)
