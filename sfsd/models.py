@@ -119,8 +119,9 @@ def load_model(
     name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[nn.Module, object]:
     """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`)."""
-    import sfsd  # noqa: F401  registers the compressed model classes
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import sfsd  # noqa: F401  registers the compressed model classes
 
     source = resolve_model(name_or_path)
     dev = device if isinstance(device, torch.device) else pick_device(device)
@@ -129,7 +130,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source)
     except SfsdError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001  any failure to read a user's model is reported in one line
         raise _load_error(name_or_path, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sfsd.adapters import LinearLayer
 from sfsd.calibration import InputStatistics
 from sfsd.decompose import decompose_layer, overall_budget, rank_for_budget, uniform_ranks
-from sfsd.adapters import LinearLayer
 from sfsd.errors import SfsdError
 
 
 def _layer_data(d_in: int, d_out: int, n: int = 4000, seed: int = 0):
     """Correlated, non-centred inputs (like real activations) and a layer with a bias."""
     gen = torch.Generator().manual_seed(seed)
-    mixing = torch.randn(d_in, d_in, generator=gen, dtype=torch.float64) * torch.logspace(0, -2, d_in, dtype=torch.float64)
+    decay = torch.logspace(0, -2, d_in, dtype=torch.float64)
+    mixing = torch.randn(d_in, d_in, generator=gen, dtype=torch.float64) * decay
     x = torch.randn(n, d_in, generator=gen, dtype=torch.float64) @ mixing.T + 0.7
     weight = torch.randn(d_out, d_in, generator=gen, dtype=torch.float64) / d_in**0.5
     bias = torch.randn(d_out, generator=gen, dtype=torch.float64) * 0.1
@@ -47,7 +48,8 @@ def test_overall_budget_of_table1_protocol():
     """Last 12 of 32 blocks at 0.46 is the paper's 80% budget; last 24 at 0.33 its 50%."""
     dims = {"q": (4096, 4096), "k": (4096, 4096), "v": (4096, 4096), "o": (4096, 4096),
             "gate": (4096, 11008), "up": (4096, 11008), "down": (11008, 4096)}
-    layers = [LinearLayer(f"b{b}.{r}", b, r, d_in, d_out, f"{b}") for b in range(32) for r, (d_in, d_out) in dims.items()]
+    layers = [LinearLayer(f"b{b}.{r}", b, r, d_in, d_out, f"{b}")
+              for b in range(32) for r, (d_in, d_out) in dims.items()]
     b80 = overall_budget(layers, uniform_ranks(layers, 0.46, 12, 32))
     b50 = overall_budget(layers, uniform_ranks(layers, 0.33, 24, 32))
     assert b80 == pytest.approx(0.7975, abs=0.002)

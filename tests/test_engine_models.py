@@ -75,6 +75,13 @@ def test_full_rank_model_matches_original(arch):
     assert torch.allclose(model(ids).logits, expected, atol=1e-4)
 
 
+def _output_error(dec, rank, weight, cov):
+    """Mean squared output error of the rank-r factors about the mean: tr(D Cov D^T), D = W - W_r."""
+    first, second, _ = dec.factors(rank)
+    delta = weight - second.double() @ first.double()
+    return float(torch.trace(delta @ cov @ delta.T))
+
+
 def test_feature_beats_weight_on_calibration_outputs():
     """At the same ranks, feature space reconstructs the layer outputs better than weight-space SVD."""
     from sfsd.calibration import collect_statistics
@@ -92,12 +99,7 @@ def test_feature_beats_weight_on_calibration_outputs():
         cov = s.covariance
         w = adapter.weight_and_bias(model.get_submodule(layer.name))[0].double()
 
-        def err(dec):
-            first, second, _ = dec.factors(rank)
-            delta = w - second.double() @ first.double()
-            return float(torch.trace(delta @ cov @ delta.T))
-
-        assert err(feat) <= err(weight) + 1e-9
+        assert _output_error(feat, rank, w, cov) <= _output_error(weight, rank, w, cov) + 1e-9
     assert collect_statistics  # imported for the reader: statistics come from hooks on real forward passes
 
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    _quiet_libraries(args.verbose)
     try:
         return int(args.func(args) or 0)
     except SfsdError as exc:
@@ -40,3 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sfsd: interrupted; finished results are kept, partial ones were discarded", file=sys.stderr)
         return 130
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """transformers' own loading bars and warnings drown our progress; keep them for --verbose."""
+    if verbose:
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
