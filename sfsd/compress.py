@@ -57,6 +57,16 @@ def calibration_tokens(tokenizer, spec: CalibrationSpec, vocab_size: int) -> tup
     return data.input_ids, data.attention_mask
 
 
+def low_rank_specs(model: nn.Module, names) -> dict[str, dict[str, Any]]:
+    """What config.json records of each swapped layer, read from the modules themselves."""
+    specs = {}
+    for name in names:
+        module = model.get_submodule(name)
+        d_out, d_in = module.sfsd_shape
+        specs[name] = {"rank": module.rank, "d_in": d_in, "d_out": d_out, "bias": module.second.bias is not None}
+    return specs
+
+
 @dataclass
 class Compressor:
     """Holds a model, its statistics and full decompositions, so that any rank choice is cheap."""
@@ -110,11 +120,7 @@ class Compressor:
         ranks = validate_ranks(self.all_layers, dict(ranks))
         decs = self.decompose()
         apply_ranks(self.model, decs, ranks)
-        layers = {}
-        for name, rank in ranks.items():
-            module = self.model.get_submodule(name)
-            d_out, d_in = module.sfsd_shape
-            layers[name] = {"rank": rank, "d_in": d_in, "d_out": d_out, "bias": module.second.bias is not None}
+        layers = low_rank_specs(self.model, ranks)
         extra = {"overall_budget": overall_budget(self.all_layers, ranks),
                  "calibration": asdict(self.calibration), **(description or {})}
         return mark_compressed(self.model, self.method, layers, extra)

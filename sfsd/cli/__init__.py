@@ -10,7 +10,9 @@ import sys
 from sfsd.errors import SfsdError
 
 # Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
-COMMAND_MODULES = ["sfsd.cli.prepare", "sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate"]
+COMMAND_MODULES = [
+    "sfsd.cli.prepare", "sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate", "sfsd.cli.search", "sfsd.cli.runs",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,78 @@
+"""`sfsd search` (run or resume a surgical search) and `sfsd materialize` (save its model)."""
+
+from __future__ import annotations
+
+import argparse
+
+from sfsd.cli.common import add_calibration_flags, add_model_flags
+from sfsd.decompose import METHODS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("search", help="surgical rank search (Algorithm 1), resumable",
+                              description="Find per-layer ranks that keep a metric; run again to resume.")
+    add_model_flags(p)
+    p.add_argument("--method", default="feature", choices=list(METHODS), help="decomposition (default: feature)")
+    p.add_argument("--metric", default="ppl", help="ppl or task (default: ppl)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="ppl: relative increase allowed; task: accuracy drop allowed (default: 0.05)")
+    p.add_argument("--compounding", action="store_true", help="threshold from the last accepted value")
+    p.add_argument("--task", help="task metric: offline task (boolq, piqa, openbookqa, commonsenseqa, siqa)")
+    p.add_argument("--acc-norm", action="store_true", help="task metric: use normalised accuracy")
+    p.add_argument("--limit", type=int, help="task metric: first N documents of the search split")
+    p.add_argument("--search-samples", type=int, default=8, help="ppl metric: windows of search text (default: 8)")
+    p.add_argument("--search-seq-len", type=int, default=128, help="ppl metric: tokens per window (default: 128)")
+    p.add_argument("--search-batch-size", type=int, default=8)
+    p.add_argument("--strategy", default="linear", help="linear (the paper) or bisect (default: linear)")
+    p.add_argument("--engine", default="fast", help="fast (prefix cache) or reference (full model per trial)")
+    p.add_argument("--first-block", type=int, default=0, help="blocks below this one are never touched")
+    p.add_argument("--roles", help="comma-separated roles to search (default: all)")
+    p.add_argument("--snapshot-every", type=int, default=10, help="decided layers between snapshots")
+    p.add_argument("--snapshot-tasks", default="", help="comma-separated tasks evaluated at each snapshot")
+    p.add_argument("--snapshot-limit", type=int, default=100, help="documents per snapshot task")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_calibration_flags(p)
+    p.set_defaults(func=run)
+
+    m = subparsers.add_parser("materialize", help="save the compressed model of a finished search run")
+    m.add_argument("run_id")
+    m.add_argument("--out", required=True, help="output folder (Hugging Face format)")
+    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--device", default=None)
+    m.set_defaults(func=run_materialize)
+
+
+def config_from_args(args: argparse.Namespace):
+    from sfsd.compress import CalibrationSpec
+    from sfsd.search import MetricSpec, SearchConfig
+
+    metric = MetricSpec(args.metric, args.tolerance, args.compounding, args.task, args.acc_norm, args.limit,
+                        args.search_samples, args.search_seq_len, args.search_batch_size)
+    calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
+    return SearchConfig(args.model, args.method, metric, args.strategy, args.first_block,
+                        split(args.roles) if args.roles else None, calibration, args.snapshot_every,
+                        split(args.snapshot_tasks), args.snapshot_limit, args.engine)
+
+
+def run(args: argparse.Namespace) -> int:
+    from sfsd.search import run_search
+
+    config = config_from_args(args)
+    run_ = run_search(config, device=args.device, progress=not args.quiet)
+    status, result = run_.status(), run_.result()
+    print(f"run {run_.id}: {status['state']}")
+    if result:
+        print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "
+              f"{result['base_params']:,}, metric {result['final_metric']:.4f} (base {result['base_metric']:.4f})")
+        print(f"save the model with: sfsd materialize {run_.id} --out cache/models/{run_.id}")
+    return 0 if status["state"] == "done" else 1
+
+
+def run_materialize(args: argparse.Namespace) -> int:
+    from sfsd.runs import Run
+    from sfsd.search import materialize
+
+    out = materialize(Run.open(args.run_id), args.out, args.device, args.overwrite)
+    print(f"saved {out}")
+    return 0

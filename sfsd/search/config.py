@@ -1,0 +1,54 @@
+"""The request of a surgical search; its canonical form names the run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sfsd.compress import CalibrationSpec
+from sfsd.decompose import get_method
+from sfsd.errors import SfsdError
+from sfsd.models import DEFAULT_MODEL
+from sfsd.search.metrics import MetricSpec
+from sfsd.search.strategies import STRATEGIES
+
+
+@dataclass
+class SearchConfig:
+    model: str = DEFAULT_MODEL
+    method: str = "feature"
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    strategy: str = "linear"
+    first_block: int = 0  # blocks below this one are never touched
+    roles: list[str] | None = None  # None: every role of the architecture
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    snapshot_every: int = 10  # decided layers between snapshots (and one at the end)
+    snapshot_tasks: list[str] = field(default_factory=list)  # evaluated on the eval split at each snapshot
+    snapshot_limit: int | None = 100
+    engine: str = "fast"  # "fast" (prefix cache) or "reference" (full model per trial)
+
+    def __post_init__(self):
+        get_method(self.method)
+        if self.strategy not in STRATEGIES:
+            raise SfsdError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.engine not in ("fast", "reference"):
+            raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
+        if self.first_block < 0 or self.snapshot_every < 1:
+            raise SfsdError("--first-block must be >= 0 and --snapshot-every >= 1")
+        if self.snapshot_tasks:
+            from sfsd.data import OFFLINE_TASKS
+
+            unknown = [t for t in self.snapshot_tasks if t not in OFFLINE_TASKS]
+            if unknown:
+                raise SfsdError(f"unknown task {unknown[0]!r}: choose from {', '.join(OFFLINE_TASKS)}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["kind"] = "search"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchConfig:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["metric"] = MetricSpec(**fields.get("metric", {}))
+        fields["calibration"] = CalibrationSpec(**fields.get("calibration", {}))
+        return cls(**fields)

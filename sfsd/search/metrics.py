@@ -1,0 +1,161 @@
+"""Search metrics: a small registry. Each metric owns its search batches and scores model logits."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from sfsd.errors import SfsdError
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What the search must keep: metric name, tolerance and the search data."""
+
+    name: str = "ppl"
+    tolerance: float = 0.05
+    compounding: bool = False  # threshold from the last accepted value instead of the base model's
+    task: str | None = None  # `task` metric: which offline task
+    use_norm: bool = False  # `task` metric: acc_norm instead of acc
+    limit: int | None = None  # `task` metric: first N documents of the search split
+    samples: int = 8  # `ppl` metric: windows of the wiki search split
+    seq_len: int = 128  # `ppl` metric: tokens per window
+    batch_size: int = 8
+
+    def __post_init__(self):
+        if self.name not in METRICS:
+            raise SfsdError(f"unknown metric {self.name!r}: choose one of {', '.join(METRICS)}")
+        if not (isinstance(self.tolerance, (int, float)) and self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise SfsdError(f"tolerance must be a non-negative number, got {self.tolerance}")
+        if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
+            raise SfsdError("search data sizes must be positive: check --search-samples, --search-seq-len, --limit")
+        METRICS[self.name].check_spec(self)
+
+
+class SearchMetric:
+    """Scores the search batches; `higher_is_better` says which way the threshold points."""
+
+    name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
+    batches: list[torch.Tensor]
+
+    def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
+        self.spec = spec
+
+    @classmethod
+    def check_spec(cls, spec: MetricSpec) -> None:
+        """Reject a bad spec before any model is loaded."""
+
+    def batch_statistic(self, index: int, logits: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def reduce(self, statistics: list[Any]) -> float:
+        raise NotImplementedError
+
+    def threshold(self, base: float, last_accepted: float) -> float:
+        reference = last_accepted if self.spec.compounding else base
+        if self.higher_is_better:
+            return reference - self.spec.tolerance
+        return reference * (1 + self.spec.tolerance)
+
+    def passes(self, value: float, threshold: float) -> bool:
+        return value >= threshold if self.higher_is_better else value <= threshold
+
+
+METRICS: dict[str, type[SearchMetric]] = {}
+
+
+def register_metric(cls: type[SearchMetric]) -> type[SearchMetric]:
+    METRICS[cls.name] = cls
+    return cls
+
+
+@register_metric
+class Perplexity(SearchMetric):
+    """Perplexity on windows of the wiki search split; keep ppl <= base * (1 + tolerance)."""
+
+    name = "ppl"
+    higher_is_better = False
+
+    def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
+        super().__init__(spec, tokenizer, model)
+        from sfsd.data import wiki_text
+        from sfsd.evaluate.perplexity import tokenize_text, windows
+
+        tokens = tokenize_text(tokenizer, wiki_text("search"))
+        chunks = windows(tokens, spec.seq_len, spec.samples * spec.seq_len)
+        if chunks.shape[0] < spec.samples:
+            raise SfsdError(f"the wiki search split has only {chunks.shape[0]} windows of {spec.seq_len} tokens: "
+                            "lower --search-samples")
+        self.batches = list(chunks.split(spec.batch_size))
+
+    def batch_statistic(self, index: int, logits: torch.Tensor) -> tuple[float, int]:
+        targets = self.batches[index][:, 1:].to(logits.device)
+        shifted = logits[:, :-1].float()
+        nll = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="sum")
+        return float(nll), targets.numel()
+
+    def reduce(self, statistics: list[tuple[float, int]]) -> float:
+        return math.exp(sum(s for s, _ in statistics) / sum(n for _, n in statistics))
+
+
+@register_metric
+class TaskAccuracy(SearchMetric):
+    """Accuracy on a task's search split, scored as lm-eval scores it; keep acc >= base - tolerance."""
+
+    name = "task"
+    higher_is_better = True
+
+    @classmethod
+    def check_spec(cls, spec: MetricSpec) -> None:
+        from sfsd.data import OFFLINE_TASKS
+
+        if spec.task not in OFFLINE_TASKS:
+            raise SfsdError(f"the task metric needs --task, one of {', '.join(OFFLINE_TASKS)} (got {spec.task!r})")
+
+    def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
+        super().__init__(spec, tokenizer, model)
+        from sfsd.evaluate import encode_request, task_docs, task_requests
+        from sfsd.evaluate.scoring import model_max_length
+
+        self.requests = task_requests(spec.task, "search", spec.limit)
+        self.docs = task_docs(spec.task, "search", spec.limit)
+        pairs = [encode_request(tokenizer, r.context, r.continuation) for r in self.requests]
+        self._layout = self._batch(pairs, spec.batch_size, model_max_length(model))
+
+    def _batch(self, pairs, batch_size: int, max_length: int) -> list[list[tuple[int, int, list[int]]]]:
+        """Right-padded batches, longest first, as lm-eval's HFLM forms them (no attention mask)."""
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        self.batches, layout = [], []
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1) :][:-1] for i in chunk]
+            batch = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+            for row, seq in enumerate(seqs):
+                batch[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            self.batches.append(batch)
+            layout.append([(i, len(seqs[row]), pairs[i][1]) for row, i in enumerate(chunk)])
+        return layout
+
+    def batch_statistic(self, index: int, logits: torch.Tensor) -> list[tuple[int, float]]:
+        result = []
+        for row, (request, end, cont) in enumerate(self._layout[index]):
+            target = torch.tensor(cont, dtype=torch.long, device=logits.device)
+            logp = F.log_softmax(logits[row, end - len(cont) : end], dim=-1)
+            result.append((request, float(logp.gather(1, target[:, None]).sum())))
+        return result
+
+    def reduce(self, statistics: list[list[tuple[int, float]]]) -> float:
+        from sfsd.evaluate import choice_records, score_choices
+
+        logliks = [0.0] * len(self.requests)
+        for batch in statistics:
+            for request, value in batch:
+                logliks[request] = value
+        scores = score_choices(choice_records(self.spec.task, self.requests, logliks, self.docs))
+        return scores["acc_norm" if self.spec.use_norm else "acc"]
+

@@ -1,0 +1,289 @@
+"""The surgical rank search (the paper's Algorithm 1), resumable, written to the run store as it goes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sfsd.accounting import count_parameters
+from sfsd.adapters import LinearLayer, adapter_for
+from sfsd.compress import Compressor
+from sfsd.decompose import (
+    BETA_GRID,
+    Decomposition,
+    load_decompositions,
+    low_rank_module,
+    overall_budget,
+    rank_for_budget,
+    save_decompositions,
+    set_module,
+)
+from sfsd.errors import SfsdError
+from sfsd.hf_classes import mark_compressed
+from sfsd.models import load_model, resolve_model
+from sfsd.paths import cache_dir
+from sfsd.runs import Run
+from sfsd.search.config import SearchConfig
+from sfsd.search.metrics import METRICS, SearchMetric
+from sfsd.search.replay import PrefixCache, replaying
+from sfsd.search.strategies import STRATEGIES
+
+
+def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
+    """The layers the search decides, in search order: last block first, down .. q within a block."""
+    adapter = adapter_for(model)
+    if config.first_block >= adapter.num_blocks:
+        raise SfsdError(f"--first-block {config.first_block} is past the model's {adapter.num_blocks} blocks")
+    if config.roles:
+        unknown = sorted(set(config.roles) - set(adapter.role_names()))
+        if unknown:
+            raise SfsdError(f"unknown role {unknown[0]!r}: this model has {', '.join(adapter.role_names())}")
+    forward = adapter.layers(list(range(config.first_block, adapter.num_blocks)), config.roles)
+    return list(reversed(forward))
+
+
+def versions() -> dict[str, str]:
+    import lm_eval
+    import transformers
+
+    import sfsd
+
+    return {"sfsd": sfsd.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "lm_eval": getattr(lm_eval, "__version__", "unknown")}
+
+
+def create_run(config: SearchConfig, root: Path | None = None, device: str | None = None):
+    """Load the model, list the layers and create (or find) the run of `config`: (run, model, tokenizer)."""
+    model, tokenizer = load_model(config.model, device)
+    layers = search_layers(model, config)
+    record = {**config.to_dict(), "versions": versions(),
+              "layers": [{"name": l.name, "block": l.block, "role": l.role, "d_in": l.d_in, "d_out": l.d_out}
+                         for l in layers]}  # noqa: E741
+    return Run.create(record, root), model, tokenizer
+
+
+def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig, layers: list[LinearLayer],
+                          progress: bool = True) -> dict[str, Decomposition]:
+    """Full factorisations of the searched layers, computed once per (model, method, calibration, layers)."""
+    names = [layer.name for layer in layers]
+    key = hashlib.sha256(json.dumps({
+        "model": resolve_model(config.model), "method": config.method,
+        "calibration": asdict(config.calibration), "layers": names,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "decompositions" / f"{config.method}-{key}"
+    device = next(model.parameters()).device
+    if (folder / "index.json").exists():
+        return load_decompositions(folder, device)
+    decs = Compressor(model, tokenizer, config.method, config.calibration, layer_names=names,
+                      progress=progress).decompose()
+    save_decompositions(decs, folder)
+    return decs
+
+
+class SurgicalSearch:
+    """One search over a loaded model; `run()` continues from whatever the run store already holds."""
+
+    def __init__(self, config: SearchConfig, run: Run, model: nn.Module, tokenizer: Any, progress: bool = True):
+        self.config, self.run_store, self.model, self.tokenizer = config, run, model, tokenizer
+        self.progress = progress
+        self.adapter = adapter_for(model)
+        self.layers = search_layers(model, config)
+        self.all_layers = self.adapter.layers()
+        self.device = next(model.parameters()).device
+        self.metric: SearchMetric = METRICS[config.metric.name](config.metric, tokenizer, model)
+        self.strategy = STRATEGIES[config.strategy]
+        self.ranks: dict[str, int] = {}
+        self.trials = 0
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+
+    def write_spectra(self, decs: dict[str, Decomposition]) -> None:
+        """Each layer's spectrum under the search's method, and the squared singular values of W."""
+        rows = []
+        for layer in self.layers:
+            weight, _ = self.adapter.weight_and_bias(self.model.get_submodule(layer.name))
+            spectra = {self.config.method: decs[layer.name].spectrum}
+            if self.config.method != "weight":
+                spectra["weight"] = torch.linalg.svdvals(weight.double()).square()
+            for kind, values in spectra.items():
+                for index, value in enumerate(values.double().cpu().tolist()):
+                    rows.append((layer.name, layer.block, layer.role, kind, index, value))
+        frame = pd.DataFrame(rows, columns=["layer", "block", "role", "kind", "index", "value"])
+        self.run_store.write_spectra(frame)
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, block: int) -> float:
+        """The metric of the current model; with the fast engine, only blocks >= `block` run."""
+        statistics = []
+        if self.config.engine == "reference" or block == 0:
+            for i, batch in enumerate(self.metric.batches):
+                logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
+                statistics.append(self.metric.batch_statistic(i, logits))
+            return self.metric.reduce(statistics)
+        states = self.prefix.states_for(block)
+        with replaying(self.adapter, block) as stand_in:
+            for i, batch in enumerate(self.metric.batches):
+                stand_in.replay = states[i].to(self.device)
+                logits = self.model(input_ids=batch.to(self.device), use_cache=False).logits
+                statistics.append(self.metric.batch_statistic(i, logits))
+        return self.metric.reduce(statistics)
+
+    # ---- the search --------------------------------------------------------------------------------------
+
+    def decide(self, layer: LinearLayer, dec: Decomposition, threshold: float) -> tuple[int | None, float | None]:
+        """Try betas on one layer (the chosen strategy); leave it at the chosen rank or intact."""
+        original = self.model.get_submodule(layer.name)
+        like = next(original.parameters())
+        values: dict[int, float] = {}
+
+        def trial(index: int) -> bool:
+            beta = BETA_GRID[index]
+            rank = rank_for_budget(beta, layer.d_in, layer.d_out)
+            start = time.perf_counter()
+            set_module(self.model, layer.name, low_rank_module(dec, rank, like))
+            value = values[index] = self.evaluate(layer.block)
+            passed = self.metric.passes(value, threshold)
+            self.trials += 1
+            self.run_store.append_trace({
+                "kind": "trial", **self._layer_fields(layer), "beta": beta, "rank": rank, "value": value,
+                "threshold": threshold, "passed": passed, "seconds": time.perf_counter() - start,
+            })
+            return passed
+
+        chosen = self.strategy(trial, BETA_GRID)
+        if chosen is None:
+            set_module(self.model, layer.name, original)
+            return None, None
+        rank = rank_for_budget(BETA_GRID[chosen], layer.d_in, layer.d_out)
+        set_module(self.model, layer.name, low_rank_module(dec, rank, like))
+        return chosen, values[chosen]
+
+    @staticmethod
+    def _layer_fields(layer: LinearLayer) -> dict:
+        return {"layer": layer.name, "block": layer.block, "role": layer.role, "d_in": layer.d_in,
+                "d_out": layer.d_out}
+
+    def _replay_decisions(self, decs: dict[str, Decomposition], decided: list[dict]) -> float | None:
+        """Re-apply the decisions of an earlier, interrupted process."""
+        expected = [l.name for l in self.layers[: len(decided)]]  # noqa: E741
+        if [d["layer"] for d in decided] != expected:
+            raise SfsdError(f"the trace of run {self.run_store.id} does not match this search: delete the run "
+                            f"with `sfsd runs delete {self.run_store.id}`")
+        for record in decided:
+            if record["rank"] is not None:
+                like = next(self.model.get_submodule(record["layer"]).parameters())
+                set_module(self.model, record["layer"], low_rank_module(decs[record["layer"]], record["rank"], like))
+                self.ranks[record["layer"]] = record["rank"]
+        return decided[-1]["value"] if decided else None
+
+    def snapshot(self, step: int, value: float) -> None:
+        evals = {}
+        if self.config.snapshot_tasks:
+            from sfsd.evaluate import evaluate_tasks
+
+            key = f"{self.run_store.id}:" + json.dumps(self.ranks, sort_keys=True)
+            key = "run-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+            summary = evaluate_tasks(self.model, self.tokenizer, self.config.snapshot_tasks, split="eval",
+                                     limit=self.config.snapshot_limit, model_key=key).summary
+            evals = {row.task: {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)}
+                     for row in summary.itertuples()}
+        self.run_store.append_snapshot({"step": step, "params": count_parameters(self.model),
+                                        "budget": overall_budget(self.all_layers, self.ranks),
+                                        "metric": value, "evals": evals})
+
+    def run(self) -> dict:
+        run = self.run_store
+        decs = cached_decompositions(self.model, self.tokenizer, self.config, self.layers, self.progress)
+        if not run.file("spectra.parquet").exists():
+            self.write_spectra(decs)
+        status = run.stored_status()
+        base_value = status.get("base_metric")
+        if base_value is None:
+            base_value = self.evaluate(0)
+            if not run.read_snapshots():
+                run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
+                                     "metric": base_value, "evals": {}})
+        base_params = count_parameters(self.model)
+        if self.config.engine == "fast":
+            self.prefix = PrefixCache(run.path / "prefix", self.metric.batches)
+            self.prefix.build(self.model, self.adapter)
+        decided = run.decisions()
+        current = self._replay_decisions(decs, decided) or base_value
+        run.write_status(base_metric=base_value, base_params=base_params, layers_total=len(self.layers),
+                         layers_done=len(decided))
+        todo = self.layers[len(decided):]
+        started, done_here = time.perf_counter(), 0
+        bar = tqdm(todo, desc="search", unit="layer", disable=not self.progress, initial=len(decided),
+                   total=len(self.layers))
+        for layer in bar:
+            if run.cancel_requested():
+                run.mark_cancelled(layers_done=len(decided) + done_here)
+                return {"state": "cancelled"}
+            bar.set_postfix_str(f"{layer.name.split('.', 1)[-1]} trials={self.trials}")
+            threshold = self.metric.threshold(base_value, current)
+            chosen, value = self.decide(layer, decs[layer.name], threshold)
+            if chosen is not None:
+                self.ranks[layer.name] = rank_for_budget(BETA_GRID[chosen], layer.d_in, layer.d_out)
+                current = value
+            done_here += 1
+            index = len(decided) + done_here
+            rank = self.ranks.get(layer.name)
+            run.append_trace({
+                "kind": "decision", "index": index - 1, **self._layer_fields(layer),
+                "beta": None if chosen is None else BETA_GRID[chosen], "rank": rank,
+                "params_kept": layer.params if rank is None else rank * (layer.d_in + layer.d_out),
+                "params_full": layer.params, "value": current,
+            })
+            eta = (time.perf_counter() - started) / done_here * (len(self.layers) - index)
+            run.write_status(layers_done=index, trials_done=self.trials, eta_s=eta, current_layer=layer.name)
+            if index % self.config.snapshot_every == 0 and index < len(self.layers):
+                self.snapshot(index, current)
+        self.snapshot(len(self.layers), current)
+        result = {"ranks": self.ranks, "overall_budget": overall_budget(self.all_layers, self.ranks),
+                  "params": count_parameters(self.model), "base_params": base_params, "base_metric": base_value,
+                  "final_metric": current, "trials": len(run.read_trace()) - len(self.layers)}
+        shutil.rmtree(run.path / "prefix", ignore_errors=True)
+        run.mark_done(result, layers_done=len(self.layers))
+        return result
+
+
+def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
+               progress: bool = True) -> Run:
+    """Run (or resume, or simply return a finished) search; the run's id is derived from `config`."""
+    run, model, tokenizer = create_run(config, root, device)
+    if run.status()["state"] == "done":
+        return run
+    with run.lock():
+        run.mark_running()
+        SurgicalSearch(config, run, model, tokenizer, progress).run()
+    return run
+
+
+def materialize(run: Run, out: str | Path, device: str | None = None, overwrite: bool = False) -> Path:
+    """Build the run's final compressed model and save it in the engine's Hugging Face format."""
+    from sfsd.compress import low_rank_specs, save_compressed
+
+    result = run.result()
+    if result is None:
+        raise SfsdError(f"run {run.id} has not finished: resume it first (`sfsd search` with the same flags)")
+    config = SearchConfig.from_dict(run.config)
+    model, tokenizer = load_model(config.model, device)
+    decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
+    for name, rank in result["ranks"].items():
+        like = next(model.get_submodule(name).parameters())
+        set_module(model, name, low_rank_module(decs[name], rank, like))
+    mark_compressed(model, config.method, low_rank_specs(model, result["ranks"]),
+                    {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"]})
+    return save_compressed(model, tokenizer, out, overwrite=overwrite)
