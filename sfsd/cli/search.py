@@ -76,3 +76,12 @@ def run_materialize(args: argparse.Namespace) -> int:
     out = materialize(Run.open(args.run_id), args.out, args.device, args.overwrite)
     print(f"saved {out}")
     return 0
+
+
+def config_from_argv(argv: list[str]):
+    """The SearchConfig that `sfsd search <argv>` would run (so a launcher can find the run's id)."""
+    import argparse as _argparse
+
+    parser = _argparse.ArgumentParser(prog="sfsd")
+    register(parser.add_subparsers(dest="command"))
+    return config_from_args(parser.parse_args(["search", *argv]))

@@ -1,0 +1,162 @@
+"""The surgical search on a tiny real model: same decisions as the reference loop, resumable, stored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import TINY
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from sfsd.compress import CalibrationSpec
+from sfsd.errors import SfsdError
+from sfsd.paths import data_dir
+from sfsd.runs import Run, layers_frame, snapshots_frame, spectra_frame
+from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_model_dir):
+    folder = tmp_path_factory.mktemp("search") / "tiny-llama"
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**TINY, "vocab_size": 49152, "num_hidden_layers": 4})
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    """A private cache (runs, decompositions) that shares the real data pack."""
+    pack = data_dir()
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "data").symlink_to(pack)
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
+    return root
+
+
+def _config(model, engine="fast", strategy="linear", metric=None):
+    metric = metric or MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
+    return SearchConfig(model=str(model), metric=metric, calibration=CalibrationSpec("wiki", 16, 32),
+                        engine=engine, strategy=strategy, snapshot_every=5)
+
+
+def _decisions(run):
+    return [(d["layer"], d["rank"]) for d in run.decisions()]
+
+
+def test_fast_search_decides_exactly_like_the_reference_loop(cache, tiny_dir):
+    fast = run_search(_config(tiny_dir, "fast"), progress=False)
+    reference = run_search(_config(tiny_dir, "reference"), progress=False)
+    assert fast.id != reference.id
+    assert _decisions(fast) == _decisions(reference)
+    ranks = [rank for _, rank in _decisions(fast)]
+    assert any(r is None for r in ranks) and any(r is not None for r in ranks), "want a mix of decisions"
+    values = [t["value"] for t in fast.trials()]
+    assert values == [t["value"] for t in reference.trials()]  # the same numbers, not just the same choices
+
+    layers = layers_frame(fast)
+    assert list(layers["role"][:7]) == ["down", "up", "gate", "o", "v", "k", "q"]  # last block first, backward
+    assert layers["decided"].all() and len(layers) == 28
+    snaps = snapshots_frame(fast)
+    assert list(snaps["step"]) == [0, 5, 10, 15, 20, 25, 28] and snaps["params"].is_monotonic_decreasing
+    assert set(spectra_frame(fast)["kind"]) == {"feature", "weight"}
+    assert fast.status()["state"] == "done"
+    # Asking again finds the finished run and computes nothing.
+    start = time.perf_counter()
+    assert run_search(_config(tiny_dir, "fast"), progress=False).id == fast.id
+    assert time.perf_counter() - start < 30
+
+
+def test_bisect_needs_at_most_five_trials_a_layer_and_keeps_passing_choices(cache, tiny_dir):
+    bisect = run_search(_config(tiny_dir, strategy="bisect"), progress=False)
+    per_layer: dict[str, list[dict]] = {}
+    for trial in bisect.trials():
+        per_layer.setdefault(trial["layer"], []).append(trial)
+    assert max(len(trials) for trials in per_layer.values()) <= 5  # 1 + ceil(log2(9))
+    for decision in bisect.decisions():
+        trials = {t["beta"]: t["passed"] for t in per_layer[decision["layer"]]}
+        if decision["beta"] is None:
+            assert trials[0.9] is False
+        else:
+            assert trials[decision["beta"]] is True
+            lower = round(decision["beta"] - 0.1, 1)
+            assert lower < 0.1 or trials.get(lower) is False  # the next lower beta was tried and failed
+
+
+def test_task_metric_base_value_equals_lm_eval(cache, tiny_dir):
+    from sfsd.evaluate import evaluate_tasks
+
+    metric = MetricSpec("task", 0.0, task="piqa", limit=12, batch_size=4)
+    fast = run_search(_config(tiny_dir, metric=metric), progress=False)
+    reference = run_search(_config(tiny_dir, "reference", metric=metric), progress=False)
+    assert _decisions(fast) == _decisions(reference)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    lm_eval_acc = evaluate_tasks(model, tokenizer, ["piqa"], split="search", limit=12, use_cache=False)
+    assert fast.result()["base_metric"] == pytest.approx(float(lm_eval_acc.summary["acc"].iloc[0]), abs=1e-9)
+
+
+def test_materialize_saves_the_searched_model(cache, tiny_dir, tmp_path):
+    run = run_search(_config(tiny_dir), progress=False)
+    out = materialize(run, tmp_path / "searched")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    stored = {name: spec["rank"] for name, spec in model.config.sfsd_layers.items()}
+    assert stored == run.result()["ranks"]
+
+
+def test_bad_search_requests(cache, tiny_dir):
+    with pytest.raises(SfsdError, match="unknown metric"):
+        MetricSpec("bleu")
+    with pytest.raises(SfsdError, match="non-negative"):
+        MetricSpec("ppl", -0.1)
+    with pytest.raises(SfsdError, match="needs --task"):
+        MetricSpec("task", 0.0)
+    with pytest.raises(SfsdError, match="unknown strategy"):
+        SearchConfig(strategy="random")
+    with pytest.raises(SfsdError, match="unknown role"):
+        run_search(SearchConfig(model=str(tiny_dir), roles=["ffn"]), progress=False)
+    with pytest.raises(SfsdError, match="first-block"):
+        run_search(SearchConfig(model=str(tiny_dir), first_block=9), progress=False)
+
+
+def test_killed_search_resumes_to_the_same_result(cache, tiny_dir):
+    """Kill a real `sfsd search` process mid-run (SIGKILL), cut the trace's last line, resume, compare."""
+    argv = [sys.executable, "-m", "sfsd", "search", "--model", str(tiny_dir), "--tolerance", "0",
+            "--search-samples", "8", "--search-seq-len", "64", "--search-batch-size", "2",
+            "--calib-source", "wiki", "--calib-samples", "16", "--calib-seq-len", "32", "--snapshot-every", "5",
+            "--engine", "reference", "--quiet"]
+    config = SearchConfig(model=str(tiny_dir), metric=MetricSpec("ppl", 0.0, samples=8, seq_len=64, batch_size=2),
+                          calibration=CalibrationSpec("wiki", 16, 32), snapshot_every=5, engine="reference")
+    child = subprocess.Popen(argv, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = None
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        try:
+            run = run or Run.open(next(p.name for p in (cache / "runs").iterdir() if p.name.startswith("search")))
+            if len(run.decisions()) >= 6:
+                break
+        except (StopIteration, FileNotFoundError, SfsdError):
+            pass
+        time.sleep(0.05)
+    assert child.poll() is None, f"the search ended before it could be killed: {child.stderr.read().decode()[-500:]}"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert run.status()["state"] == "interrupted"
+    done_before = len(run.decisions())
+    with open(run.file("trace.jsonl"), "ab") as trace:
+        trace.write(b'{"kind": "trial", "layer": "model.la')  # a line cut by the crash
+    resumed = run_search(config, progress=False)
+    assert resumed.id == run.id and resumed.status()["state"] == "done"
+    assert _decisions(resumed)[:done_before] == _decisions(run)[:done_before]
+
+    fresh_root = cache / "fresh-runs"
+    uninterrupted = run_search(config, root=fresh_root, progress=False)
+    assert _decisions(resumed) == _decisions(uninterrupted)
+    assert resumed.result()["ranks"] == uninterrupted.result()["ranks"]
