@@ -160,3 +160,21 @@ def test_killed_search_resumes_to_the_same_result(cache, tiny_dir):
     uninterrupted = run_search(config, root=fresh_root, progress=False)
     assert _decisions(resumed) == _decisions(uninterrupted)
     assert resumed.result()["ranks"] == uninterrupted.result()["ranks"]
+
+
+def test_uniform_protocol_run_stores_params_macs_and_evaluations(cache, tiny_dir):
+    from sfsd.runs import evaluations_frame
+    from sfsd.search.uniform import UniformConfig, run_uniform
+
+    config = UniformConfig(str(tiny_dir), "feature", 0.5, 2, CalibrationSpec("wiki", 8, 32), ["piqa"], 4,
+                           [32], 256)
+    run = run_uniform(config, progress=False)
+    result = run.result()
+    base = run_uniform(UniformConfig(str(tiny_dir), "none", tasks=["piqa"], limit=4, ppl_seq_lens=[32],
+                                     ppl_tokens=256), progress=False).result()
+    assert result["params"] < base["params"] and result["macs"] < base["macs"]
+    assert result["overall_budget"] == pytest.approx(1 - 0.5 * (1 - 0.5), abs=0.02)
+    evals = evaluations_frame(run)
+    assert set(evals["kind"]) == {"task", "ppl"} and (evals.loc[evals["kind"] == "ppl", "seq_len"] == 32).all()
+    with pytest.raises(SfsdError, match="unknown task"):
+        UniformConfig(tasks=["hellaswag"])

@@ -40,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--device", default=None)
     m.set_defaults(func=run_materialize)
+    register_uniform(subparsers)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -85,3 +86,36 @@ def config_from_argv(argv: list[str]):
     parser = _argparse.ArgumentParser(prog="sfsd")
     register(parser.add_subparsers(dest="command"))
     return config_from_args(parser.parse_args(["search", *argv]))
+
+
+def register_uniform(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("uniform", help="Table 1 protocol as a stored run: compress last N blocks, evaluate")
+    add_model_flags(p)
+    p.add_argument("--method", default="feature", choices=[*METHODS, "none"], help="none: the base model")
+    p.add_argument("--beta", type=float, default=0.46)
+    p.add_argument("--last-blocks", type=int, default=12)
+    p.add_argument("--tasks", default="", help="comma-separated offline tasks evaluated on the eval split")
+    p.add_argument("--limit", type=int, default=100, help="documents per task (default: 100)")
+    p.add_argument("--ppl-seq-lens", default="128", help="perplexity sequence lengths, e.g. 128,2048")
+    p.add_argument("--ppl-tokens", type=int, default=16384, help="first tokens of the wiki eval split")
+    p.add_argument("--quiet", action="store_true")
+    add_calibration_flags(p)
+    p.set_defaults(func=run_uniform_command)
+
+
+def run_uniform_command(args: argparse.Namespace) -> int:
+    from sfsd.compress import CalibrationSpec
+    from sfsd.runs import evaluations_frame
+    from sfsd.search.uniform import UniformConfig, run_uniform
+
+    split = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    seq_lens = [int(s) for s in args.ppl_seq_lens.split(",") if s.strip()]
+    config = UniformConfig(args.model, args.method, args.beta, args.last_blocks,
+                           CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed),
+                           split, args.limit, seq_lens, args.ppl_tokens)
+    run_ = run_uniform(config, device=args.device, progress=not args.quiet)
+    result = run_.result() or {}
+    print(f"run {run_.id}: params {result.get('params', 0):,}, budget {result.get('overall_budget', 1):.4f}, "
+          f"MACs@128 {result.get('macs', 0):,}")
+    print(evaluations_frame(run_).to_string(index=False))
+    return 0

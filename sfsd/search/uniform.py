@@ -1,0 +1,77 @@
+"""Table 1's uniform protocol as a stored run: compress the last N blocks at one beta, then evaluate.
+
+A `uniform` run holds its evaluations (tasks on the eval split, perplexity) and a result with the
+parameters, MACs and overall budget, so the dashboard and the benchmarks read them like any run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sfsd.compress import CalibrationSpec, check_compress_request, compress, describe
+from sfsd.errors import SfsdError
+from sfsd.models import DEFAULT_MODEL, load_model
+from sfsd.runs import Run
+
+
+@dataclass
+class UniformConfig:
+    model: str = DEFAULT_MODEL
+    method: str = "feature"  # or "none" for the base model
+    beta: float = 0.46
+    last_blocks: int = 12
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
+    tasks: list[str] = field(default_factory=list)
+    limit: int | None = 100  # documents per task of the eval split
+    ppl_seq_lens: list[int] = field(default_factory=lambda: [128])
+    ppl_tokens: int | None = 16384  # first tokens of the wiki eval split
+
+    def __post_init__(self):
+        if self.method != "none":
+            check_compress_request(self.method, self.beta, self.calibration)
+        from sfsd.data import OFFLINE_TASKS
+
+        unknown = [t for t in self.tasks if t not in OFFLINE_TASKS]
+        if unknown:
+            raise SfsdError(f"unknown task {unknown[0]!r}: choose from {', '.join(OFFLINE_TASKS)}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kind": "uniform"}
+
+
+def run_uniform(config: UniformConfig, root: Path | None = None, device: str | None = None,
+                progress: bool = True) -> Run:
+    """Compress, measure and evaluate once; a finished run is returned as it is."""
+    from sfsd.evaluate import evaluate_tasks, perplexity
+
+    run = Run.create(config.to_dict(), root)
+    if run.status()["state"] == "done":
+        return run
+    with run.lock():
+        run.mark_running(layers_total=1, layers_done=0)
+        model, tokenizer = load_model(config.model, device)
+        start = time.perf_counter()
+        if config.method != "none":
+            compress(model, tokenizer, config.method, beta=config.beta, last_blocks=config.last_blocks,
+                     calibration=config.calibration, progress=progress)
+        seconds = time.perf_counter() - start
+        info = describe(model, seq_len=128)
+        key = f"{run.id}"
+        if config.tasks:
+            results = evaluate_tasks(model, tokenizer, config.tasks, split="eval", limit=config.limit, model_key=key)
+            for row in results.summary.itertuples():
+                run.append_evaluation({"kind": "task", "task": row.task, "split": "eval", "limit": config.limit,
+                                       "metrics": {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)},
+                                       "lm_eval_version": row.lm_eval_version})
+        for seq_len in config.ppl_seq_lens:
+            ppl = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=config.ppl_tokens,
+                             model_key=key, progress=progress)
+            run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": config.ppl_tokens,
+                                   "metrics": {"ppl": ppl["ppl"], "seq_len": seq_len, "n_tokens": ppl["n_tokens"]}})
+        result = {"params": info["params"], "macs": info["macs"], "macs_seq_len": 128,
+                  "overall_budget": info["overall_budget"], "layers_decomposed": info["layers_decomposed"],
+                  "compress_seconds": seconds}
+        run.mark_done(result, layers_done=1)
+    return run
