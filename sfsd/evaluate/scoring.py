@@ -61,6 +61,33 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def lm_eval_batches(
+    pairs: Sequence[tuple[list[int], list[int]]], batch_size: int, max_length: int
+) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Right-padded input batches, longest first, as HFLM forms them (no attention mask).
+
+    Each batch comes with its rows' (pair index, end) where `end` is the length of the row's input:
+    the continuation's log-probabilities are read from logits[row, end - len(cont) : end].
+    """
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1) :][:-1] for i in chunk]
+        batch = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            batch[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        batches.append((batch, [(i, len(seq)) for i, seq in zip(chunk, seqs, strict=True)]))
+    return batches
+
+
+def gather_continuation(logits_row: torch.Tensor, end: int, cont: list[int]) -> torch.Tensor:
+    """Log-probabilities (float32, CPU) of the continuation tokens ending at `end`."""
+    target = torch.tensor(cont, dtype=torch.long, device=logits_row.device)
+    logp = F.log_softmax(logits_row[end - len(cont) : end], dim=-1)
+    return logp.gather(1, target[:, None]).squeeze(1).float().cpu()
+
+
 @torch.no_grad()
 def continuation_logprobs(
     model: nn.Module,
@@ -69,22 +96,12 @@ def continuation_logprobs(
     max_length: int | None = None,
 ) -> list[torch.Tensor]:
     """Per-token log-probabilities (float32, CPU) of each continuation given its context."""
-    max_length = max_length or model_max_length(model)
     device = _device(model)
-    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     out: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1) :][:-1] for i in chunk]
-        batch = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            batch[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    for batch, rows in lm_eval_batches(pairs, batch_size, max_length or model_max_length(model)):
         logits = model(batch.to(device)).logits
-        for row, i in enumerate(chunk):
-            cont = torch.tensor(pairs[i][1], dtype=torch.long, device=device)
-            end = len(seqs[row])
-            logp = F.log_softmax(logits[row, end - len(cont) : end], dim=-1)
-            out[i] = logp.gather(1, cont[:, None]).squeeze(1).float().cpu()
+        for row, (i, end) in enumerate(rows):
+            out[i] = gather_continuation(logits[row], end, pairs[i][1])
     return out
 
 

@@ -120,34 +120,20 @@ class TaskAccuracy(SearchMetric):
     def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
         super().__init__(spec, tokenizer, model)
         from sfsd.evaluate import encode_request, task_docs, task_requests
-        from sfsd.evaluate.scoring import model_max_length
+        from sfsd.evaluate.scoring import lm_eval_batches, model_max_length
 
         self.requests = task_requests(spec.task, "search", spec.limit)
         self.docs = task_docs(spec.task, "search", spec.limit)
-        pairs = [encode_request(tokenizer, r.context, r.continuation) for r in self.requests]
-        self._layout = self._batch(pairs, spec.batch_size, model_max_length(model))
-
-    def _batch(self, pairs, batch_size: int, max_length: int) -> list[list[tuple[int, int, list[int]]]]:
-        """Right-padded batches, longest first, as lm-eval's HFLM forms them (no attention mask)."""
-        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
-        self.batches, layout = [], []
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            seqs = [(pairs[i][0] + pairs[i][1])[-(max_length + 1) :][:-1] for i in chunk]
-            batch = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-            for row, seq in enumerate(seqs):
-                batch[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            self.batches.append(batch)
-            layout.append([(i, len(seqs[row]), pairs[i][1]) for row, i in enumerate(chunk)])
-        return layout
+        self._pairs = [encode_request(tokenizer, r.context, r.continuation) for r in self.requests]
+        batches = lm_eval_batches(self._pairs, spec.batch_size, model_max_length(model))
+        self.batches = [batch for batch, _ in batches]
+        self._rows = [rows for _, rows in batches]
 
     def batch_statistic(self, index: int, logits: torch.Tensor) -> list[tuple[int, float]]:
-        result = []
-        for row, (request, end, cont) in enumerate(self._layout[index]):
-            target = torch.tensor(cont, dtype=torch.long, device=logits.device)
-            logp = F.log_softmax(logits[row, end - len(cont) : end], dim=-1)
-            result.append((request, float(logp.gather(1, target[:, None]).sum())))
-        return result
+        from sfsd.evaluate.scoring import gather_continuation
+
+        return [(i, float(gather_continuation(logits[row], end, self._pairs[i][1]).sum()))
+                for row, (i, end) in enumerate(self._rows[index])]
 
     def reduce(self, statistics: list[list[tuple[int, float]]]) -> float:
         from sfsd.evaluate import choice_records, score_choices
