@@ -69,6 +69,7 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     model_type = base_model_type(model.config.model_type)
     config_cls, model_cls = _CLASSES[model_type]
     model.config.__class__ = config_cls
+    vars(model.config).pop("model_type", None)  # a config read from a file may carry it per instance
     model.config.sfsd_method = method
     model.config.sfsd_layers = layers
     model.config.sfsd = dict(extra or {})

@@ -46,6 +46,7 @@ def test_compress_each_method_then_info(capsys, tiny_folder, tmp_path, method):
                         "--calib-seq-len", "16", "--out", out_dir)
     assert code == 0, out
     assert "overall budget (App. B)" in out and "MACs per sequence of 128" in out
+    assert "sfsd_llama (2 blocks" in out  # the in-memory model already has its compressed type
     model = AutoModelForCausalLM.from_pretrained(out_dir)
     assert model.config.sfsd_method == method and len(model.config.sfsd_layers) == 7
     assert (out_dir / "tokenizer.json").exists()
