@@ -111,6 +111,23 @@ def test_materialize_saves_the_searched_model(cache, tiny_dir, tmp_path):
     assert stored == run.result()["ranks"]
 
 
+def test_snapshots_evaluated_after_the_fact(cache, tiny_dir):
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.runs import evaluations_frame
+    from sfsd.search.surgical import evaluate_steps, model_at_step
+
+    run = run_search(_config(tiny_dir), progress=False)
+    evaluate_steps(run, [0, 28], ["piqa"], limit=4)
+    evaluate_steps(run, [0, 28], ["piqa"], limit=4)  # already there: nothing added
+    evals = evaluations_frame(run)
+    assert list(evals["step"]) == [0, 28] and evals["params"].iloc[1] < evals["params"].iloc[0]
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    lm_eval = evaluate_tasks(base, AutoTokenizer.from_pretrained(tiny_dir), ["piqa"], limit=4, use_cache=False)
+    assert evals["acc"].iloc[0] == pytest.approx(float(lm_eval.summary["acc"].iloc[0]))
+    _, _, ranks = model_at_step(run, 28)
+    assert ranks == run.result()["ranks"]
+
+
 def test_bad_search_requests(cache, tiny_dir):
     with pytest.raises(SfsdError, match="unknown metric"):
         MetricSpec("bleu")

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--device", default=None)
     m.set_defaults(func=run_materialize)
     register_uniform(subparsers)
+    register_snapshot_eval(subparsers)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -118,4 +119,28 @@ def run_uniform_command(args: argparse.Namespace) -> int:
     print(f"run {run_.id}: params {result.get('params', 0):,}, budget {result.get('overall_budget', 1):.4f}, "
           f"MACs@128 {result.get('macs', 0):,}")
     print(evaluations_frame(run_).to_string(index=False))
+    return 0
+
+
+def register_snapshot_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("snapshot-eval", help="evaluate a run's snapshots afterwards (accuracy vs params)")
+    p.add_argument("run_id")
+    p.add_argument("--tasks", required=True, help="comma-separated offline tasks (eval split)")
+    p.add_argument("--limit", type=int, default=100, help="documents per task (default: 100)")
+    p.add_argument("--steps", help="comma-separated steps (default: every snapshot of the run)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run_snapshot_eval)
+
+
+def run_snapshot_eval(args: argparse.Namespace) -> int:
+    from sfsd.runs import Run, evaluations_frame
+    from sfsd.search.surgical import evaluate_steps
+
+    run_ = Run.open(args.run_id)
+    steps = ([int(s) for s in args.steps.split(",")] if args.steps
+             else [int(s["step"]) for s in run_.read_snapshots()])
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    evaluate_steps(run_, steps, tasks, args.limit, args.device)
+    frame = evaluations_frame(run_)
+    print(frame[[c for c in ("step", "params", "task", "acc", "acc_norm", "n") if c in frame]].to_string(index=False))
     return 0

@@ -52,6 +52,12 @@ def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
     return list(reversed(forward))
 
 
+def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
+    """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
+    identity = {k: config.get(k) for k in ("model", "method", "calibration")} | {"ranks": ranks}
+    return "searched-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def versions() -> dict[str, str]:
     import lm_eval
     import transformers
@@ -193,8 +199,7 @@ class SurgicalSearch:
         if self.config.snapshot_tasks:
             from sfsd.evaluate import evaluate_tasks
 
-            key = f"{self.run_store.id}:" + json.dumps(self.ranks, sort_keys=True)
-            key = "run-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+            key = compressed_model_key(self.run_store.config, self.ranks)
             summary = evaluate_tasks(self.model, self.tokenizer, self.config.snapshot_tasks, split="eval",
                                      limit=self.config.snapshot_limit, model_key=key).summary
             evals = {row.task: {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)}
@@ -278,12 +283,42 @@ def materialize(run: Run, out: str | Path, device: str | None = None, overwrite:
     result = run.result()
     if result is None:
         raise SfsdError(f"run {run.id} has not finished: resume it first (`sfsd search` with the same flags)")
+    model, tokenizer, ranks = model_at_step(run, len(run.decisions()), device)
+    mark_compressed(model, run.config["method"], low_rank_specs(model, ranks),
+                    {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"]})
+    return save_compressed(model, tokenizer, out, overwrite=overwrite)
+
+
+def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Module, Any, dict[str, int]]:
+    """The partially compressed model after the first `step` decisions of a run (fully defined by the trace)."""
+    decided = run.decisions()
+    if not 0 <= step <= len(decided):
+        raise SfsdError(f"run {run.id} has {len(decided)} decided layers: choose a step between 0 and {len(decided)}")
     config = SearchConfig.from_dict(run.config)
     model, tokenizer = load_model(config.model, device)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
-    for name, rank in result["ranks"].items():
+    ranks = {d["layer"]: d["rank"] for d in decided[:step] if d["rank"] is not None}
+    for name, rank in ranks.items():
         like = next(model.get_submodule(name).parameters())
         set_module(model, name, low_rank_module(decs[name], rank, like))
-    mark_compressed(model, config.method, low_rank_specs(model, result["ranks"]),
-                    {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"]})
-    return save_compressed(model, tokenizer, out, overwrite=overwrite)
+    return model, tokenizer, ranks
+
+
+def evaluate_steps(run: Run, steps: list[int], tasks: list[str], limit: int | None = 100,
+                   device: str | None = None) -> None:
+    """Evaluate snapshots after the fact (the eval split of `tasks`), cached, added to the run's evaluations."""
+    from sfsd.evaluate import evaluate_tasks
+
+    done = {(e.get("step"), e.get("task"), e.get("limit")) for e in run.read_evaluations()}
+    for step in steps:
+        todo = [task for task in tasks if (step, task, limit) not in done]
+        if not todo:
+            continue
+        model, tokenizer, ranks = model_at_step(run, step, device)
+        key = compressed_model_key(run.config, ranks)
+        summary = evaluate_tasks(model, tokenizer, todo, split="eval", limit=limit, model_key=key).summary
+        for row in summary.itertuples():
+            run.append_evaluation({"kind": "task", "task": row.task, "split": "eval", "limit": limit, "step": step,
+                                   "params": count_parameters(model),
+                                   "metrics": {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)},
+                                   "lm_eval_version": row.lm_eval_version})
