@@ -21,8 +21,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Full sizes take hours on a 2-core CPU (bench/README.md); `make bench BENCH_ARGS=--quick` is a smoke test.
+BENCH_ARGS ?=
 bench: setup
-	$(OFFLINE) $(VENV)/bin/python -m bench.run_all
+	$(OFFLINE) $(VENV)/bin/python -m bench.run_all $(BENCH_ARGS)
 
 clean-cache:
 	rm -rf cache/runs cache/evals

@@ -74,12 +74,12 @@ def test_fast_search_decides_exactly_like_the_reference_loop(cache, tiny_dir):
     assert time.perf_counter() - start < 30
 
 
-def test_bisect_needs_at_most_five_trials_a_layer_and_keeps_passing_choices(cache, tiny_dir):
+def test_bisect_needs_at_most_four_trials_a_layer_and_keeps_passing_choices(cache, tiny_dir):
     bisect = run_search(_config(tiny_dir, strategy="bisect"), progress=False)
     per_layer: dict[str, list[dict]] = {}
     for trial in bisect.trials():
         per_layer.setdefault(trial["layer"], []).append(trial)
-    assert max(len(trials) for trials in per_layer.values()) <= 5  # 1 + ceil(log2(9))
+    assert max(len(trials) for trials in per_layer.values()) <= 4  # ceil(log2(9 betas + intact))
     for decision in bisect.decisions():
         trials = {t["beta"]: t["passed"] for t in per_layer[decision["layer"]]}
         if decision["beta"] is None:

@@ -18,18 +18,17 @@ def linear(trial: Trial, grid: Sequence[float]) -> int | None:
 def bisect(trial: Trial, grid: Sequence[float]) -> int | None:
     """Binary search for the first passing beta, assuming the metric is monotone in beta.
 
-    The largest beta is tried first: if it fails, the layer stays intact after one trial.
+    "Intact" is treated as one more grid point after the last beta that always passes, so a layer
+    costs at most ceil(log2(len(grid) + 1)) trials (4 for the nine betas).
     """
-    if not trial(len(grid) - 1):
-        return None
-    low, high = 0, len(grid) - 1  # grid[high] passes
+    low, high = 0, len(grid)  # the answer lies in [low, high]; high == len(grid) means intact
     while low < high:
         middle = (low + high) // 2
         if trial(middle):
             high = middle
         else:
             low = middle + 1
-    return high
+    return None if high == len(grid) else high
 
 
 STRATEGIES: dict[str, Callable[[Trial, Sequence[float]], int | None]] = {"linear": linear, "bisect": bisect}
