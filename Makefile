@@ -12,7 +12,7 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt scripts/setup.sh
 	touch $@
 
 app: setup
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true
+	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true --server.fileWatcherType none
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,77 @@
-"""sfsd dashboard: entry page (the other pages live in pages/)."""
+"""sfsd dashboard, first screen: the model, the runs in the cache, and a one-click quick demo.
+
+`make app` runs `streamlit run app.py --server.address 127.0.0.1`; the other pages live in pages/.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="sfsd", layout="wide")
-st.title("sfsd: Surgical Feature-Space Decomposition")
-st.write("The dashboard pages are being built. Use the `sfsd` command line meanwhile: `sfsd --help`.")
+from sfsd.dashboard import data, jobs, widgets
+from sfsd.errors import SfsdError
+
+widgets.page_setup("sfsd: Surgical Feature-Space Decomposition",
+                   "Where is a language model low-rank? Compress its linear layers in weight space or feature "
+                   "space, search per-layer budgets, and compare accuracy, perplexity, flips and bias.")
+
+model = data.demo_model()
+left, right = st.columns([3, 2], gap="large")
+
+with left:
+    st.subheader(f"Model: {data.model_display(model)}")
+    try:
+        info = data.model_summary(model)
+    except (SfsdError, OSError, ValueError) as exc:
+        st.warning(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first.")
+        info = None
+    if info is not None:
+        cols = st.columns(4)
+        cols[0].metric("Family", info["model_type"], help=info["architecture"])
+        cols[1].metric("Blocks", info["blocks"])
+        cols[2].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
+        cols[3].metric("Linear share", f"{100 * info['params_linear_full'] / info['params']:.0f}%",
+                       help="share of the parameters in the decomposable linear layers (the rest: embeddings, norms)")
+        st.caption(f"{info['architecture']} · roles: {', '.join(info['roles'])} · hidden size {info['hidden_size']} · "
+                   f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
+                   f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
+                   f"loaded from `{info['source']}`")
+        roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
+                                                    "params": "parameters (all blocks)"})
+        widgets.table(roles, "model-roles", key="start-roles",
+                      column_config={"share_of_linear_%": st.column_config.NumberColumn("share of linear (%)",
+                                                                                        format="%.1f")})
+
+with right:
+    st.subheader("Quick demo")
+    blocks = info["blocks"] if info else data.model_blocks(model)
+    argv = jobs.demo_argv(model, blocks)
+    st.write(f"A surgical search (feature space, perplexity within 10% of the base model) over the last "
+             f"{jobs.DEMO_BLOCKS} blocks of **{data.model_display(model)}**: a few minutes on a laptop CPU. It runs "
+             "in a background process: closing the tab does not stop it.")
+    st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+    widgets.demo_button(key="start-demo")
+    widgets.progress_panel(key="start-progress")
+
+st.subheader("Runs in the cache")
+runs = data.list_runs(readable=False)
+if runs.empty:
+    st.info(f"No runs in `{data.store_root()}` yet: start the quick demo above, or a search on the Runs page.")
+else:
+    shown = runs[["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress",
+                  "overall_budget", "updated"]].copy()
+    shown["overall_budget"] = 100 * shown["overall_budget"]
+    widgets.table(shown, "runs", key="start-runs", column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
+    })
+
+st.subheader("Pages")
+cols = st.columns(4)
+pages = [("pages/1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
+         ("pages/2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
+         ("pages/3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
+         ("pages/4_Accuracy_vs_parameters.py", "Accuracy vs parameters (Fig. 1-2)", ":material/trending_down:"),
+         ("pages/5_Weight_vs_feature.py", "Weight vs feature (Table 1)", ":material/table_chart:"),
+         ("pages/6_Disagreement.py", "Prediction disagreement (Table 3)", ":material/compare_arrows:"),
+         ("pages/7_Bias.py", "Bias: StereoSet (Table 2)", ":material/balance:"),
+         ("pages/8_Report.py", "HTML report of a run", ":material/description:")]
+for i, (path, label, icon) in enumerate(pages):
+    widgets.page_link(path, label, icon, container=cols[i % 4])

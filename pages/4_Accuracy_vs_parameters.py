@@ -1,0 +1,82 @@
+"""Accuracy (or perplexity) versus remaining parameters (the paper's Figures 1-2), from the searches'
+snapshots, several runs overlaid; uniform runs as single points."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from sfsd.dashboard import data, plots, widgets
+
+widgets.page_setup("Accuracy versus parameters", "Each search records a snapshot every few decided layers: its "
+                   "metric and the parameters left. Overlay runs to compare weight and feature space, or tolerances.")
+
+runs = widgets.search_runs_with("snapshots")
+if runs.empty:
+    widgets.no_runs("search runs with snapshots", key="acc-empty")
+    st.stop()
+
+run_ids = widgets.pick_runs(runs, key="acc-runs", label="Runs to overlay", default=4)
+views = [view for view in (data.load_run(run_id) for run_id in run_ids) if view is not None]
+if not views:
+    st.info("Pick at least one run.")
+    st.stop()
+
+
+def series_of(view: data.RunView) -> dict[str, str]:
+    """y options of one run: its search metric and the eval-split task columns of its snapshots."""
+    options = {f"search metric: {view.metric_label}": "metric"}
+    for column in view.snapshots.columns:
+        if ":" in column and column.split(":", 1)[0] in ("acc", "acc_norm"):
+            name, task = column.split(":", 1)
+            options[f"{name} {task} (eval split, %)"] = column
+    return options
+
+
+options: dict[str, str] = {}
+for view in views:
+    options.update(series_of(view))
+c1, c2 = st.columns([2, 1])
+y_label = c1.selectbox("y axis", list(options), key="acc-y")
+x_mode = c2.radio("x axis", ["parameters (M)", "overall budget (%)"], horizontal=True, key="acc-x")
+column = options[y_label]
+percent = column != "metric"
+
+curves, baselines, skipped, tables = [], [], [], []
+for view in views:
+    if series_of(view).get(y_label) != column:
+        skipped.append(view.label)
+        continue
+    frame = view.snapshots.dropna(subset=[column]).sort_values("step")
+    if frame.empty:
+        skipped.append(view.label)
+        continue
+    x = frame["params"] / 1e6 if x_mode.startswith("parameters") else 100 * frame["budget"]
+    y = frame[column] * (100 if percent else 1)
+    curves.append(plots.Curve(view.label, view.method, list(x), list(y),
+                              text=[f"step {s} (layers decided)" for s in frame["step"]]))
+    base = frame[frame["step"] == 0][column]
+    if not base.empty:
+        baselines.append((f"base model ({Path(view.model).name})", float(base.iloc[0]) * (100 if percent else 1)))
+    tables.append(frame.assign(run_id=view.run_id, method=view.method))
+
+# Uniform runs as single points, for the eval-split task accuracies they share with snapshots.
+if percent and column.startswith("acc:"):
+    uniform = data.uniform_frame()
+    if not uniform.empty and column in uniform:
+        for row in uniform.dropna(subset=[column, "params"]).to_dict("records"):
+            if row["method"] == "base" or not x_mode.startswith("parameters"):
+                continue
+            curves.append(plots.Curve(f"uniform {row['method']} β{row['beta']} last {row['last_blocks']}",
+                                      row["method"], [row["params"] / 1e6], [100 * row[column]], markers_only=True))
+
+unique_bases = list(dict.fromkeys((name, round(value, 6)) for name, value in baselines))
+x_title = "parameters remaining (millions)" if x_mode.startswith("parameters") else \
+    "overall budget (% of decomposable parameters kept)"
+y_title = y_label if not percent else y_label.replace(" (eval split, %)", " (%), eval split")
+widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases), key="acc-chart")
+if skipped:
+    st.caption(f"Not shown (no such series): {', '.join(skipped)}. Task accuracies need "
+               "`--snapshot-tasks` on the search.")
+if tables:
+    widgets.table(pd.concat(tables, ignore_index=True), "snapshots", key="acc-table")

@@ -1,0 +1,109 @@
+"""Weight versus feature space (the paper's Table 1): the uniform protocol (last N blocks at one beta) for
+every method side by side: parameters, MACs, accuracy per task, average and perplexity."""
+
+import streamlit as st
+
+from sfsd.dashboard import data, jobs, plots, widgets
+from sfsd.data import OFFLINE_TASKS
+
+widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
+                   "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike.")
+
+uniform = data.uniform_frame()
+available = jobs.has_command("uniform")
+if not available:
+    st.warning("This sfsd has no `sfsd uniform` command: the table shows the uniform runs already in the store.")
+
+
+def settings(defaults: dict, key: str) -> dict:
+    """Protocol and evaluation settings of new uniform runs (defaults: the group's existing runs)."""
+    c1, c2, c3, c4 = st.columns(4)
+    model = c1.text_input("Model", value=defaults.get("model", data.demo_model()), key=f"{key}-model")
+    blocks = data.model_blocks(model)
+    beta = c2.number_input("beta (share of each layer's parameters)", 0.05, 1.0, float(defaults.get("beta", 0.46)),
+                           0.01, key=f"{key}-beta")
+    last = c3.number_input("Last N blocks", 1, max(1, blocks or 1000),
+                           min(int(defaults.get("last_blocks", 12)), blocks or 1000), key=f"{key}-last")
+    limit = c4.number_input("Documents per task", 1, 10000, int(defaults.get("limit") or 100), key=f"{key}-limit")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    tasks = c1.multiselect("Tasks (eval split)", list(OFFLINE_TASKS),
+                           default=[t for t in defaults.get("tasks", list(OFFLINE_TASKS)) if t in OFFLINE_TASKS],
+                           key=f"{key}-tasks")
+    calibration = defaults.get("calibration") or {}
+    samples = c2.number_input("Calibration samples", 1, 4096, int(calibration.get("samples", 128)),
+                              key=f"{key}-calib")
+    seq_lens = defaults.get("ppl_seq_lens") or [128]
+    ppl_len = c3.number_input("Perplexity window (tokens)", 16, 4096, int(seq_lens[0]), key=f"{key}-ppl")
+    return {"model": model, "beta": float(beta), "last_blocks": int(last), "tasks": tasks, "limit": int(limit),
+            "ppl_seq_lens": [int(ppl_len)], "ppl_tokens": defaults.get("ppl_tokens"),
+            "calib_source": calibration.get("source", "mix"), "calib_samples": int(samples),
+            "calib_seq_len": calibration.get("seq_len", 128)}
+
+
+def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
+    argvs = {m: jobs.uniform_argv(method="none" if m == "base" else m, **chosen) for m in methods}
+    if not methods:
+        st.success("Every method has a run for these settings.")
+        return
+    st.code("\n".join(jobs.command_line(argv) for argv in argvs.values()), language="bash", wrap_lines=True)
+    cols = st.columns(len(methods) + 1)
+    if cols[0].button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
+                      icon=":material/play_arrow:", help="one after the other, in one background process"):
+        widgets.launch_all_and_report(list(argvs.values()))
+    for col, (method, argv) in zip(cols[1:], argvs.items(), strict=True):
+        if col.button(f"Run {plots.method_label(method)}", key=f"{key}-{method}", disabled=not available):
+            widgets.launch_and_report(argv)
+
+
+if uniform.empty:
+    st.info("No uniform runs yet. Start them here (each runs in the background: compress, then evaluate), or "
+            "from a terminal with `sfsd uniform --model M --method X --beta B --last-blocks N --tasks a,b`.")
+    chosen = settings({}, key="uni-new")
+    launch_buttons(chosen, list(data.UNIFORM_METHODS), key="uni-new-launch")
+    widgets.progress_panel(key="uni-progress")
+    st.stop()
+
+groups = uniform[["model", "beta", "last_blocks"]].drop_duplicates().to_dict("records")
+labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
+index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
+group = groups[index]
+rows = uniform[(uniform["model"] == group["model"]) & (uniform["beta"] == group["beta"])
+               & (uniform["last_blocks"] == group["last_blocks"])]
+order = {m: i for i, m in enumerate(data.UNIFORM_METHODS)}
+rows = rows.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order)))).drop_duplicates("method")
+
+acc_cols = [c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()]
+ppl_cols = [c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()]
+shown = rows[["method", "state", "params", "macs", "overall_budget", *acc_cols, "avg", *ppl_cols]].copy()
+shown["params"] = shown["params"] / 1e6
+shown["macs"] = shown["macs"] / 1e9
+shown["overall_budget"] = 100 * shown["overall_budget"]
+for column in [*acc_cols, "avg"]:
+    shown[column] = 100 * shown[column]
+config = {"params": st.column_config.NumberColumn("params (M)", format="%.2f"),
+          "macs": st.column_config.NumberColumn("MACs @128 tokens (G)", format="%.3f"),
+          "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
+          "avg": st.column_config.NumberColumn("average acc (%)", format="%.1f")}
+config.update({c: st.column_config.NumberColumn(f"{c.removeprefix('acc:')} acc (%)", format="%.1f") for c in acc_cols})
+config.update({c: st.column_config.NumberColumn(c.replace("ppl@", "perplexity @") + (" tokens" if "@" in c else ""),
+                                                format="%.3f") for c in ppl_cols})
+st.subheader("Table 1")
+widgets.table(shown, "table1", key="uni-table", column_config=config)
+details = rows[["method", "calibration", "tasks", "limit", "run_id"]]
+st.caption("Calibration, tasks and documents per task of each row: "
+           + "; ".join(f"{r.method}: {r.calibration}, {r.tasks or 'no tasks'}, limit {r.limit}"
+                       for r in details.itertuples()))
+widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task (colour = method)"), key="uni-bars")
+
+missing = [m for m in data.UNIFORM_METHODS if m not in set(rows["method"])]
+first = data.load_run(rows["run_id"].iloc[0])
+defaults = {**(first.config if first else {}), "model": group["model"]}
+with st.expander(f"Add methods (missing here: {', '.join(missing) if missing else 'none'})", expanded=bool(missing)):
+    chosen = settings(defaults, key="uni-fill")
+    have = uniform[(uniform["model"] == chosen["model"]) & (uniform["beta"] == chosen["beta"])
+                   & (uniform["last_blocks"] == chosen["last_blocks"])]["method"]
+    launch_buttons(chosen, [m for m in data.UNIFORM_METHODS if m not in set(have)], key="uni-fill-launch")
+widgets.progress_panel(key="uni-progress")
+
+with st.expander("Every uniform run"):
+    widgets.table(uniform, "uniform-runs", key="uni-all")

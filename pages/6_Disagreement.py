@@ -1,0 +1,98 @@
+"""Prediction disagreement (the paper's Table 3): how often a compressed model's answer differs from the
+base model's, per task, and the flipped examples themselves."""
+
+import streamlit as st
+
+from sfsd.dashboard import data, jobs, plots, widgets
+from sfsd.data import OFFLINE_TASKS
+from sfsd.errors import SfsdError
+from sfsd.evaluate import disagreement
+
+widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, the "
+                   "difference, and the share of documents whose predicted answer changed — a compressed model "
+                   "can keep its accuracy while flipping many answers.")
+
+models = data.model_choices()
+compressed = [m for m in models if data.compressed_method(m)]
+
+with st.expander("Save a finished search run's model (for comparing it here)", expanded=not compressed):
+    done = data.list_runs(kind="search")
+    done = done[done["state"] == "done"]
+    if done.empty:
+        st.info("No finished search run yet: start one on the Runs page (or the quick demo on the start page).")
+    else:
+        run_id = widgets.pick_run(done, key="dis-materialize-run", label="Finished search run")
+        if st.button("Save its compressed model", key="dis-materialize", icon=":material/save:"):
+            with st.spinner("Building the compressed model (loads the model and the cached decompositions)..."):
+                try:
+                    st.toast(f"saved {jobs.materialize_run(run_id)}")
+                except SfsdError as exc:
+                    st.error(str(exc))
+                else:
+                    st.rerun()  # the new folder joins the model lists
+
+if len(models) < 2:
+    st.info("Only one model is known. Save a run's model above, or compress one with `sfsd compress ... --out "
+            "cache/models/NAME`.")
+    st.stop()
+
+c1, c2 = st.columns(2)
+model_a = c1.selectbox("Model A (reference)", models, index=models.index(data.demo_model()), key="dis-a",
+                       format_func=data.model_display)
+default_b = next((m for m in compressed if m != model_a), next(m for m in models if m != model_a))
+model_b = c2.selectbox("Model B (compared)", models, index=models.index(default_b), key="dis-b",
+                       format_func=data.model_display)
+c1, c2, c3 = st.columns([3, 1, 1])
+tasks = c1.multiselect("Tasks", list(OFFLINE_TASKS), default=[OFFLINE_TASKS[1] if len(OFFLINE_TASKS) > 1
+                                                              else OFFLINE_TASKS[0]], key="dis-tasks")
+limit = c2.number_input("Documents per task", 1, 5000, 50, key="dis-limit",
+                        help="the first N documents of each task's eval split (about 1 s each on a CPU)")
+metric = c3.radio("Prediction", ["acc", "acc_norm"], horizontal=True, key="dis-metric",
+                  help="acc: highest log-likelihood; acc_norm: highest log-likelihood per character")
+key = (model_a, model_b, tuple(tasks), int(limit))
+results = st.session_state.setdefault("dis-results", {})
+if st.button("Compare", key="dis-run", type="primary", disabled=not tasks or model_a == model_b,
+             icon=":material/compare_arrows:"):
+    with st.spinner(f"Evaluating both models on {len(tasks)} task(s), {int(limit)} documents each..."):
+        try:
+            results[key] = (data.task_records(model_a, tuple(tasks), int(limit)),
+                            data.task_records(model_b, tuple(tasks), int(limit)))
+        except (SfsdError, OSError, ValueError) as exc:
+            st.error(f"Evaluation failed: {exc}")
+if model_a == model_b:
+    st.caption("Pick two different models.")
+if key not in results:
+    st.info("Press **Compare** to evaluate both models (results are cached: a second time is instant).")
+    st.stop()
+
+records_a, records_b = results[key]
+label_a, label_b = data.model_display(model_a), data.model_display(model_b)
+summary = disagreement(records_a, records_b, metric)
+st.subheader("Per task")
+shown = summary.copy()
+for column in ("acc_a", "acc_b", "delta"):
+    shown[column] = 100 * shown[column]
+widgets.table(shown, "disagreement", key="dis-summary", column_config={
+    "acc_a": st.column_config.NumberColumn(f"acc A: {label_a} (%)", format="%.1f"),
+    "acc_b": st.column_config.NumberColumn(f"acc B: {label_b} (%)", format="%.1f"),
+    "delta": st.column_config.NumberColumn("delta B - A (points)", format="%+.1f"),
+    "disagreement": st.column_config.NumberColumn("disagreement (% of documents)", format="%.1f"),
+    "n_shared": st.column_config.NumberColumn("documents"),
+})
+widgets.chart(plots.disagreement_bars(summary, label_a, label_b), key="dis-chart")
+
+st.subheader("Flipped examples")
+c1, c2 = st.columns([1, 2])
+task = c1.selectbox("Task", tasks, key="dis-flip-task")
+flipped = data.flip_table(records_a, records_b, task, metric)
+directions = ["all", *sorted(flipped["direction"].unique())]
+direction = c2.radio("Direction", directions, horizontal=True, key="dis-direction")
+if direction != "all":
+    flipped = flipped[flipped["direction"] == direction]
+st.caption(f"{len(flipped)} flipped documents. Choices are shown as `index: text`; log-likelihoods per choice, "
+           "A then B.")
+widgets.table(flipped, f"flips-{task}", key="dis-flips", column_config={
+    "question": st.column_config.TextColumn("question", width="large"),
+    "pred_a": st.column_config.TextColumn(f"prediction A ({label_a})"),
+    "pred_b": st.column_config.TextColumn(f"prediction B ({label_b})"),
+})

@@ -1,0 +1,47 @@
+"""Social bias (the paper's Table 2): StereoSet LMS, SS and ICAT per bias type, base versus compressed."""
+
+import pandas as pd
+import streamlit as st
+
+from sfsd.dashboard import data, plots, widgets
+from sfsd.errors import SfsdError
+
+widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beats an unrelated one (higher is "
+                   "better). SS: how often the stereotype beats the anti-stereotype (50 is unbiased). ICAT = LMS · "
+                   "min(SS, 100 - SS) / 50 (100 is ideal).")
+
+models = data.model_choices()
+compressed = [m for m in models if data.compressed_method(m)]
+if not compressed:
+    st.info("No compressed model folder yet: save a finished search run's model on the **Disagreement** page "
+            "(or the Runs page), or run `sfsd compress --model smollm2-135m --method feature --beta 0.46 "
+            "--last-blocks 12 --out cache/models/demo-feature`. The base model can be scored meanwhile.")
+c1, c2 = st.columns([3, 1])
+default = [data.demo_model(), *compressed[:2]]
+chosen = c1.multiselect("Models", models, default=[m for m in dict.fromkeys(default) if m in models], key="bias-models",
+                        format_func=data.model_display)
+limit = c2.number_input("Examples (eval split)", 1, 10000, 100, key="bias-limit",
+                        help="the first N StereoSet examples; 3 sentences are scored per example")
+key = (tuple(chosen), int(limit))
+results = st.session_state.setdefault("bias-results", {})
+if st.button("Score", key="bias-run", type="primary", disabled=not chosen, icon=":material/balance:"):
+    with st.spinner(f"Scoring {len(chosen)} model(s) on {int(limit)} StereoSet examples..."):
+        try:
+            frames = [data.bias_summary(model, int(limit)).assign(model=data.model_display(model))
+                      for model in chosen]
+            results[key] = pd.concat(frames, ignore_index=True)
+        except (SfsdError, OSError, ValueError) as exc:
+            st.error(f"Scoring failed: {exc}")
+if key not in results:
+    st.info("Press **Score** to compute LMS, SS and ICAT (results are cached: a second time is instant).")
+    st.stop()
+
+summary = results[key]
+colors = {data.model_display(m): plots.method_color(data.compressed_method(m) or "base") for m in chosen}
+if len(set(colors.values())) < len(colors):  # two models of one method: tell them apart
+    colors = {}
+table = summary[["model", "bias_type", "LMS", "SS", "ICAT", "n"]]
+widgets.table(table, "stereoset", key="bias-table", column_config={
+    c: st.column_config.NumberColumn(c, format="%.2f") for c in ("LMS", "SS", "ICAT")})
+metric = st.radio("Metric", list(plots.BIAS_METRICS), index=2, horizontal=True, key="bias-metric")
+widgets.chart(plots.bias_bars(summary, metric, colors), key="bias-chart")

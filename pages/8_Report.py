@@ -1,0 +1,45 @@
+"""Report: one run as a single self-contained HTML file (all its figures and tables), to download or share."""
+
+import streamlit as st
+
+from sfsd.dashboard import data, report, widgets
+
+widgets.page_setup("Report", "Everything the dashboard shows about one run in a single HTML file: works offline, "
+                   "interactive figures included.")
+
+runs = data.list_runs()
+if runs.empty:
+    widgets.no_runs("runs", key="report-empty")
+    st.stop()
+
+run_id = widgets.pick_run(runs, key="report-run")
+view = data.load_run(run_id)
+if view is None:
+    st.warning(f"Run {run_id} cannot be read any more.")
+    st.stop()
+
+
+@st.cache_data(ttl=10, show_spinner="Building the report...", max_entries=8)
+def build(root: str, run_id: str, updated: str | None) -> str:
+    view = data.load_run(run_id)
+    if view is None:
+        return ""
+    group = None
+    if view.kind == "uniform":
+        uniform = data.uniform_frame()
+        group = uniform[(uniform["model"] == view.model) & (uniform["beta"] == view.config.get("beta"))
+                        & (uniform["last_blocks"] == view.config.get("last_blocks"))]
+    return report.build_report(view, data.spectra(run_id) if view.kind == "search" else data.spectra(run_id).head(0),
+                               group)
+
+
+document = build(data.store_root(), run_id, str(view.status.get("updated")))
+if view.state in data.ACTIVE_STATES:
+    st.caption("This run is still going: the report shows what it has written so far.")
+c1, c2 = st.columns([1, 3], vertical_alignment="center")
+c1.download_button("Download the HTML report", document.encode(), file_name=f"sfsd-report-{run_id}.html",
+                   mime="text/html", key="report-download", type="primary", icon=":material/download:",
+                   on_click="ignore")
+c2.caption(f"{len(document) / 1e6:.1f} MB · self-contained (Plotly's JavaScript is inlined once).")
+if st.toggle("Preview", value=True, key="report-preview"):
+    st.iframe(document, height=900)

@@ -1,0 +1,446 @@
+"""Cached reads for the dashboard: the run store (through `sfsd.runs` only), model facts and models.
+
+Run-store reads are `st.cache_data` with a short ttl (a running search appends every second or so) and are
+keyed by the store's root, so that a changed $SFSD_CACHE_DIR never serves another store's rows. Models
+are `st.cache_resource` (a few hundred MB each, loaded once per process).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from sfsd.errors import SfsdError
+from sfsd.models import DEFAULT_MODEL
+from sfsd.paths import models_dir
+from sfsd.runs import (
+    EVALUATION_COLUMNS,
+    LAYER_COLUMNS,
+    RUN_COLUMNS,
+    SNAPSHOT_COLUMNS,
+    TRIAL_COLUMNS,
+    RunStore,
+    evaluations_frame,
+    layers_frame,
+    snapshots_frame,
+    spectra_frame,
+    trace_frame,
+)
+
+TTL_S = 2  # run-store reads: short, a running search updates its files every few seconds
+ACTIVE_STATES = ("pending", "running")
+DEMO_ENV = "SFSD_DEMO_MODEL"
+
+
+def demo_model() -> str:
+    """The model of the quick demo and of the start page's summary ($SFSD_DEMO_MODEL, else the default)."""
+    return os.environ.get(DEMO_ENV) or DEFAULT_MODEL
+
+
+def store_root() -> str:
+    """The run store's folder as a string (a cache key: it follows $SFSD_CACHE_DIR)."""
+    return str(RunStore().root)
+
+
+def clear() -> None:
+    """Forget cached run-store reads (after launching, cancelling or deleting a run)."""
+    _list_runs.clear()
+    _load_run.clear()
+
+
+# ---- the table of runs ----------------------------------------------------------------------------------
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _list_runs(root: str) -> pd.DataFrame:
+    return RunStore(Path(root)).list_runs()
+
+
+def list_runs(kind: str | None = None, readable: bool = True) -> pd.DataFrame:
+    """RunStore.list_runs(), newest first; optionally one kind, and without unreadable folders."""
+    try:
+        runs = _list_runs(store_root())
+    except (OSError, SfsdError):
+        runs = pd.DataFrame(columns=RUN_COLUMNS)
+    if readable:
+        runs = runs[runs["state"] != "invalid"]
+    if kind is not None:
+        runs = runs[runs["kind"] == kind]
+    return runs.reset_index(drop=True)
+
+
+def active_runs() -> pd.DataFrame:
+    """Runs a process works on: running, or launched and starting (pending with a live process)."""
+    runs = list_runs()
+    active = (runs["state"] == "running") | ((runs["state"] == "pending") & runs["pid"].notna())
+    return runs[active].reset_index(drop=True)
+
+
+# ---- one run --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunView:
+    """Everything the pages show of one run (spectra apart: see `spectra`)."""
+
+    run_id: str
+    config: dict
+    status: dict
+    result: dict | None
+    layers: pd.DataFrame
+    snapshots: pd.DataFrame
+    evaluations: pd.DataFrame
+    trials: pd.DataFrame
+    log_tail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return str(self.config.get("kind") or "search")
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method") or "")
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model") or "")
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("state") or "")
+
+    @property
+    def metric_name(self) -> str:
+        metric = self.config.get("metric")
+        return str(metric.get("name") if isinstance(metric, dict) else metric or "")
+
+    @property
+    def metric_label(self) -> str:
+        """Axis title of the search metric, with its unit."""
+        metric = self.config.get("metric") if isinstance(self.config.get("metric"), dict) else {}
+        if self.metric_name == "ppl":
+            return "perplexity (search split)"
+        if self.metric_name == "task":
+            which = "acc_norm" if metric.get("use_norm") else "acc"
+            return f"{which} {metric.get('task')} (search split)"
+        return self.metric_name or "metric"
+
+    @property
+    def tolerance(self) -> Any:
+        metric = self.config.get("metric")
+        return metric.get("tolerance") if isinstance(metric, dict) else self.config.get("tolerance")
+
+    @property
+    def label(self) -> str:
+        return run_label(self.run_id, self.config)
+
+    @property
+    def decided(self) -> pd.DataFrame:
+        return self.layers[self.layers["decided"]] if not self.layers.empty else self.layers
+
+
+def run_label(run_id: str, config: dict | None = None, state: str | None = None) -> str:
+    """A short readable name: method, tolerance, model, id hash."""
+    config = config or {}
+    model = Path(str(config.get("model") or "?")).name
+    metric = config.get("metric") if isinstance(config.get("metric"), dict) else {}
+    parts = [str(config.get("method") or "?")]
+    if config.get("kind") == "uniform":
+        parts.append(f"beta {config.get('beta')} last {config.get('last_blocks')}")
+    elif metric:
+        name = metric.get("name")
+        parts.append(f"{name}{'/' + str(metric.get('task')) if name == 'task' else ''} tol {metric.get('tolerance')}")
+    parts.append(model)
+    text = " · ".join(parts)
+    suffix = run_id.rsplit("-", 1)[-1][:6]
+    return f"{text} · {suffix}" + (f" ({state})" if state else "")
+
+
+def _tail(path: Path, lines: int = 15, max_bytes: int = 20000) -> str:
+    """The last lines of a log, progress-bar carriage returns resolved."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    rows = []
+    for line in text.split("\n"):
+        parts = [part.rstrip() for part in line.split("\r") if part.strip()]
+        if parts:
+            rows.append(parts[-1])  # what a terminal shows after the progress bar's rewrites
+    return "\n".join(rows[-lines:])
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _load_run(root: str, run_id: str) -> RunView | None:
+    try:
+        run = RunStore(Path(root)).run(run_id)
+        status = run.status()
+        return RunView(
+            run_id=run.id, config=run.config, status=status,
+            result=run.result() if status["state"] == "done" else None,
+            layers=layers_frame(run), snapshots=snapshots_frame(run), evaluations=evaluations_frame(run),
+            trials=trace_frame(run, "trial"), log_tail=_tail(run.log_path),
+            extra={"has_spectra": run.file("spectra.parquet").exists()},
+        )
+    except (SfsdError, OSError, ValueError):
+        return None
+
+
+def load_run(run_id: str | None) -> RunView | None:
+    """A run's config, status, result and frames (None if it does not exist or cannot be read)."""
+    if not run_id:
+        return None
+    return _load_run(store_root(), run_id)
+
+
+def empty_view(run_id: str = "") -> RunView:
+    frame = pd.DataFrame
+    return RunView(run_id, {}, {}, None, frame(columns=LAYER_COLUMNS), frame(columns=SNAPSHOT_COLUMNS),
+                   frame(columns=EVALUATION_COLUMNS), frame(columns=TRIAL_COLUMNS))
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _spectra(root: str, run_id: str, layer: str | None) -> pd.DataFrame:
+    try:
+        return spectra_frame(RunStore(Path(root)).run(run_id), layer)
+    except (SfsdError, OSError, ValueError):
+        return pd.DataFrame(columns=["layer", "block", "role", "kind", "index", "value"])
+
+
+def spectra(run_id: str, layer: str | None = None, role: str | None = None) -> pd.DataFrame:
+    """The stored spectra of a run: one layer, one role (all blocks) or everything."""
+    frame = _spectra(store_root(), run_id, layer)
+    if role is not None and not frame.empty:
+        frame = frame[frame["role"] == role]
+    return frame.reset_index(drop=True)
+
+
+# ---- uniform runs (Table 1) -----------------------------------------------------------------------------
+
+UNIFORM_METHODS = ("base", "weight", "feature", "feature-uncentred", "asvd", "svdllm")
+
+
+def _number(value: Any) -> float | None:
+    """A count that may be stored as a number or as {seq_len: number}."""
+    if isinstance(value, dict):
+        value = next(iter(value.values()), None)
+    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    return None
+
+
+def uniform_row(view: RunView) -> dict:
+    """One row of Table 1 from a uniform run: protocol, params, MACs, accuracy per task, perplexity."""
+    config, result = view.config, view.result or {}
+    method = "base" if view.method == "none" else view.method
+    calibration = config.get("calibration") if isinstance(config.get("calibration"), dict) else {}
+    row = {"run_id": view.run_id, "model": view.model, "method": method, "beta": config.get("beta"),
+           "last_blocks": config.get("last_blocks"), "state": view.state,
+           "calibration": "{source} {samples}x{seq_len}".format(**{"source": "?", "samples": "?", "seq_len": "?",
+                                                                    **calibration}),
+           "limit": config.get("limit"), "tasks": ",".join(config.get("tasks") or []),
+           "params": _number(result.get("params")), "macs": _number(result.get("macs")),
+           "overall_budget": _number(result.get("overall_budget"))}
+    for record in view.evaluations.to_dict("records"):
+        kind = record.get("kind")
+        if kind == "task":
+            value = _number(record.get("acc"))
+            if value is not None:
+                row[f"acc:{record.get('task')}"] = value
+        elif kind == "ppl":
+            value, seq_len = _number(record.get("ppl")), _number(record.get("seq_len"))
+            if value is not None:
+                row[f"ppl@{int(seq_len)}" if seq_len is not None else "ppl"] = value
+    tasks = [key for key in row if key.startswith("acc:")]
+    row["avg"] = sum(row[key] for key in tasks) / len(tasks) if tasks else None
+    return row
+
+
+def uniform_frame() -> pd.DataFrame:
+    """Table 1 rows of every uniform run in the store (newest first)."""
+    rows = []
+    for run_id in list_runs(kind="uniform")["run_id"]:
+        view = load_run(run_id)
+        if view is not None:
+            rows.append(uniform_row(view))
+    base = ["run_id", "model", "method", "beta", "last_blocks", "state", "calibration", "limit", "tasks", "params",
+            "macs", "overall_budget"]
+    frame = pd.DataFrame(rows)
+    accs = sorted(c for c in frame.columns if c.startswith("acc:"))
+    ppls = sorted((c for c in frame.columns if c.startswith("ppl")), key=lambda c: (len(c), c))
+    return frame.reindex(columns=[*base, *accs, "avg", *ppls])
+
+
+# ---- models ---------------------------------------------------------------------------------------------
+
+
+def _meta_model(source: str):
+    """The model's modules on the meta device: its structure without reading any weight."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import sfsd  # noqa: F401  registers the compressed classes
+
+    config = AutoConfig.from_pretrained(source)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config), config
+
+
+@st.cache_resource(show_spinner="Reading the model's structure...")
+def model_summary(name: str) -> dict:
+    """Architecture, blocks, roles, parameters and per-role shapes of a model, from its config alone
+    (`sfsd.compress.describe(model, macs=False)` on a weightless copy)."""
+    from sfsd.compress import describe
+    from sfsd.models import resolve_model
+
+    source = resolve_model(name)
+    model, config = _meta_model(source)
+    info = describe(model, macs=False)
+    table = info.pop("table")
+    roles = (table.groupby("role", sort=False)
+             .agg(layers=("name", "size"), d_in=("d_in", "first"), d_out=("d_out", "first"),
+                  params=("params_full", "sum"))
+             .reset_index())
+    roles["share_of_linear_%"] = 100 * roles["params"] / max(1, int(roles["params"].sum()))
+    info.update(
+        name=name, source=source,
+        architecture=", ".join(getattr(config, "architectures", None) or [type(model).__name__]),
+        hidden_size=getattr(config, "hidden_size", getattr(config, "n_embd", None)),
+        vocab_size=getattr(config, "vocab_size", None),
+        heads=getattr(config, "num_attention_heads", getattr(config, "n_head", None)),
+        kv_heads=getattr(config, "num_key_value_heads", None),
+        roles_table=roles, layers_table=table,
+    )
+    return info
+
+
+def model_blocks(name: str) -> int | None:
+    """Number of decoder blocks of a model, from its config.json (None if it cannot be read cheaply)."""
+    from sfsd.models import BUNDLED, resolve_model
+
+    try:
+        if name in BUNDLED and not (models_dir() / name / "config.json").exists():
+            return None  # not converted yet: the search converts it
+        source = Path(resolve_model(name))
+        config = json.loads((source / "config.json").read_text())
+    except (SfsdError, OSError, ValueError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    text = config.get("text_config")
+    if isinstance(text, dict) and isinstance(text.get("num_hidden_layers"), int):
+        return text["num_hidden_layers"]
+    return None
+
+
+def compressed_method(folder: str) -> str | None:
+    """The sfsd method recorded in a compressed folder's config.json (None for a plain model)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("sfsd_method")
+
+
+def model_choices() -> list[str]:
+    """Models to compare: the default and demo models, the models of runs, and every folder under
+    cache/models/ (compressed ones included)."""
+    names = [DEFAULT_MODEL, demo_model()]
+    names += [str(model) for model in list_runs()["model"].dropna()]
+    root = models_dir()
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if (folder / "config.json").exists() and folder.name != DEFAULT_MODEL:
+                names.append(str(folder))
+    return list(dict.fromkeys(names))
+
+
+def model_display(name: str) -> str:
+    method = compressed_method(name) if Path(name).is_dir() else None
+    short = Path(name).name if ("/" in name or os.sep in name) else name
+    return f"{short} [{method}]" if method else short
+
+
+@st.cache_resource(max_entries=3, show_spinner="Loading the model...")
+def load_model(name: str):
+    """(model, tokenizer) on the default device, loaded once per process."""
+    from sfsd.models import load_model as load
+
+    return load(name)
+
+
+# ---- evaluations on demand (Disagreement and Bias pages) ------------------------------------------------
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def task_records(model: str, tasks: tuple[str, ...], limit: int | None) -> pd.DataFrame:
+    """Per-document multiple-choice records of a model on the eval split (sfsd.evaluate caches them on disk)."""
+    from sfsd.evaluate import evaluate_tasks
+
+    loaded, tokenizer = load_model(model)
+    return evaluate_tasks(loaded, tokenizer, list(tasks), split="eval", limit=limit).records
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def bias_summary(model: str, limit: int | None) -> pd.DataFrame:
+    """StereoSet LMS, SS, ICAT per bias type of a model (eval split; cached on disk by sfsd.evaluate)."""
+    from sfsd.evaluate import stereoset
+
+    loaded, tokenizer = load_model(model)
+    return stereoset(loaded, tokenizer, split="eval", limit=limit, progress=False).summary
+
+
+@st.cache_data(show_spinner=False)
+def task_rows(task: str) -> pd.DataFrame:
+    """The eval-split rows of an offline task, indexed by their id (doc_id of the records)."""
+    from sfsd.data import load_task
+
+    return pd.DataFrame(load_task(task, "eval")).set_index("id")
+
+
+def flip_table(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, metric: str = "acc") -> pd.DataFrame:
+    """The documents whose prediction flipped from model A to model B, with their text, gold answer, both
+    predictions and both models' per-choice log-likelihoods."""
+    from sfsd.evaluate import flips
+
+    changed = flips(records_a, records_b, task, metric)
+    columns = ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a", "loglik_b"]
+    if changed.empty:
+        return pd.DataFrame(columns=columns)
+    rows = task_rows(task)
+    loglik = {name: frame[frame["task"] == task].set_index("doc_id")["loglik"]
+              for name, frame in (("a", records_a), ("b", records_b))}
+
+    def choice(doc_id: str, index: int) -> str:
+        try:
+            return f"{index}: {rows.loc[doc_id, 'choices'][index]}"
+        except (KeyError, IndexError, TypeError):
+            return str(index)
+
+    def lls(which: str, doc_id: str) -> str:
+        values = loglik[which].get(doc_id)
+        return "" if values is None else ", ".join(f"{float(v):.2f}" for v in values)
+
+    out = pd.DataFrame({
+        "doc_id": changed["doc_id"], "direction": changed["direction"],
+        "question": [str(rows.loc[d, "query"]) if d in rows.index else "" for d in changed["doc_id"]],
+        "gold": [choice(d, g) for d, g in zip(changed["doc_id"], changed["gold"], strict=True)],
+        "pred_a": [choice(d, p) for d, p in zip(changed["doc_id"], changed["pred_a"], strict=True)],
+        "pred_b": [choice(d, p) for d, p in zip(changed["doc_id"], changed["pred_b"], strict=True)],
+        "loglik_a": [lls("a", d) for d in changed["doc_id"]],
+        "loglik_b": [lls("b", d) for d in changed["doc_id"]],
+    })
+    return out[columns]

@@ -1,0 +1,425 @@
+"""Every figure of the dashboard (and of the HTML report): pure functions from frames to Plotly figures.
+
+One colour per method across all pages (`METHOD_COLORS`); axis titles carry their units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sfsd.adapters.base import ROLE_ORDER
+from sfsd.decompose import BETA_GRID, rank_for_budget
+
+METHOD_COLORS = {
+    "feature": "#1f77b4",  # SFSD: blue
+    "feature-uncentred": "#17becf",  # cyan
+    "weight": "#ff7f0e",  # plain SVD: orange
+    "asvd": "#2ca02c",  # green
+    "svdllm": "#9467bd",  # purple
+    "base": "#7f7f7f",  # the uncompressed model: grey
+}
+METHOD_LABELS = {
+    "feature": "feature space (SFSD)", "feature-uncentred": "feature space, uncentred", "weight": "weight SVD",
+    "asvd": "ASVD", "svdllm": "SVD-LLM", "base": "base model",
+}
+OTHER_COLORS = ["#d62728", "#8c564b", "#e377c2", "#bcbd22", "#393b79", "#637939"]
+DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
+TEMPLATE = "plotly_white"
+
+
+def method_color(method: str | None) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return OTHER_COLORS[sum(map(ord, str(method))) % len(OTHER_COLORS)]
+
+
+def method_label(method: str | None) -> str:
+    return METHOD_LABELS.get(str(method), str(method))
+
+
+def ordered_roles(roles: Iterable[str]) -> list[str]:
+    """Roles in forward order (q, k, v, o, gate, up, down), unknown ones last."""
+    order = {role: i for i, role in enumerate(ROLE_ORDER)}
+    return sorted(dict.fromkeys(roles), key=lambda r: (order.get(r, len(order)), r))
+
+
+def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, legend: str = "top") -> go.Figure:
+    """Common look; `legend` "top" (above the plot) or "bottom" (under it, for figures with panel titles)."""
+    if legend == "bottom":
+        place = dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0)
+        margin = dict(l=60, r=30, t=80 if title else 40, b=90)
+    else:
+        place = dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0)
+        margin = dict(l=60, r=30, t=80 if title else 40, b=50)
+    fig.update_layout(template=TEMPLATE, title=title, margin=margin, legend=place)
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def empty_figure(message: str, height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, font=dict(size=14), x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, height=height)
+
+
+# ---- budget heatmap (Figure 3) --------------------------------------------------------------------------
+
+
+def heatmap_cells(layers: pd.DataFrame) -> pd.DataFrame:
+    """One row per (block, role): retained % (mean over runs when several are stacked with a `run_id`
+    column), rank (mean), d_in, d_out, layer name and how many runs decided it. Undecided layers give NaN."""
+    columns = ["block", "role", "retained_pct", "rank", "d_in", "d_out", "layer", "runs"]
+    if layers.empty:
+        return pd.DataFrame(columns=columns)
+    frame = layers.copy()
+    decided = frame["decided"].astype(bool) if "decided" in frame else pd.Series(True, index=frame.index)
+    frame["retained_pct"] = pd.to_numeric(frame["retained"], errors="coerce").where(decided) * 100
+    frame["rank_value"] = pd.to_numeric(frame["rank"], errors="coerce").astype("float64")
+    # An intact layer keeps its full rank min(d_in, d_out).
+    full = np.minimum(frame["d_in"].astype("float64"), frame["d_out"].astype("float64"))
+    frame["rank_value"] = frame["rank_value"].where(~(decided & frame["rank_value"].isna()), full)
+    frame["rank_value"] = frame["rank_value"].where(decided)
+    cells = (frame.groupby(["block", "role"], sort=False)
+             .agg(retained_pct=("retained_pct", "mean"), rank=("rank_value", "mean"), d_in=("d_in", "first"),
+                  d_out=("d_out", "first"), layer=("layer", "first"), runs=("retained_pct", "count"))
+             .reset_index())
+    return cells[columns]
+
+
+def budget_heatmap(cells: pd.DataFrame, title: str | None = None, selected: str | None = None) -> go.Figure:
+    """Blocks (rows, last block on top) x roles (columns), colour and text = % of the layer's parameters
+    retained. A transparent marker over each cell makes the cells selectable (click or box select)."""
+    if cells.empty:
+        return empty_figure("No decided layers yet")
+    roles = ordered_roles(cells["role"])
+    blocks = sorted(int(b) for b in cells["block"].dropna().unique())
+    index = {(int(r.block), r.role): r for r in cells.itertuples()}
+    z, text, custom = [], [], []
+    for block in blocks:
+        z_row, t_row, c_row = [], [], []
+        for role in roles:
+            cell = index.get((block, role))
+            value = None if cell is None or pd.isna(cell.retained_pct) else float(cell.retained_pct)
+            z_row.append(value)
+            t_row.append("" if value is None else f"{value:.0f}%")
+            c_row.append(_cell_custom(cell))
+        z.append(z_row)
+        text.append(t_row)
+        custom.append(c_row)
+    x_labels = [str(role) for role in roles]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=x_labels, y=blocks, text=text, texttemplate="%{text}", textfont=dict(size=11),
+        colorscale="Viridis", zmin=0, zmax=100, xgap=1, ygap=1, hoverinfo="skip",
+        colorbar=dict(title=dict(text="retained<br>params (%)"), ticksuffix="%"),
+    ))
+    points = [(role, block, _cell_custom(index.get((block, role)))) for block in blocks for role in roles
+              if (block, role) in index]
+    fig.add_trace(go.Scatter(
+        x=[p[0] for p in points], y=[p[1] for p in points], customdata=[p[2] for p in points], mode="markers",
+        marker=dict(symbol="square", size=26, color="rgba(0,0,0,0)"), name="layers", showlegend=False,
+        selected=dict(marker=dict(color="rgba(255,255,255,0.45)")), unselected=dict(marker=dict(opacity=0)),
+        hovertemplate=("block %{y} · %{x}<br>retained %{customdata[4]} of parameters<br>rank %{customdata[0]}"
+                       "<br>d_in %{customdata[1]} · d_out %{customdata[2]}<br>%{customdata[3]}<extra></extra>"),
+    ))
+    if selected:
+        hit = cells[cells["layer"] == selected]
+        if not hit.empty:
+            fig.add_shape(type="rect", xref="x", yref="y", line=dict(color="red", width=3),
+                          x0=x_labels.index(str(hit["role"].iloc[0])) - 0.5,
+                          x1=x_labels.index(str(hit["role"].iloc[0])) + 0.5,
+                          y0=int(hit["block"].iloc[0]) - 0.5, y1=int(hit["block"].iloc[0]) + 0.5)
+    fig.update_xaxes(title="role (linear layer of the block)", type="category", categoryorder="array",
+                     categoryarray=x_labels, side="bottom")
+    fig.update_xaxes(range=[-0.5, len(x_labels) - 0.5])
+    fig.update_yaxes(title="block (decoder layer index)", dtick=1 if len(blocks) <= 40 else None,
+                     range=[min(blocks) - 0.5, max(blocks) + 0.5])
+    return _layout(fig, title, height=max(320, 26 * len(blocks) + 140))
+
+
+def _cell_custom(cell) -> list:
+    if cell is None:
+        return ["", "", "", "", ""]
+    rank = "" if pd.isna(cell.rank) else (f"{cell.rank:.0f}" if float(cell.rank).is_integer() else f"{cell.rank:.1f}")
+    retained = "undecided" if pd.isna(cell.retained_pct) else f"{cell.retained_pct:.1f}%"
+    return [rank, int(cell.d_in) if not pd.isna(cell.d_in) else "", int(cell.d_out) if not pd.isna(cell.d_out) else "",
+            cell.layer, retained]
+
+
+def selected_layer(event, cells: pd.DataFrame) -> str | None:
+    """The layer name of the first point of a `st.plotly_chart(on_select=...)` selection event."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        points = getattr(getattr(event, "selection", None), "points", None) or []
+    for point in points:
+        custom = point.get("customdata")
+        if isinstance(custom, (list, tuple)) and len(custom) >= 4 and custom[3]:
+            return str(custom[3])
+        x, y = point.get("x"), point.get("y")
+        hit = cells[(cells["role"].astype(str) == str(x)) & (cells["block"].astype(str) == str(y))]
+        if not hit.empty:
+            return str(hit["layer"].iloc[0])
+    return None
+
+
+# ---- spectra ---------------------------------------------------------------------------------------------
+
+SPECTRUM_NAMES = {"weight": "weight: σ² of W", "feature": "feature: eigenvalues of Cov(Wx)",
+                  "feature-uncentred": "feature (uncentred): eigenvalues of E[yyᵀ]",
+                  "asvd": "ASVD: σ² of W·S", "svdllm": "SVD-LLM: σ² of W·L"}
+
+
+def spectrum_label(kind: str) -> str:
+    return SPECTRUM_NAMES.get(kind, f"{kind} spectrum")
+
+
+def budget_ranks(d_in: int, d_out: int, betas: Sequence[float] = BETA_GRID) -> list[tuple[float, int]]:
+    """(beta, rank) of Eq. 3 for each beta of the search grid."""
+    return [(beta, rank_for_budget(beta, int(d_in), int(d_out))) for beta in betas]
+
+
+def energy_table(spectra: pd.DataFrame, d_in: int, d_out: int) -> pd.DataFrame:
+    """Per beta of the grid: rank and the share of each spectrum's energy the top-rank components keep."""
+    rows = []
+    kinds = list(dict.fromkeys(spectra["kind"])) if not spectra.empty else []
+    totals = {kind: _positive(spectra[spectra["kind"] == kind].sort_values("index")["value"]) for kind in kinds}
+    for beta, rank in budget_ranks(d_in, d_out):
+        row = {"beta": beta, "rank": rank}
+        for kind, values in totals.items():
+            total = values.sum()
+            row[f"energy kept, {kind} (%)"] = 100 * values[:rank].sum() / total if total > 0 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _positive(values: pd.Series) -> np.ndarray:
+    array = values.to_numpy(dtype="float64")
+    return np.where(array > 0, array, 0.0)
+
+
+def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: int | None = None,
+                    method: str | None = None, title: str | None = None) -> go.Figure:
+    """Left: each spectrum (method's and weight's) on a log scale; right: cumulative energy (%). Dotted
+    lines at the rank of each beta 0.1..0.9 (Eq. 3), a solid one at the run's chosen rank."""
+    if spectra.empty:
+        return empty_figure("No spectrum stored for this layer")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
+    top = 0.0
+    for kind in kinds:
+        part = spectra[spectra["kind"] == kind].sort_values("index")
+        values = part["value"].to_numpy(dtype="float64")
+        x = part["index"].to_numpy() + 1
+        shown = np.where(values > 0, values, np.nan)
+        energy = np.cumsum(np.where(values > 0, values, 0.0))
+        energy = 100 * energy / energy[-1] if len(energy) and energy[-1] > 0 else energy
+        color = method_color(kind)
+        fig.add_trace(go.Scatter(x=x, y=shown, mode="lines", name=spectrum_label(kind), line=dict(color=color),
+                                 legendgroup=kind,
+                                 hovertemplate="component %{x}<br>%{y:.4g}<extra>" + kind + "</extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=energy, mode="lines", name=spectrum_label(kind), line=dict(color=color),
+                                 legendgroup=kind, showlegend=False,
+                                 hovertemplate="top %{x} components<br>%{y:.2f}% of energy<extra>" + kind + "</extra>"),
+                      row=1, col=2)
+        top = max(top, float(len(values)))
+    for beta, rank in budget_ranks(d_in, d_out):
+        for col in (1, 2):
+            fig.add_vline(x=rank, line=dict(color="#b0b0b0", width=1, dash="dot"), row=1, col=col)
+        fig.add_annotation(x=rank, y=1.0, xref="x2", yref="paper", text=f"β{beta:g}", showarrow=False,
+                           font=dict(size=9, color="#808080"), yanchor="bottom", textangle=-90)
+        fig.add_annotation(x=rank, y=1.0, xref="x", yref="paper", text=f"β{beta:g}", showarrow=False,
+                           font=dict(size=9, color="#808080"), yanchor="bottom", textangle=-90)
+    if chosen_rank is not None and not pd.isna(chosen_rank):
+        color = method_color(method)
+        for col in (1, 2):
+            fig.add_vline(x=int(chosen_rank), line=dict(color=color, width=2.5), row=1, col=col)
+        fig.add_annotation(x=int(chosen_rank), y=0.02, xref="x2", yref="paper", text=f"chosen r={int(chosen_rank)}",
+                           showarrow=False, font=dict(size=11, color=color), xanchor="left", bgcolor="white")
+    fig.update_yaxes(type="log", title="eigenvalue / σ² (log scale)", row=1, col=1, exponentformat="power")
+    fig.update_yaxes(title="cumulative energy (% of total)", range=[0, 101], row=1, col=2)
+    fig.update_xaxes(title="component (rank)", row=1, col=1)
+    fig.update_xaxes(title="rank r (components kept)", row=1, col=2)
+    return _layout(fig, title, height=480, legend="bottom")
+
+
+def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None = None, method: str | None = None,
+                 cumulative: bool = False, title: str | None = None, columns: int = 6) -> go.Figure:
+    """Small multiples: one panel per block (one role), each spectrum on a log scale (or cumulative
+    energy), a solid line at the run's chosen rank of that block's layer."""
+    if spectra.empty:
+        return empty_figure("No spectra stored for this role")
+    blocks = sorted(int(b) for b in spectra["block"].unique())
+    cols = max(1, min(columns, len(blocks)))
+    rows = math.ceil(len(blocks) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"block {b}" for b in blocks],
+                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
+                        shared_xaxes=True)
+    kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
+    for i, block in enumerate(blocks):
+        row, col = i // cols + 1, i % cols + 1
+        for kind in kinds:
+            part = spectra[(spectra["block"] == block) & (spectra["kind"] == kind)].sort_values("index")
+            values = part["value"].to_numpy(dtype="float64")
+            if cumulative:
+                energy = np.cumsum(np.where(values > 0, values, 0.0))
+                y = 100 * energy / energy[-1] if len(energy) and energy[-1] > 0 else energy
+            else:
+                y = np.where(values > 0, values, np.nan)
+            fig.add_trace(go.Scatter(x=part["index"].to_numpy() + 1, y=y, mode="lines", name=spectrum_label(kind),
+                                     line=dict(color=method_color(kind), width=1.4), legendgroup=kind,
+                                     showlegend=i == 0, hovertemplate=f"block {block}<br>component %{{x}}<br>"
+                                     "%{y:.4g}<extra>" + kind + "</extra>"), row=row, col=col)
+        rank = (ranks or {}).get(block)
+        if rank is not None and not pd.isna(rank):
+            fig.add_vline(x=int(rank), line=dict(color=method_color(method), width=1.5), row=row, col=col)
+        if not cumulative:
+            fig.update_yaxes(type="log", exponentformat="power", row=row, col=col)
+        if col == 1:
+            fig.update_yaxes(title="energy (%)" if cumulative else "value (log)", row=row, col=col)
+        if row == rows:
+            fig.update_xaxes(title="component", row=row, col=col)
+    fig.update_annotations(font_size=11)
+    fig = _layout(fig, title, height=max(340, 210 * rows + 110), legend="bottom")
+    return fig.update_layout(legend=dict(y=-0.3 / rows))
+
+
+# ---- metric versus parameters (Figures 1-2) ------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One line of the accuracy-versus-parameters figure."""
+
+    name: str
+    method: str
+    x: Sequence[float]
+    y: Sequence[float]
+    markers_only: bool = False
+    text: Sequence[str] | None = None
+
+
+def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "parameters remaining (millions)",
+                     baselines: Sequence[tuple[str, float]] = (), title: str | None = None) -> go.Figure:
+    """Metric against remaining parameters, one line per run (colour = method, dash = run within a method),
+    the base model as a horizontal line."""
+    if not curves:
+        return empty_figure("Nothing to plot: no snapshots for these runs")
+    fig = go.Figure()
+    seen: dict[str, int] = {}
+    for curve in curves:
+        dash = DASHES[seen.get(curve.method, 0) % len(DASHES)]
+        seen[curve.method] = seen.get(curve.method, 0) + 1
+        fig.add_trace(go.Scatter(
+            x=list(curve.x), y=list(curve.y), name=curve.name,
+            mode="markers" if curve.markers_only else "lines+markers",
+            line=dict(color=method_color(curve.method), dash=dash),
+            marker=dict(color=method_color(curve.method), size=11 if curve.markers_only else 7,
+                        symbol="diamond" if curve.markers_only else "circle"),
+            text=list(curve.text) if curve.text is not None else None,
+            hovertemplate="%{x:,.3f}<br>%{y:.4g}" + ("<br>%{text}" if curve.text is not None else "")
+                          + "<extra>" + curve.name + "</extra>",
+        ))
+    for i, (name, value) in enumerate(baselines):
+        if value is None or pd.isna(value):
+            continue
+        fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
+                      annotation_text=name, annotation_position="top left" if i % 2 == 0 else "bottom left",
+                      annotation_font=dict(color=METHOD_COLORS["base"], size=11))
+    fig.update_xaxes(title=x_title)
+    fig.update_yaxes(title=y_title)
+    return _layout(fig, title, height=480)
+
+
+def search_trace(trials: pd.DataFrame, metric_title: str, title: str | None = None) -> go.Figure:
+    """Every trial of a search: metric value against trial number, passed ones filled, threshold as a step line."""
+    if trials.empty:
+        return empty_figure("No trials yet")
+    frame = trials.reset_index(drop=True)
+    number = np.arange(1, len(frame) + 1)
+    passed = frame["passed"].fillna(False).astype(bool).to_numpy()
+    hover = [f"{layer}<br>beta {beta} · rank {rank}" for layer, beta, rank in
+             zip(frame["layer"], frame["beta"], frame["rank"], strict=True)]
+    fig = go.Figure()
+    for flag, name, symbol in ((True, "passed", "circle"), (False, "rejected", "x")):
+        mask = passed == flag
+        fig.add_trace(go.Scatter(x=number[mask], y=frame["value"].to_numpy()[mask], mode="markers", name=name,
+                                 marker=dict(symbol=symbol, size=7, color="#2ca02c" if flag else "#d62728"),
+                                 text=[hover[i] for i in np.flatnonzero(mask)],
+                                 hovertemplate="trial %{x}<br>%{y:.4g}<br>%{text}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=number, y=frame["threshold"], mode="lines", name="threshold",
+                             line=dict(color="#7f7f7f", dash="dash", shape="hv")))
+    fig.update_xaxes(title="trial (in search order)")
+    fig.update_yaxes(title=metric_title)
+    return _layout(fig, title, height=360)
+
+
+# ---- Table 1, disagreement, bias -----------------------------------------------------------------------
+
+
+def accuracy_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Grouped bars: accuracy (%) per task (and average), one bar per method (rows of `table`)."""
+    columns = [c for c in table.columns if c.startswith("acc:")] + (["avg"] if "avg" in table else [])
+    if table.empty or not columns:
+        return empty_figure("No task accuracies in these runs")
+    fig = go.Figure()
+    for row in table.to_dict("records"):
+        values = [row.get(c) for c in columns]
+        fig.add_trace(go.Bar(x=[c.removeprefix("acc:") for c in columns],
+                             y=[None if v is None or pd.isna(v) else 100 * float(v) for v in values],
+                             name=method_label(row.get("method")), marker_color=method_color(row.get("method")),
+                             hovertemplate="%{x}: %{y:.1f}%<extra>" + str(row.get("method")) + "</extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="task")
+    fig.update_yaxes(title="accuracy (%)", range=[0, 100])
+    return _layout(fig, title, height=400)
+
+
+def disagreement_bars(summary: pd.DataFrame, label_a: str, label_b: str, title: str | None = None) -> go.Figure:
+    """Per task: the two models' accuracies (bars) and their disagreement (%) as a marker."""
+    if summary.empty:
+        return empty_figure("No shared documents")
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_a"], name=f"accuracy {label_a}",
+                         marker_color=METHOD_COLORS["base"]))
+    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_b"], name=f"accuracy {label_b}",
+                         marker_color=METHOD_COLORS["feature"]))
+    fig.add_trace(go.Scatter(x=summary["task"], y=summary["disagreement"], name="disagreement", mode="markers",
+                             marker=dict(symbol="diamond", size=14, color="#d62728")), secondary_y=True)
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="task")
+    fig.update_yaxes(title="accuracy (%)", range=[0, 100], secondary_y=False)
+    fig.update_yaxes(title="disagreement (% of documents)", rangemode="tozero", secondary_y=True, showgrid=False)
+    return _layout(fig, title, height=380)
+
+
+BIAS_METRICS = {"LMS": "language-model score LMS (%, higher is better)",
+                "SS": "stereotype score SS (%, 50 is unbiased)", "ICAT": "ICAT (0-100, higher is better)"}
+
+
+def bias_bars(summary: pd.DataFrame, metric: str = "ICAT", colors: Mapping[str, str] | None = None,
+              title: str | None = None) -> go.Figure:
+    """Grouped bars: one StereoSet metric per bias type, one bar per model (`model` column)."""
+    if summary.empty:
+        return empty_figure("No bias results yet")
+    fig = go.Figure()
+    for i, (model, part) in enumerate(summary.groupby("model", sort=False)):
+        color = (colors or {}).get(model) or OTHER_COLORS[i % len(OTHER_COLORS)]
+        fig.add_trace(go.Bar(x=part["bias_type"], y=part[metric], name=str(model), marker_color=color,
+                             hovertemplate="%{x}: %{y:.2f}<extra>" + str(model) + "</extra>"))
+    if metric == "SS":
+        fig.add_hline(y=50, line=dict(color="#7f7f7f", dash="dash"), annotation_text="unbiased (SS = 50)")
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title="bias type")
+    fig.update_yaxes(title=BIAS_METRICS.get(metric, metric))
+    return _layout(fig, title, height=400)

@@ -1,0 +1,237 @@
+"""Small widgets shared by the pages: run pickers, the live progress panel, downloads, empty states."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from sfsd.dashboard import data, jobs
+from sfsd.errors import SfsdError
+
+SELECTED_RUN = "sfsd_run"  # session state: the run last picked on any page
+SELECTED_LAYER = "sfsd_layer"  # session state: the layer last picked (heatmap -> spectra)
+WATCHED = "sfsd_watched"  # session state: runs launched from this session
+
+
+def page_setup(title: str, caption: str | None = None) -> None:
+    st.set_page_config(page_title=f"sfsd · {title}", layout="wide")
+    st.title(title)
+    if caption:
+        st.caption(caption)
+
+
+def duration(seconds) -> str:
+    if seconds is None or pd.isna(seconds) or not math.isfinite(float(seconds)):
+        return "-"
+    minutes, secs = divmod(int(round(float(seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def csv_download(frame: pd.DataFrame, name: str, key: str, label: str = "Download CSV") -> None:
+    st.download_button(label, frame.to_csv(index=False).encode(), file_name=f"{name}.csv", mime="text/csv",
+                       key=key, icon=":material/download:", on_click="ignore")
+
+
+def table(frame: pd.DataFrame, name: str, key: str, **kwargs) -> None:
+    """A dataframe with its CSV download button under it."""
+    st.dataframe(frame, width="stretch", hide_index=True, key=f"{key}-table", **kwargs)
+    csv_download(frame, name, key=f"{key}-csv")
+
+
+def page_link(path: str, label: str, icon: str | None = None, container=None) -> None:
+    """st.page_link that degrades to plain text where the page is not registered (a page run on its own)."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        (container or st).page_link(path, label=label, icon=icon)
+    except StreamlitAPIException:
+        (container or st).caption(f"{label}: open it from the sidebar")
+
+
+def chart(fig, key: str, **kwargs):
+    """A Plotly chart at full width (its toolbar saves PNG)."""
+    config = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2, "filename": key}}
+    return st.plotly_chart(fig, width="stretch", key=key, config=config, **kwargs)
+
+
+# ---- picking runs --------------------------------------------------------------------------------------
+
+
+def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None) -> str | None:
+    """A selectbox over `runs` (newest first) that starts at the run last picked on any page."""
+    if runs.empty:
+        return None
+    ids = list(runs["run_id"])
+    labels = {row.run_id: data.run_label(row.run_id, {"kind": row.kind, "method": row.method, "model": row.model},
+                                         row.state) for row in runs.itertuples()}
+    for row in runs.itertuples():  # richer labels need the config; cached per run
+        view = data.load_run(row.run_id)
+        if view is not None:
+            labels[row.run_id] = data.run_label(row.run_id, view.config, row.state)
+    if st.session_state.get(key) not in ids:
+        wanted = st.session_state.get(SELECTED_RUN)
+        st.session_state[key] = wanted if wanted in ids else ids[0]
+    chosen = st.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
+    st.session_state[SELECTED_RUN] = chosen
+    return chosen
+
+
+def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 3) -> list[str]:
+    """A multiselect over `runs`, starting with the run last picked plus the newest ones."""
+    if runs.empty:
+        return []
+    ids = list(runs["run_id"])
+    labels = {}
+    for row in runs.itertuples():
+        view = data.load_run(row.run_id)
+        labels[row.run_id] = data.run_label(row.run_id, view.config if view else {}, row.state)
+    current = [i for i in st.session_state.get(key) or [] if i in ids]
+    if key not in st.session_state or len(current) != len(st.session_state[key]):
+        wanted = st.session_state.get(SELECTED_RUN)
+        initial = ([wanted] if wanted in ids else []) + [i for i in ids if i != wanted]
+        st.session_state[key] = current or initial[:default]
+    return st.multiselect(label, ids, key=key, format_func=lambda i: labels.get(i, i))
+
+
+def search_runs_with(what: str = "layers") -> pd.DataFrame:
+    """Search runs that have something to show: decided layers, spectra or snapshots (newest first)."""
+    runs = data.list_runs(kind="search")
+    keep = []
+    for run_id in runs["run_id"]:
+        view = data.load_run(run_id)
+        if view is None:
+            continue
+        if what == "layers" and not view.decided.empty:
+            keep.append(run_id)
+        elif what == "snapshots" and not view.snapshots.empty:
+            keep.append(run_id)
+        elif what == "spectra" and view.extra.get("has_spectra"):
+            keep.append(run_id)
+        elif what == "any":
+            keep.append(run_id)
+    return runs[runs["run_id"].isin(keep)].reset_index(drop=True)
+
+
+# ---- empty states ----------------------------------------------------------------------------------------
+
+
+def no_runs(what: str, key: str) -> None:
+    """Say what is missing and how to get it, with the quick demo one click away."""
+    model = data.demo_model()
+    argv = jobs.demo_argv(model, data.model_blocks(model))
+    st.info(f"No {what} yet. Start the quick demo search (about 3 minutes on a laptop CPU), start a search on "
+            f"the **Runs** page, or run it from a terminal:\n\n```\n{jobs.command_line(argv)}\n```",
+            icon=":material/info:")
+    demo_button(key=f"{key}-demo")
+    progress_panel(key=f"{key}-progress")
+
+
+def demo_button(key: str = "demo") -> None:
+    model = data.demo_model()
+    argv = jobs.demo_argv(model, data.model_blocks(model))
+    if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
+                 help=jobs.command_line(argv)):
+        launch_and_report(argv)
+
+
+def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
+    """Start a command in the background, remember its run for the progress panel, say what happened."""
+    try:
+        started = jobs.start(list(argv))
+    except SfsdError as exc:
+        st.error(str(exc))
+        return None
+    data.clear()
+    if started.run_id:
+        st.session_state.setdefault(WATCHED, [])
+        if started.run_id not in st.session_state[WATCHED]:
+            st.session_state[WATCHED].append(started.run_id)
+        st.session_state[SELECTED_RUN] = started.run_id
+    (st.success if started.launched else st.info)(started.message)
+    return started
+
+
+def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
+    """Start several commands one after the other in one background process (see `jobs.start_all`)."""
+    try:
+        results = jobs.start_all([list(argv) for argv in argvs])
+    except SfsdError as exc:
+        st.error(str(exc))
+        return
+    data.clear()
+    watched = st.session_state.setdefault(WATCHED, [])
+    for started in results:
+        if started.run_id and started.run_id not in watched:
+            watched.append(started.run_id)
+    st.success("\n\n".join(started.message for started in results))
+
+
+# ---- live progress ---------------------------------------------------------------------------------------
+
+
+@st.fragment(run_every=2)
+def progress_panel(key: str = "progress") -> None:
+    """Every active run (and the runs launched from this session): progress, ETA, cancel. Refreshes itself
+    every 2 s; the page reruns once when a run finishes, so that its tables and figures appear."""
+    active = data.active_runs()
+    watched = [i for i in st.session_state.get(WATCHED, []) if i not in set(active["run_id"])]
+    previous = set(st.session_state.get(f"{key}-active", []))
+    now = set(active["run_id"])
+    st.session_state[f"{key}-active"] = sorted(now)
+    if active.empty and not watched:
+        st.caption("No run in progress.")
+        return
+    for row in active.itertuples():
+        _progress_row(row.run_id, key)
+    for run_id in watched:
+        view = data.load_run(run_id)
+        if view is None:
+            continue
+        state = view.state
+        icon = {"done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
+                "interrupted": ":material/pause_circle:"}.get(state, ":material/radio_button_unchecked:")
+        line = f"{icon} `{run_id}`: {state}"
+        if view.result and view.result.get("overall_budget") is not None:
+            line += f", overall budget {100 * view.result['overall_budget']:.1f}%"
+        if view.status.get("message") and state != "done":
+            line += f" — {view.status['message']}"
+        st.markdown(line)
+    if previous - now:
+        data.clear()
+        st.rerun()  # a run just finished: refresh the whole page
+
+
+def _progress_row(run_id: str, key: str) -> None:
+    view = data.load_run(run_id)
+    if view is None:
+        return
+    status = view.status
+    total = status.get("layers_total") or len(view.config.get("layers") or []) or None
+    done = int(status.get("layers_done") or 0)
+    label = view.label
+    message = str(status.get("message") or "")
+    if status.get("state") == "pending" and message.startswith("queued"):
+        text, value = f"{label}: {message}", 0.0
+    elif view.kind != "search":
+        text = f"{label}: {'compressing and evaluating' if status.get('state') == 'running' else 'starting'}"
+        value = 0.0
+    elif status.get("state") == "pending" or not status.get("layers_total"):
+        text = f"{label}: preparing (loading the model, calibrating, decomposing)"
+        value = 0.0
+    else:
+        value = min(1.0, done / total) if total else 0.0
+        current = str(status.get("current_layer") or "").removeprefix("model.")
+        text = (f"{label}: {done}/{total} layers · {status.get('trials_done') or 0} trials · "
+                f"ETA {duration(status.get('eta_s'))}" + (f" · last {current}" if current else ""))
+    st.progress(value, text=text)
+    label = "Cancel this run" if view.kind == "search" else "Stop this run"
+    if st.button(label, key=f"{key}-cancel-{run_id}", icon=":material/stop:", type="tertiary"):
+        try:
+            st.toast(jobs.cancel_run(run_id))
+        except SfsdError as exc:
+            st.toast(str(exc))
+        data.clear()

@@ -1,0 +1,385 @@
+"""The dashboard, page by page, with Streamlit's AppTest against a run store the real search wrote.
+
+The store (`shared_store`) holds two searches on a tiny random LLaMA (feature with task snapshots, weight),
+three uniform runs (base, weight, feature) and the feature search's saved model; it is built once per
+session and reused by tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {
+    "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
+    "accuracy": "pages/4_Accuracy_vs_parameters.py", "table1": "pages/5_Weight_vs_feature.py",
+    "disagreement": "pages/6_Disagreement.py", "bias": "pages/7_Bias.py", "report": "pages/8_Report.py",
+}
+TINY_LLAMA = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=2)
+UNIFORM = dict(beta=0.5, last_blocks=2, tasks=["piqa"], limit=5, ppl_seq_lens=[32], ppl_tokens=1024)
+
+
+@contextmanager
+def cache_env(root: Path):
+    old = os.environ.get("SFSD_CACHE_DIR")
+    os.environ["SFSD_CACHE_DIR"] = str(root)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SFSD_CACHE_DIR", None)
+        else:
+            os.environ["SFSD_CACHE_DIR"] = old
+
+
+def _build(root: Path) -> dict:
+    """Tiny model, two real searches, three real uniform runs and one saved compressed model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from sfsd.compress import CalibrationSpec
+    from sfsd.models import DEFAULT_MODEL, resolve_model
+    from sfsd.paths import data_dir
+
+    pack, tokenizer_dir = data_dir(), resolve_model(DEFAULT_MODEL)  # the real cache, before switching
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "data").exists():
+        (root / "data").symlink_to(pack)
+    model = root / "tiny-llama"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model)
+    with cache_env(root):
+        from sfsd.dashboard.jobs import materialize_run
+        from sfsd.search import MetricSpec, SearchConfig, run_search
+        from sfsd.search.uniform import UniformConfig, run_uniform
+
+        calibration = CalibrationSpec("wiki", 16, 32)
+        metric = MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
+        feature = run_search(SearchConfig(model=str(model), method="feature", metric=metric, calibration=calibration,
+                                          snapshot_every=11, snapshot_tasks=["piqa"], snapshot_limit=4), progress=False)
+        weight = run_search(SearchConfig(model=str(model), method="weight", metric=metric, calibration=calibration,
+                                         first_block=1, snapshot_every=4), progress=False)
+        uniform = {}
+        for method in ("none", "feature"):
+            config = UniformConfig(str(model), method, UNIFORM["beta"], UNIFORM["last_blocks"], calibration,
+                                   UNIFORM["tasks"], UNIFORM["limit"], UNIFORM["ppl_seq_lens"], UNIFORM["ppl_tokens"])
+            uniform[method] = run_uniform(config, progress=False).id
+        saved = materialize_run(feature.id)
+    return {"root": str(root), "model": str(model), "feature": feature.id, "weight": weight.id,
+            "uniform": uniform, "saved": str(saved)}
+
+
+def shared_store(tmp_path_factory) -> dict:
+    """The session's fixture store, built by whichever test module asks first."""
+    base = tmp_path_factory.getbasetemp()
+    root, done = base / "dashboard-store", base / "dashboard-store.json"
+    with open(base / "dashboard-store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            done.write_text(json.dumps(_build(root)))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return shared_store(tmp_path_factory)
+
+
+@pytest.fixture
+def env(store, monkeypatch):
+    monkeypatch.setenv("SFSD_CACHE_DIR", store["root"])
+    monkeypatch.setenv("SFSD_DEMO_MODEL", store["model"])
+    return store
+
+
+def open_page(name: str | None = None, timeout: float = 90) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    if name is not None:
+        at.switch_page(PAGES[name])
+    return at.run()
+
+
+def charts(at: AppTest) -> list:
+    return at.get("plotly_chart")
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "success", "code", "title", "subheader")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+# ---- every page with data ------------------------------------------------------------------------------
+
+
+def test_start_page_shows_the_model_the_runs_and_the_demo(env):
+    at = open_page()
+    no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Blocks"] == "3" and metrics["Parameters"].endswith("M")
+    assert metrics["Family"] == "llama"
+    assert len(at.dataframe) >= 2  # roles, runs
+    runs = at.dataframe[1].value
+    assert {env["feature"], env["weight"], *env["uniform"].values()} <= set(runs["run_id"])
+    demo = at.button(key="start-demo")
+    assert "first-block 0" in demo.help and env["model"] in demo.help  # last 3 of 3 blocks
+    assert "No run in progress" in texts(at)
+
+
+def test_runs_page_lists_runs_and_builds_the_search_command(env):
+    at = open_page("runs")
+    no_exception(at)
+    assert at.dataframe[0].value.shape[0] == 4
+    at.selectbox(key="new-metric").select("task").run()
+    at.selectbox(key="new-task").select("piqa").run()
+    command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
+    assert "--metric task --tolerance 0.05 --task piqa --limit 100" in command
+    at.selectbox(key="runs-detail").select(env["feature"]).run()
+    no_exception(at)
+    assert len(charts(at)) == 1  # the search trace
+    assert {m.label for m in at.metric} >= {"State", "Layers decided", "Overall budget"}
+
+
+def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
+    at = open_page("heatmap")
+    no_exception(at)
+    at.selectbox(key="heatmap-run").select(env["feature"]).run()
+    layer = "model.layers.1.self_attn.o_proj"
+    at.selectbox(key="heatmap-layer").select(layer).run()
+    no_exception(at)
+    figures = charts(at)
+    assert len(figures) == 2  # heatmap + spectrum
+    spec = json.loads(figures[0].proto.spec)
+    heat = spec["data"][0]
+    assert heat["type"] == "heatmap" and len(heat["z"]) == 3 and len(heat["x"]) == 7
+    assert all(text.endswith("%") for row in heat["text"] for text in row)
+    assert layer in json.loads(figures[1].proto.spec)["layout"]["title"]["text"]
+    at.radio(key="heatmap-mode").set_value("average over runs").run()
+    no_exception(at)
+    assert "Average over 2 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
+
+
+def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
+    at = open_page("spectra")
+    at.selectbox(key="spectra-run").select(env["feature"]).run()
+    no_exception(at)
+    figures = charts(at)
+    assert len(figures) == 2
+    single = json.loads(figures[0].proto.spec)
+    names = {trace["name"] for trace in single["data"]}
+    assert any(n.startswith("feature") for n in names) and any(n.startswith("weight") for n in names)
+    assert single["layout"]["yaxis"]["type"] == "log"
+    assert len(single["layout"]["shapes"]) == 2 * 9 + 2  # beta marks in both panels + the chosen rank
+    energy = at.dataframe[0].value
+    assert list(energy["beta"]) == pytest.approx([0.1 * i for i in range(1, 10)])
+    at.selectbox(key="spectra-role").select("down").run()
+    at.radio(key="spectra-grid-mode").set_value("cumulative energy (%)").run()
+    no_exception(at)
+    grid = json.loads(charts(at)[1].proto.spec)
+    assert {a["text"] for a in grid["layout"]["annotations"]} >= {"block 0", "block 1", "block 2"}
+
+
+def test_accuracy_page_overlays_runs_with_the_base_line(env):
+    at = open_page("accuracy")
+    no_exception(at)
+    at.multiselect(key="acc-runs").set_value([env["feature"], env["weight"]]).run()
+    figure = json.loads(charts(at)[0].proto.spec)
+    assert len([t for t in figure["data"] if t.get("mode") == "lines+markers"]) == 2
+    assert any(shape.get("type") == "line" for shape in figure["layout"]["shapes"])  # base model
+    options = at.selectbox(key="acc-y").options
+    accuracy = [o for o in options if o.startswith("acc piqa")]
+    assert accuracy, options
+    at.selectbox(key="acc-y").select(accuracy[0]).run()
+    no_exception(at)
+    figure = json.loads(charts(at)[0].proto.spec)
+    modes = [trace["mode"] for trace in figure["data"]]
+    assert modes == ["lines+markers", "markers"]  # the feature search, the feature uniform run as a point
+    assert "acc piqa" in figure["layout"]["yaxis"]["title"]["text"]
+    assert "Not shown" in texts(at)  # the weight search has no task snapshots
+
+
+def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
+    at = open_page("table1")
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["base", "feature"]
+    assert {"params", "macs", "acc:piqa", "avg", "ppl@32"} <= set(table.columns)
+    assert len(charts(at)) == 1
+    commands = "\n".join(c.value for c in at.code)
+    for method in ("weight", "feature-uncentred", "asvd", "svdllm"):
+        assert f"--method {method} " in commands
+    assert at.button(key="uni-fill-launch-asvd")
+
+
+def test_uniform_commands_name_the_runs_the_cli_creates(env):
+    from sfsd.dashboard import jobs
+    from sfsd.runs import run_id_for
+
+    argv = jobs.uniform_argv(env["model"], "feature", calib_source="wiki", calib_samples=16, calib_seq_len=32,
+                             **UNIFORM)
+    assert run_id_for(jobs.run_config(argv)) == env["uniform"]["feature"]
+    argv = jobs.search_argv(env["model"], "weight", "ppl", 0.0, search_samples=4, search_seq_len=32, first_block=1,
+                            calib_source="wiki", calib_samples=16, calib_seq_len=32, snapshot_every=4)
+    argv += ["--search-batch-size", "2"]
+    assert run_id_for(jobs.run_config(argv)) == env["weight"]
+    started = jobs.start(argv)  # finished: not launched again
+    assert not started.launched and "already done" in started.message
+
+
+def test_disagreement_page_compares_two_models_and_lists_flips(env):
+    at = open_page("disagreement")
+    no_exception(at)
+    at.selectbox(key="dis-a").select(env["model"])
+    at.selectbox(key="dis-b").select(env["saved"])
+    at.multiselect(key="dis-tasks").set_value(["piqa"])
+    at.number_input(key="dis-limit").set_value(6)
+    at.run()
+    at.button(key="dis-run").click().run(timeout=180)
+    no_exception(at)
+    summary = at.dataframe[0].value
+    assert list(summary["task"]) == ["piqa"] and int(summary["n_shared"].iloc[0]) == 6
+    assert 0 <= float(summary["disagreement"].iloc[0]) <= 100
+    flips = at.dataframe[1].value
+    assert list(flips.columns) == ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a",
+                                   "loglik_b"]
+    assert len(charts(at)) == 1
+
+
+def test_bias_page_scores_stereoset(env):
+    at = open_page("bias")
+    no_exception(at)
+    at.multiselect(key="bias-models").set_value([env["model"], env["saved"]])
+    at.number_input(key="bias-limit").set_value(8)
+    at.run()
+    at.button(key="bias-run").click().run(timeout=180)
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert {"LMS", "SS", "ICAT"} <= set(table.columns) and "overall" in set(table["bias_type"])
+    assert table["model"].nunique() == 2
+    assert len(charts(at)) == 1
+
+
+def test_report_is_one_self_contained_html_file(env):
+    at = open_page("report")
+    no_exception(at)
+    at.selectbox(key="report-run").select(env["feature"]).run()
+    no_exception(at)
+    assert at.get("download_button")
+    from sfsd.dashboard import data, report
+
+    document = report.build_report(data.load_run(env["feature"]), data.spectra(env["feature"]))
+    assert document.count("<script src=") == 0  # nothing fetched from the network
+    assert document.count('class="plotly-graph-div"') >= 5  # heatmap, metric, accuracy, trace, spectra
+    assert document.count("plotly.js v") >= 1 and len(document) < 15_000_000
+    for heading in ("Budget per layer", "Metric versus parameters", "Spectra per role", "Layers", "Config"):
+        assert heading in document
+
+
+# ---- empty and broken stores ---------------------------------------------------------------------------
+
+
+DEMO_KEYS = {"runs": "runs", "heatmap": "heatmap", "spectra": "spectra", "accuracy": "acc", "report": "report"}
+
+
+@pytest.fixture
+def empty_env(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SFSD_DEMO_MODEL", store["model"])
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", [None, *PAGES])
+def test_every_page_says_what_to_run_on_an_empty_store(empty_env, name):
+    at = open_page(name)
+    no_exception(at)
+    if name in DEMO_KEYS:
+        assert "sfsd search --model" in texts(at)
+        assert at.button(key=f"{DEMO_KEYS[name]}-empty-demo")
+    elif name == "table1":
+        assert "No uniform runs yet" in texts(at) and "sfsd uniform --model" in texts(at)
+    elif name == "disagreement":
+        assert "No finished search run yet" in texts(at)
+    elif name == "bias":
+        assert "No compressed model folder yet" in texts(at)
+
+
+def test_pages_survive_an_unstarted_run_and_a_broken_folder(empty_env, store):
+    from sfsd.runs import Run
+    from sfsd.search import SearchConfig
+
+    Run.create(SearchConfig(model=store["model"]).to_dict())  # pending, no layers, never launched
+    broken = empty_env / "runs" / "search-broken-000000000000"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")
+    for name in [None, *PAGES]:
+        at = open_page(name)
+        no_exception(at)
+    at = open_page("runs")
+    assert "invalid" in set(at.dataframe[0].value["state"])
+
+
+# ---- figure helpers ------------------------------------------------------------------------------------
+
+
+def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
+    import pandas as pd
+
+    from sfsd.dashboard import plots
+
+    layers = pd.DataFrame({
+        "layer": ["b1.q", "b1.k", "b0.q"], "block": [1, 1, 0], "role": ["q", "k", "q"], "d_in": [64, 64, 64],
+        "d_out": [64, 32, 64], "decided": [True, True, False], "intact": [False, True, False],
+        "rank": pd.array([8, None, None], dtype="Int64"), "retained": [0.25, 1.0, None],
+    })
+    cells = plots.heatmap_cells(layers).set_index("layer")
+    assert cells.loc["b1.q", "retained_pct"] == 25 and cells.loc["b1.q", "rank"] == 8
+    assert cells.loc["b1.k", "retained_pct"] == 100 and cells.loc["b1.k", "rank"] == 32  # intact: full rank
+    assert pd.isna(cells.loc["b0.q", "retained_pct"]) and pd.isna(cells.loc["b0.q", "rank"])
+    figure = plots.budget_heatmap(cells.reset_index())
+    assert [list(row) for row in figure.data[0].text] == [["", ""], ["25%", "100%"]]  # blocks 0, 1 x roles q, k
+    event = {"selection": {"points": [{"x": "k", "y": 1}]}}  # a click without customdata
+    assert plots.selected_layer(event, cells.reset_index()) == "b1.k"
+    assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
+
+
+def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env, store):
+    import signal
+    import time
+
+    from sfsd.dashboard import data, jobs
+    from sfsd.runs import Run
+
+    argvs = [jobs.uniform_argv(store["model"], method, 0.5, 1, [], None, [16], 256, "wiki", 8, 16)
+             for method in ("weight", "asvd")]
+    first, second = jobs.start_all(argvs)
+    try:
+        assert first.launched and second.pid == first.pid
+        queued = Run.open(second.run_id).status()
+        assert queued["state"] == "pending" and queued["message"].startswith("queued")
+        data.clear()
+        assert set(data.active_runs()["run_id"]) == {first.run_id, second.run_id}
+        assert all(not s.launched for s in jobs.start_all(argvs))  # already running: nothing started twice
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while Run.open(second.run_id).status()["state"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert Run.open(second.run_id).status()["state"] == "failed"  # its process is gone: not pending forever

@@ -1,0 +1,224 @@
+"""The dashboard in a real browser: `streamlit run app.py` as a server, headless Chromium through Playwright.
+
+Every page is opened against a copy of the fixture store of tests/test_app.py and must render its Plotly
+charts (screenshots go to tests/artifacts/); the quick demo is started with a click and its progress is
+watched until the search is done.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_app import shared_store
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+# page name -> (URL path, Plotly charts it must show once loaded)
+PAGES = {
+    "start": ("", 0), "runs": ("Runs", 0), "heatmap": ("Budget_heatmap", 2), "spectra": ("Spectra", 2),
+    "accuracy": ("Accuracy_vs_parameters", 1), "table1": ("Weight_vs_feature", 1),
+    "disagreement": ("Disagreement", 1), "bias": ("Bias", 1), "report": ("Report", 0),
+}
+# pages whose figures appear after a button press: (input to shrink, its value, button label, charts afterwards)
+PRESS = {"disagreement": ("Documents per task", "6", "Compare", 1),
+         "bias": ("Examples (eval split)", "10", "Score", 1)}
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A private copy of the shared fixture store: the demo run started here stays out of the other tests."""
+    shared = shared_store(tmp_path_factory)
+    root = tmp_path_factory.mktemp("browser") / "store"
+    shutil.copytree(shared["root"], root, symlinks=True, ignore=shutil.ignore_patterns("lock"))
+    return {**shared, "root": str(root)}
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    port = free_port()
+    env = {**os.environ, "SFSD_CACHE_DIR": store["root"], "SFSD_DEMO_MODEL": store["model"],
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(ARTIFACTS / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start: see {ARTIFACTS / 'server.log'}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        _stop_runs(store["root"])
+
+
+def _stop_runs(root: str) -> None:
+    """Kill a search the test launched that is still going (it runs detached from the server)."""
+    from sfsd.runs import RunStore
+
+    for row in RunStore(Path(root) / "runs").list_runs().itertuples():
+        if row.state in ("pending", "running") and row.pid and row.pid > 0:
+            try:
+                os.killpg(int(row.pid), signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 2400})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def settle(page, timeout_s: float = 90) -> None:
+    """Wait until the script run is over (Streamlit's running indicator gone) and the title is drawn."""
+    page.wait_for_selector("h1", timeout=timeout_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        if page.locator("[data-testid='stStatusWidget']").count() == 0:
+            break
+    page.wait_for_timeout(800)
+
+
+def wait_charts(page, count: int, timeout_s: float = 60) -> int:
+    """Wait until `count` Plotly charts have drawn (their SVG exists); return how many there are."""
+    if count:
+        page.wait_for_function(
+            "n => [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('.main-svg'))"
+            ".length >= n", arg=count, timeout=timeout_s * 1000)
+    return page.locator(".js-plotly-plot").count()
+
+
+def assert_clean(page) -> None:
+    exceptions = page.locator("[data-testid='stException']")
+    assert exceptions.count() == 0, exceptions.first.inner_text()
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_page_renders_its_charts(server, page, name):
+    path, count = PAGES[name]
+    page.goto(f"{server}/{path}")
+    settle(page)
+    assert_clean(page)
+    if name in PRESS:
+        field, value, label, count = PRESS[name]
+        page.get_by_label(field, exact=True).fill(value)
+        page.get_by_label(field, exact=True).press("Enter")
+        settle(page)
+        page.get_by_role("button", name=label).click()
+        settle(page, 150)
+    assert wait_charts(page, count, 150 if name in PRESS else 60) >= count
+    if name == "report":  # the preview iframe holds the report's own Plotly figures
+        frame = page.frame_locator("iframe").first
+        frame.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60000)
+    assert_clean(page)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_clicking_a_heatmap_cell_opens_its_spectrum(server, page):
+    page.goto(f"{server}/Budget_heatmap")
+    settle(page)
+    wait_charts(page, 2)
+    title = page.locator(".js-plotly-plot").nth(1).locator(".gtitle")
+    assert "self_attn.o_proj" not in title.text_content()
+    x, y = page.evaluate("""() => {
+        const plot = document.querySelectorAll('.js-plotly-plot')[0], box = plot.getBoundingClientRect();
+        const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis;
+        return [box.left + xa._offset + xa.d2p('o'), box.top + ya._offset + ya.d2p(1)];
+    }""")  # the cell of block 1, role o
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    page.mouse.click(x, y)
+    page.wait_for_function("() => (document.querySelectorAll('.js-plotly-plot')[1]?.querySelector('.gtitle')"
+                           "?.textContent || '').includes('layers.1.self_attn.o_proj')", timeout=60000)
+    settle(page)
+    assert_clean(page)
+    page.screenshot(path=str(ARTIFACTS / "heatmap-clicked.png"), full_page=True)
+
+
+def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
+    from sfsd.runs import RunStore
+
+    page.goto(server)
+    settle(page)
+    page.get_by_role("button", name="Start the quick demo search").click()
+    page.get_by_text(re.compile(r"started run search-tiny-llama-feature-ppl")).wait_for(timeout=30000)
+    seen: list[str] = []
+    done = page.get_by_text(re.compile(r"search-tiny-llama-feature-ppl-\w+.*: done"))
+    deadline = time.monotonic() + 150
+    shot = False
+    while time.monotonic() < deadline:
+        bars = page.locator("[data-testid='stProgress']")
+        for i in range(bars.count()):
+            text = bars.nth(i).inner_text()
+            if text and (not seen or seen[-1] != text):
+                seen.append(text)
+        if not shot and any(re.search(r"\d+/21 layers", t) for t in seen):
+            page.screenshot(path=str(ARTIFACTS / "demo-progress.png"))
+            shot = True
+        if done.count():
+            break
+        page.wait_for_timeout(700)
+    assert done.count(), f"the demo did not finish in time; progress seen: {seen}"
+    page.get_by_role("button", name="Cancel this run").wait_for(state="detached", timeout=30000)  # page refreshed
+    settle(page)
+    page.mouse.move(0, 0)  # no tooltip over the page
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "demo-done.png"), full_page=True)
+    assert seen, "no progress bar was shown while the demo ran"
+    layers = [int(m.group(1)) for t in seen for m in [re.search(r"(\d+)/21 layers", t)] if m]
+    assert any("preparing" in t for t in seen) or layers, seen
+    assert layers == sorted(layers), f"progress went backwards: {seen}"
+    runs = RunStore(Path(store["root"]) / "runs").list_runs()
+    demo = runs[runs["run_id"].str.startswith("search-tiny-llama-feature-ppl") & (runs["state"] == "done")]
+    assert len(demo) == 2  # the fixture's search and the demo
