@@ -81,7 +81,7 @@ def apply_ranks(
 
 
 def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str | Path) -> None:
-    """All factorisations in one safetensors file plus a JSON index (no pickle)."""
+    """All factorisations in one safetensors file plus a JSON index (no executable serialisation)."""
     tensors, index = {}, {}
     for i, (name, dec) in enumerate(decompositions.items()):
         key = f"l{i}"

@@ -4,7 +4,7 @@ An entry is `meta.json` (the key fields, the summary, and the size and sha256 of
 plus an optional `records.parquet`. The Parquet file is written first (temporary file, then
 `os.replace`), `meta.json` last through `sfsd.atomic.write_json`, so `meta.json` marks a complete
 entry. Reading re-checks everything; a bad or half-written entry is reported as a miss and gets
-recomputed, never served. Only JSON and Parquet are written: no pickle.
+recomputed, never served. Only JSON and Parquet are written (no executable serialisation).
 """
 
 from __future__ import annotations
