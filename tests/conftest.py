@@ -44,6 +44,17 @@ def tiny_model(model_type: str, seed: int = 0):
     return model.eval()
 
 
+def save_tiny_llama(folder, tokenizer_dir, num_layers: int):
+    """A tiny random LLaMA with the real SmolLM2 tokenizer, saved like any Hugging Face model."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**{**TINY, "vocab_size": 49152, "num_hidden_layers": num_layers})).save_pretrained(
+        folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def default_model_dir():
     from sfsd.models import DEFAULT_MODEL, resolve_model

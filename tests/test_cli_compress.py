@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import TINY
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import save_tiny_llama
+from transformers import AutoModelForCausalLM
 
 from sfsd.cli import main
 
@@ -15,12 +14,7 @@ from sfsd.cli import main
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory, default_model_dir):
     """A tiny random LLaMA with the real SmolLM2 tokenizer, saved like any Hugging Face model."""
-    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(**{**TINY, "vocab_size": 49152, "num_hidden_layers": 2})
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_dir, 2)
 
 
 def _run(capsys, *argv):

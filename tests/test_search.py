@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-import torch
-from conftest import TINY
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from conftest import save_tiny_llama
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfsd.compress import CalibrationSpec
 from sfsd.errors import SfsdError
@@ -22,12 +21,7 @@ from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, default_model_dir):
-    folder = tmp_path_factory.mktemp("search") / "tiny-llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(**{**TINY, "vocab_size": 49152, "num_hidden_layers": 4})
-    LlamaForCausalLM(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("search") / "tiny-llama", default_model_dir, 4)
 
 
 @pytest.fixture()
