@@ -89,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from sfsd.compress import CalibrationSpec
     from sfsd.models import DEFAULT_MODEL
+    from sfsd.paths import runs_dir
     from sfsd.search import MetricSpec, SearchConfig
 
+    real_runs = runs_dir()  # before the switch to the private cache
     cache = use_private_cache("memory-quick" if args.quick else "memory")
     if args.quick:
         model_name = str(tiny_model_dir())
@@ -111,10 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory: full search of {model_name} from block {args.first_block} in a subprocess "
           f"(fresh decompositions: {not args.reuse_decompositions})", flush=True)
     start = time.perf_counter()
+    kept = None
     try:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, text=True)
         samples, code = sample(process, root)
         out = process.stdout.read() if process.stdout else ""
+        if code == 0 and not args.quick:
+            kept = keep_run(root, real_runs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     seconds = time.perf_counter() - start
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['trials']} trials, overall budget {summary['overall_budget']:.4f}; {seconds:.0f} s on {device}.",
         "Fresh decompositions: " + ("no (reused)" if args.reuse_decompositions else
                                     "yes (calibration and decompositions inside the measured process)") + ".",
+        *([f"The finished run is kept in the run store as `{kept}` (the dashboard and `bench.quality` read it)."]
+          if kept else []),
         "Samples: psutil RSS of the child every 0.5 s; the phase is 'search' once the run's trace exists.",
         f"Machine: {machine_line()}.",
     ]
@@ -152,6 +159,20 @@ def main(argv: list[str] | None = None) -> int:
             "note": QUICK_NOTE if args.quick else None}
     write_result("memory", args, data, markdown, started)
     return 0
+
+
+def keep_run(root: Path, store: Path) -> str | None:
+    """Copy the finished run into the real run store unless a run with that id is already there: the
+    same config gives the same id as `sfsd search`, so the hour it took is not spent again."""
+    for folder in root.iterdir():
+        if folder.is_dir() and (folder / "trace.jsonl").exists() and not (store / folder.name).exists():
+            store.mkdir(parents=True, exist_ok=True)
+            staging = store / f".{folder.name}.copying"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(folder, staging, ignore=shutil.ignore_patterns("lock", "prefix"))
+            staging.rename(store / folder.name)
+            return folder.name
+    return None
 
 
 def _param_bytes(folder: str) -> int:

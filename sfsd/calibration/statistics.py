@@ -28,11 +28,15 @@ class InputStatistics:
         return cls(0, zeros.clone(), zeros.clone(), torch.zeros(dim, dim, dtype=torch.float64, device=device))
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        # One batch's x^T x is a float32 GEMM (at least float32; float64 inputs stay float64) and only
+        # the running total is float64: a float64 GEMM costs several times the layer's own float32
+        # work on CPU, while a batch (a few thousand tokens) loses nothing visible in float32.
+        x = x.reshape(-1, x.shape[-1])
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         self.count += x.shape[0]
-        self.sum_x += x.sum(0)
-        self.sum_abs_x += x.abs().sum(0)
-        self.sum_xxT.addmm_(x.T, x)
+        self.sum_x += x.sum(0, dtype=torch.float64)
+        self.sum_abs_x += x.abs().sum(0, dtype=torch.float64)
+        self.sum_xxT += x.T @ x
 
     def to(self, device: torch.device | str) -> InputStatistics:
         if self.sum_xxT.device == torch.device(device):
