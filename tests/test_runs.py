@@ -410,6 +410,9 @@ def test_launch_a_detached_child_that_finishes(root):
     assert run.result()["overall_budget"] == 0.5
     assert "child finished its trials" in run.log_path.read_text()
     _wait_for(lambda: not sfsd.runs._files.pid_alive(pid))  # reaped, not left a zombie
+    with pytest.raises(SfsdError, match="already finished"):
+        launch(run, command=[sys.executable, "-c", "pass"])
+    assert run.status()["state"] == "done"
 
 
 def test_launch_then_cancel(root):

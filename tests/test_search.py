@@ -189,3 +189,26 @@ def test_uniform_protocol_run_stores_params_macs_and_evaluations(cache, tiny_dir
     assert set(evals["kind"]) == {"task", "ppl"} and (evals.loc[evals["kind"] == "ppl", "seq_len"] == 32).all()
     with pytest.raises(SfsdError, match="unknown task"):
         UniformConfig(tasks=["hellaswag"])
+
+
+def test_uniform_run_stops_on_cancel_and_resumes_without_duplicates(cache, tiny_dir, monkeypatch):
+    import sfsd.evaluate
+    from sfsd.runs import evaluations_frame
+    from sfsd.search.uniform import UniformConfig, run_uniform
+
+    config = UniformConfig(str(tiny_dir), "weight", 0.5, 1, CalibrationSpec("wiki", 8, 32), ["piqa"], 4, [32], 256)
+    real_evaluate = sfsd.evaluate.evaluate_tasks
+
+    def evaluate_then_cancel(*args, **kwargs):  # the user presses cancel while the task is being evaluated
+        result = real_evaluate(*args, **kwargs)
+        Run.create(config.to_dict()).request_cancel()
+        return result
+
+    monkeypatch.setattr(sfsd.evaluate, "evaluate_tasks", evaluate_then_cancel)
+    run = run_uniform(config, progress=False)
+    assert run.status()["state"] == "cancelled"
+    assert [e["kind"] for e in run.read_evaluations()] == ["task"]  # perplexity not started
+    monkeypatch.setattr(sfsd.evaluate, "evaluate_tasks", real_evaluate)
+    run = run_uniform(config, progress=False)
+    assert run.status()["state"] == "done"
+    assert sorted(evaluations_frame(run)["kind"]) == ["ppl", "task"]  # the task is not evaluated twice

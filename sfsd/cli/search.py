@@ -104,16 +104,23 @@ def register_uniform(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_uniform_command)
 
 
-def run_uniform_command(args: argparse.Namespace) -> int:
+def uniform_config_from_args(args: argparse.Namespace):
+    """The UniformConfig of `sfsd uniform`'s flags (the dashboard derives its run ids from this too)."""
     from sfsd.compress import CalibrationSpec
-    from sfsd.runs import evaluations_frame
-    from sfsd.search.uniform import UniformConfig, run_uniform
+    from sfsd.search.uniform import UniformConfig
 
-    split = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     seq_lens = [int(s) for s in args.ppl_seq_lens.split(",") if s.strip()]
-    config = UniformConfig(args.model, args.method, args.beta, args.last_blocks,
-                           CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed),
-                           split, args.limit, seq_lens, args.ppl_tokens)
+    return UniformConfig(args.model, args.method, args.beta, args.last_blocks,
+                         CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed),
+                         tasks, args.limit, seq_lens, args.ppl_tokens)
+
+
+def run_uniform_command(args: argparse.Namespace) -> int:
+    from sfsd.runs import evaluations_frame
+    from sfsd.search.uniform import run_uniform
+
+    config = uniform_config_from_args(args)
     run_ = run_uniform(config, device=args.device, progress=not args.quiet)
     result = run_.result() or {}
     print(f"run {run_.id}: params {result.get('params', 0):,}, budget {result.get('overall_budget', 1):.4f}, "

@@ -129,25 +129,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 CONFIG_BUILDERS = {"search": "config_from_args", "uniform": "uniform_config_from_args"}
 
 
-def _uniform_config(args: argparse.Namespace):
-    """The UniformConfig `sfsd uniform` builds from its flags (mirrors sfsd.cli.search.run_uniform_command)."""
-    from sfsd.compress import CalibrationSpec
-    from sfsd.search.uniform import UniformConfig
-
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    seq_lens = [int(s) for s in args.ppl_seq_lens.split(",") if s.strip()]
-    return UniformConfig(args.model, args.method, args.beta, args.last_blocks,
-                         CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed),
-                         tasks, args.limit, seq_lens, args.ppl_tokens)
-
-
 def run_config(argv: list[str]) -> dict | None:
     """The run config the command will create (None when the dashboard cannot tell)."""
     args = parse(argv)
     module = sys.modules.get(getattr(args.func, "__module__", ""))
     build = getattr(module, CONFIG_BUILDERS.get(args.command, ""), None)
-    if build is None and args.command == "uniform":
-        build = _uniform_config
     if build is None:
         return None
     config = build(args)

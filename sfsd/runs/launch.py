@@ -19,7 +19,8 @@ def launch(run: Run, argv: Sequence[str] | None = None, *, command: Sequence[str
     stdout and stderr appended to the run's log.txt, cwd and environment inherited; return its pid.
 
     The status becomes pending with that pid until the child calls `mark_running()`; if the child dies
-    first, the run reads as failed. Refused while a process works on the run."""
+    first, the run reads as failed. Refused while a process works on the run, and for a finished run
+    (its result would read as pending again)."""
     if (argv is None) == (command is None):
         raise ValueError("give either argv (arguments of `sfsd`) or command (a full command line)")
     cmd = [*command] if command is not None else [sys.executable, "-m", "sfsd", *argv]
@@ -49,6 +50,9 @@ def cancel(run_id: str, root: Path | None = None) -> Run:
 
 
 def _refuse_if_active(run: Run) -> None:
+    if run.status()["state"] == "done":
+        raise SfsdError(f"run {run.id} is already finished: read it with `sfsd runs show {run.id}`, "
+                        f"or delete it with `sfsd runs delete {run.id}` to compute it again")
     if run.is_active():
         pid = run.status().get("pid")
         raise SfsdError(f"run {run.id} is already running in process {pid}: "
