@@ -118,3 +118,12 @@ def test_corrupted_weights_of_a_saved_model(capsys, tiny_folder, tmp_path):
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     code, _, err = _run(capsys, "info", out)
     _assert_one_line_error(code, err, "cannot load model")
+
+
+def test_long_jobs_keep_freed_memory_on_linux():
+    """The CLI sets glibc's malloc to reuse freed blocks (a search otherwise faults in ~1 GB per trial)."""
+    import sys
+
+    from sfsd.runtime import keep_freed_memory
+
+    assert keep_freed_memory() is sys.platform.startswith("linux")

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from sfsd.errors import SfsdError
+from sfsd.runtime import keep_freed_memory
 
 # Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
 COMMAND_MODULES = [
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     _quiet_libraries(args.verbose)
+    keep_freed_memory()
     try:
         return int(args.func(args) or 0)
     except SfsdError as exc:
