@@ -61,7 +61,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         key = f"{run.id}"
         done = {(e.get("kind"), e.get("task"), e.get("metrics", {}).get("seq_len")) for e in run.read_evaluations()}
         for task in config.tasks:  # one at a time, so that a cancel is seen between them
-            if _cancelled(run) or ("task", task, None) in done:
+            if run.cancel_requested() or ("task", task, None) in done:
                 continue
             results = evaluate_tasks(model, tokenizer, [task], split="eval", limit=config.limit, model_key=key)
             for row in results.summary.itertuples():
@@ -69,13 +69,13 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
                                        "metrics": {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)},
                                        "lm_eval_version": row.lm_eval_version})
         for seq_len in config.ppl_seq_lens:
-            if _cancelled(run) or ("ppl", "wiki", seq_len) in done:
+            if run.cancel_requested() or ("ppl", "wiki", seq_len) in done:
                 continue
             ppl = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=config.ppl_tokens,
                              model_key=key, progress=progress)
             run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": config.ppl_tokens,
                                    "metrics": {"ppl": ppl["ppl"], "seq_len": seq_len, "n_tokens": ppl["n_tokens"]}})
-        if _cancelled(run):
+        if run.cancel_requested():
             run.mark_cancelled(layers_done=0)
             return run
         result = {"params": info["params"], "macs": info["macs"], "macs_seq_len": 128,
@@ -83,7 +83,3 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
                   "compress_seconds": seconds}
         run.mark_done(result, layers_done=1)
     return run
-
-
-def _cancelled(run: Run) -> bool:
-    return run.cancel_requested()
