@@ -88,11 +88,8 @@ with st.expander("Start a search", expanded=runs.empty, icon=":material/play_arr
 readable = data.list_runs()
 if not readable.empty:
     st.subheader("Run details")
-    run_id = widgets.pick_run(readable, key="runs-detail")
-    view = data.load_run(run_id)
-    if view is None:
-        st.warning(f"Run {run_id} cannot be read any more.")
-    else:
+    run_id, view = widgets.pick_loaded_run(readable, key="runs-detail")
+    if view is not None:
         status = view.status
         cols = st.columns(5)
         cols[0].metric("State", view.state)

@@ -15,10 +15,8 @@ if runs.empty:
     widgets.no_runs("search runs with stored spectra", key="spectra-empty")
     st.stop()
 
-run_id = widgets.pick_run(runs, key="spectra-run")
-view = data.load_run(run_id)
+run_id, view = widgets.pick_loaded_run(runs, key="spectra-run")
 if view is None:
-    st.warning(f"Run {run_id} cannot be read any more.")
     st.stop()
 layers = view.layers
 if layers.empty:

@@ -12,10 +12,8 @@ if runs.empty:
     widgets.no_runs("runs", key="report-empty")
     st.stop()
 
-run_id = widgets.pick_run(runs, key="report-run")
-view = data.load_run(run_id)
+run_id, view = widgets.pick_loaded_run(runs, key="report-run")
 if view is None:
-    st.warning(f"Run {run_id} cannot be read any more.")
     st.stop()
 
 

@@ -80,6 +80,15 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None 
     return chosen
 
 
+def pick_loaded_run(runs: pd.DataFrame, key: str) -> tuple[str | None, data.RunView | None]:
+    """`pick_run`, then the chosen run's view; a run that cannot be read any more gets a warning and None."""
+    run_id = pick_run(runs, key=key)
+    view = data.load_run(run_id) if run_id else None
+    if run_id and view is None:
+        st.warning(f"Run {run_id} cannot be read any more.")
+    return run_id, view
+
+
 def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 3) -> list[str]:
     """A multiselect over `runs`, starting with the run last picked plus the newest ones."""
     if runs.empty:
