@@ -3,6 +3,7 @@
     python -m bench.profile_hotspots calibration [--quick]   # torch.profiler: stats pass vs plain forward
     python -m bench.profile_hotspots search [--quick]        # cProfile (Python) + torch.profiler (ops) of a search
     python -m bench.profile_hotspots search --py-spy         # also a py-spy speedscope file of the search
+    python -m bench.profile_hotspots inference [--quick]     # torch.profiler: base vs ~50 % model forward
 
 Default sizes are small slices of the default model (so they run in a minute or two); --quick uses even
 fewer tokens. Output: tables on stdout and bench/results/profile-<target>[.speedscope].json|.txt.
@@ -110,9 +111,40 @@ def profile_search(args) -> str:
     return "\n".join(out)
 
 
+def profile_inference(args) -> str:
+    """Where a forward pass of the base and of the ~50 % model (bench.inference's models) spends its time:
+    ops grouped by input shape, so that the uncompressed output head's GEMM shows as its own row."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.inference import build_models
+    from sfsd.compress import CalibrationSpec
+    from sfsd.models import DEFAULT_MODEL, load_model
+
+    batch, seq_len = (2, 64) if args.quick else (8, 128)
+    folders = build_models(DEFAULT_MODEL, CalibrationSpec("wiki", 64, 128), quick=False)
+    out = [f"default model, forward of {batch} x {seq_len} tokens (use_cache=False), torch threads "
+           f"{torch.get_num_threads()}"]
+    for name in ("base", "50%"):
+        model, _ = load_model(str(folders[name]), "cpu")
+        ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)  # warm-up
+            start = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                for _ in range(3):
+                    model(input_ids=ids, use_cache=False)
+        seconds = (time.perf_counter() - start) / 3
+        table = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=24, max_shapes_column_width=60)
+        out.append(f"\n== {name} ({folders[name].name}): {seconds:.3f} s per forward (profiled)\n{table}")
+        del model
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("target", choices=["calibration", "search"])
+    p.add_argument("target", choices=["calibration", "search", "inference"])
     p.add_argument("--quick", action="store_true", help="fewer tokens")
     p.add_argument("--engine", default="fast", choices=["fast", "reference"], help="search target: which engine")
     p.add_argument("--threads", type=int, default=None)
@@ -122,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    use_private_cache("profile")
-    text = profile_calibration(args) if args.target == "calibration" else profile_search(args)
+    if args.target == "inference":  # reuses bench.inference's saved models in the normal cache
+        text = profile_inference(args)
+    else:
+        use_private_cache("profile")
+        text = profile_calibration(args) if args.target == "calibration" else profile_search(args)
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"profile-{args.target}{'-' + args.engine if args.target == 'search' else ''}.txt"
