@@ -124,7 +124,7 @@ def search_row(model: str, tolerance: float, metric_kwargs: dict, calibration, t
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, default=None, help="documents per task (default 200; quick 2)")
+    p.add_argument("--limit", type=int, default=None, help="documents per task (default 100; quick 2)")
     p.add_argument("--ppl-tokens", type=int, default=None,
                    help="first tokens of the wiki eval split for perplexity (default 16384; quick 256)")
     p.add_argument("--tolerances", default="0.05,0.10", help="ppl tolerances of the search rows")
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = DEFAULT_MODEL
         calibration = CalibrationSpec()  # the paper's: mix, 512 x 128
-        limit, seq_lens, ppl_tokens = args.limit or 200, [128, 2048], args.ppl_tokens or 16384
+        limit, seq_lens, ppl_tokens = args.limit or 100, [128, 2048], args.ppl_tokens or 16384
         metric_kwargs = {"samples": 8, "seq_len": 128, "batch_size": 8}
     methods = [m.strip() for m in (args.methods or ("weight,feature" if args.quick else ",".join(METHODS))).split(",")
                if m.strip()]

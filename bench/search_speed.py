@@ -6,7 +6,7 @@ keyed by model, method, calibration and layers, and every run reuses them), so t
 search itself: model load, metric batches, base evaluation, prefix build (fast engine) and the trials.
 Both the end-to-end time of `run_search` and the sum of the trials' own seconds are reported.
 
-    python -m bench.search_speed                  # smollm2-135m, blocks 27..29, ppl on 8 x 128 tokens
+    python -m bench.search_speed                  # smollm2-135m, blocks 28..29, ppl on 8 x 128 tokens
     python -m bench.search_speed --quick          # tiny random LLaMA (smoke test)
 """
 
@@ -100,7 +100,7 @@ def ideal_speedup(costs: dict[str, Any], fast_blocks: list[int], reference_trial
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--first-block", type=int, default=None, help="default 27, the last 3 blocks (quick: 2)")
+    p.add_argument("--first-block", type=int, default=None, help="default 28, the last 2 blocks (quick: 2)")
     p.add_argument("--tolerance", type=float, default=0.05)
     args = p.parse_args(argv)
     started = init(args)
@@ -122,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         model_name = DEFAULT_MODEL
         metric = MetricSpec("ppl", args.tolerance, samples=8, seq_len=128, batch_size=8)
         calibration = CalibrationSpec()
-        # The last 3 blocks (21 layers) keep the reference loop, the slow side, to about 8 min per repetition
+        # The last 2 blocks (14 layers) keep the reference loop, the slow side, to about 5 min per repetition
         # on a 2-core CPU; the whole-model bound is printed next to the result.
-        first_block = 27 if args.first_block is None else args.first_block
+        first_block = 28 if args.first_block is None else args.first_block
     reps = repeats(args, full=3, quick=2)
     device = args.device or "cpu"
 
