@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import REPO_ROOT, RESULTS_DIR, use_private_cache
+from bench.common import REPO_ROOT, RESULTS_DIR, init, use_private_cache
 
 
 def op_table(prof, rows: int = 15) -> str:
@@ -150,13 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--py-spy", action="store_true", help="search target: also record a py-spy speedscope file")
     args = p.parse_args(argv)
-    import torch
-
-    from sfsd.runtime import keep_freed_memory
-
-    keep_freed_memory()  # as `sfsd` and the benchmarks do: without it, first touches of fresh pages dominate
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # The CLI's malloc setting and --threads, as in every benchmark (without the malloc setting, first
+    # touches of freshly mapped pages dominate the elementwise ops).
+    init(args)
     if args.target == "inference":  # reuses bench.inference's saved models in the normal cache
         text = profile_inference(args)
     else:
