@@ -50,6 +50,7 @@ from bench.common import (
 )
 
 BETAS = (0.9, 0.8, 0.5)
+FULL_CALIBRATION = ("wiki", 64, 128)  # CalibrationSpec of the full-size models (bench.profile_hotspots too)
 TARGET_50 = 1.5  # a 50 %-budget model should run >= 1.5x the base model's tokens/s on CPU
 
 
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name, calibration = str(tiny_model_dir()), CalibrationSpec("wiki", 8, 32)
         batch, seq_len, seconds = args.batch or 2, args.seq_len or 32, args.seconds or 0.2
     else:
-        model_name, calibration = DEFAULT_MODEL, CalibrationSpec("wiki", 64, 128)
+        model_name, calibration = DEFAULT_MODEL, CalibrationSpec(*FULL_CALIBRATION)
         batch, seq_len, seconds = args.batch or 8, args.seq_len or 128, args.seconds or 2.0
     reps = repeats(args, full=5, quick=2)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -117,12 +117,12 @@ def profile_inference(args) -> str:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from bench.inference import build_models
+    from bench.inference import FULL_CALIBRATION, build_models
     from sfsd.compress import CalibrationSpec
     from sfsd.models import DEFAULT_MODEL, load_model
 
     batch, seq_len = (2, 64) if args.quick else (8, 128)
-    folders = build_models(DEFAULT_MODEL, CalibrationSpec("wiki", 64, 128), quick=False)
+    folders = build_models(DEFAULT_MODEL, CalibrationSpec(*FULL_CALIBRATION), quick=False)
     out = [f"default model, forward of {batch} x {seq_len} tokens (use_cache=False), torch threads "
            f"{torch.get_num_threads()}"]
     for name in ("base", "50%"):
