@@ -112,3 +112,14 @@ def test_rank_outside_range_is_a_clear_error():
         dec.factors(9)
     with pytest.raises(SfsdError, match="unknown method"):
         decompose_layer("pca", weight, bias, stats)
+
+
+def test_wilson_interval_matches_published_values():
+    """Wilson 95% interval for 81/263 is [0.2553, 0.3662] (Newcombe 1998, Table I example)."""
+    from sfsd.evaluate.intervals import wilson_interval
+
+    low, high = wilson_interval(81, 263)
+    assert abs(low - 0.2553) < 5e-4 and abs(high - 0.3662) < 5e-4
+    low0, high0 = wilson_interval(0, 10)
+    assert low0 == 0.0 and 0.27 < high0 < 0.31  # Newcombe: 0/10 -> [0, 0.2775]
+
