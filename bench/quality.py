@@ -28,7 +28,7 @@ from bench.common import (
     write_result,
 )
 
-METHODS = ["weight", "feature", "feature-uncentred", "asvd", "svdllm"]
+METHODS = ["weight", "feature", "feature-paper", "feature-official", "feature-uncentred", "asvd", "svdllm"]
 # The paper (32 blocks): last 12 at beta 0.46 (~80 %), last 24 at beta 0.33 (~50 %).
 PAPER_BUDGETS = [("~80%", 0.46, 12), ("~50%", 0.33, 24)]
 

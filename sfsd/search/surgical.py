@@ -19,6 +19,7 @@ from sfsd.accounting import count_parameters
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.compress import Compressor
 from sfsd.decompose import (
+    DECOMPOSITION_FORMAT,
     BETA_GRID,
     Decomposition,
     load_decompositions,
@@ -29,6 +30,7 @@ from sfsd.decompose import (
     set_module,
 )
 from sfsd.errors import SfsdError
+from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import load_model, resolve_model
 from sfsd.paths import cache_dir
@@ -80,11 +82,16 @@ def create_run(config: SearchConfig, root: Path | None = None, device: str | Non
 
 def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig, layers: list[LinearLayer],
                           progress: bool = True) -> dict[str, Decomposition]:
-    """Full factorisations of the searched layers, computed once per (model, method, calibration, layers)."""
+    """Full factorisations of the searched layers, computed once per (weights, method, calibration, layers).
+
+    The key holds a fingerprint of the weights (not only the model's name: a re-downloaded or fine-tuned
+    checkpoint in the same folder must not reuse stale factors) and the decomposition format version, which
+    changes whenever the maths or the stored fields do.
+    """
     names = [layer.name for layer in layers]
     key = hashlib.sha256(json.dumps({
-        "model": resolve_model(config.model), "method": config.method,
-        "calibration": asdict(config.calibration), "layers": names,
+        "model": resolve_model(config.model), "weights": model_fingerprint(model), "format": DECOMPOSITION_FORMAT,
+        "method": config.method, "calibration": asdict(config.calibration), "layers": names,
     }, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "decompositions" / f"{config.method}-{key}"
     device = next(model.parameters()).device
