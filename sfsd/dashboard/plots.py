@@ -28,7 +28,8 @@ METHOD_COLORS = {
     "base": "#7f7f7f",  # the uncompressed model: grey
 }
 METHOD_LABELS = {
-    "feature": "feature space (SFSD, centred + bias)", "feature-paper": "feature space, paper Sec. 3.2 (uncentred + bias)",
+    "feature": "feature space (SFSD, centred + bias)",
+    "feature-paper": "feature space, paper Sec. 3.2 (uncentred + bias)",
     "feature-official": "feature space, released code (centred, no bias)",
     "feature-uncentred": "feature space, uncentred, no bias (= SVD-LLM)", "weight": "weight SVD",
     "asvd": "ASVD", "svdllm": "SVD-LLM", "base": "base model",

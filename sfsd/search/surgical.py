@@ -19,8 +19,8 @@ from sfsd.accounting import count_parameters
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.compress import Compressor
 from sfsd.decompose import (
-    DECOMPOSITION_FORMAT,
     BETA_GRID,
+    DECOMPOSITION_FORMAT,
     Decomposition,
     load_decompositions,
     low_rank_module,
