@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from sfsd.data import hub
 from sfsd.errors import SfsdError
 from sfsd.evaluate import (
     EvalCache,
@@ -308,7 +309,7 @@ def test_paper_suite_offline_is_a_clear_error(model, tokenizer):
 def test_paper_suite_without_network_is_a_clear_error(model, tokenizer, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
-    monkeypatch.setattr(tasks, "HUB_HOST", "hub.invalid")  # never resolves
+    monkeypatch.setattr(hub, "HUB_HOST", "hub.invalid")  # never resolves
     start = time.monotonic()
     with pytest.raises(SfsdError, match="--suite offline"):
         run_eval(model, tokenizer, suite="paper")

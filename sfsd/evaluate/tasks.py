@@ -9,9 +9,6 @@ the split is chosen by the folder (its `data_files`), so a TaskManager gets one 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import yaml
 
 from sfsd.atomic import atomic_dir
+from sfsd.data.hub import hub_unreachable_reason
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
 from sfsd.paths import cache_dir
@@ -34,7 +32,6 @@ PAPER_TASKS = {
     "arc_easy": "arc_easy",
     "arc_challenge": "arc_challenge",
 }
-HUB_HOST = "huggingface.co"
 
 
 @dataclass(frozen=True)
@@ -103,10 +100,14 @@ def materialise_task(task: str, split: str, rows: list[dict], root: Path | None 
     return folder
 
 
-def offline_spec(task: str, split: str, pack_dir: Path | None = None) -> TaskSpec:
-    rows = _pack.task_rows(task, split, pack_dir)
+def rows_spec(task: str, split: str, rows: list[dict]) -> TaskSpec:
+    """A generated task over any rows {id, query, choices, label} (the pack's, or hub rows in that form)."""
     folder = materialise_task(task, split, rows)
     return TaskSpec(task, split, "offline", f"{TASK_PREFIX}{task}", folder, _pack.digest(rows))
+
+
+def offline_spec(task: str, split: str, pack_dir: Path | None = None) -> TaskSpec:
+    return rows_spec(task, split, _pack.task_rows(task, split, pack_dir))
 
 
 def paper_spec(task: str, split: str) -> TaskSpec:
@@ -169,31 +170,8 @@ def hub_error(reason: str) -> SfsdError:
     )
 
 
-def _offline_env() -> bool:
-    truthy = {"1", "true", "yes", "on"}
-    return any(os.environ.get(name, "").lower() in truthy for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
-def _can_connect(host: str, timeout: float) -> bool:
-    """TCP connect to host:443 within `timeout` seconds (DNS included, which has no timeout itself)."""
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
 def require_hub(timeout: float = 3.0) -> None:
     """Fail fast, with a hint, when lm-eval's own tasks cannot download their datasets."""
-    if _offline_env():
-        raise hub_error("offline mode is on: HF_HUB_OFFLINE / HF_DATASETS_OFFLINE")
-    if not _can_connect(HUB_HOST, timeout):
-        raise hub_error(f"cannot connect to {HUB_HOST}")
+    reason = hub_unreachable_reason(timeout)
+    if reason:
+        raise hub_error(reason)
