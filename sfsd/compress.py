@@ -137,6 +137,9 @@ def check_compress_request(method: str, beta: float | None, calibration: Calibra
         if calibration.source not in CALIBRATION_SOURCES:
             raise SfsdError(f"unknown calibration source {calibration.source!r}: choose one of "
                             f"{', '.join(CALIBRATION_SOURCES)}")
+        from sfsd.data.calibration import require_source_data
+
+        require_source_data(calibration.source)
 
 
 def compress(

@@ -495,4 +495,4 @@ def test_random_source_and_unknown_source(pack_env, tokenizer):
     assert data.input_ids.shape == (4, 16) and int(data.input_ids.max()) < len(tokenizer)
     assert torch.equal(data.input_ids, calibration_tokens(tokenizer, "random", 4, 16, seed=1).input_ids)
     with pytest.raises(SfsdError, match="mix, wiki, boolq.*random"):
-        calibration_tokens(tokenizer, "c4")
+        calibration_tokens(tokenizer, "nope")

@@ -19,7 +19,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("calibration")
     group.add_argument("--calib-source", default="mix",
-                       help="mix (equal share of each task), wiki, a task name, or random (default: %(default)s)")
+                       help="offline: mix (equal share of each pack task), wiki, a task name, random; "
+                       "with the hub: paper-mix (the six paper tasks' train splits), wikitext2, c4 "
+                       "(default: %(default)s)")
     group.add_argument("--calib-samples", type=int, default=512, help="number of sequences (default: 512)")
     group.add_argument("--calib-seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
     group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")

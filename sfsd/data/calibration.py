@@ -14,6 +14,17 @@ Sources (`CALIBRATION_SOURCES`; add more with `register_text_source` or `registe
 - "mix": the paper's combination: sample i comes from task OFFLINE_TASKS[i % 5], so every batch
   of 5k consecutive samples is balanced across the tasks.
 - "random": uniform random token ids (for tests; no text at all).
+
+Hub sources (need the Hugging Face hub, or local copies under $SFSD_DATASETS_DIR; see `sfsd.data.hub`):
+
+- "wikitext2", "c4": random windows of the train text joined with "\n\n", as SVD-LLM's
+  `get_calib_train_data` draws them (AIoT-MLSys-Lab/SVD-LLM, utils/data_utils.py): a seeded character
+  offset, the next 10 x seq_len characters tokenized, their first seq_len tokens (drawn again when
+  shorter). Unlike SVD-LLM no BOS is added, as in every other source here. C4 is the train shard
+  en/c4-train.00000-of-01024 (GPTQ, SliceGPT; SVD-LLM reads a JSON copy of it).
+- "paper-mix": the paper's mix from the six commonsense tasks' train splits (`sfsd.data.paper_tasks`):
+  sample i comes from task i % 6, each task's documents (lm-eval prompt + gold answer) packed as above
+  from the 80% of its train rows that task-guided search never uses.
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfsd.data.hub import hub_dataset, hub_text_rows, joined_text, require_hub_split
 from sfsd.data.pack import OFFLINE_TASKS, load_task, load_wiki
 from sfsd.data.splits import rng_for
 from sfsd.errors import SfsdError
@@ -189,11 +201,90 @@ def _build_random(tokenizer: Any, n_samples: int, seq_len: int, seed: int) -> tu
     return ids.numpy(), ["random"] * n_samples, {"vocab_size": vocab, "wrapped": False}
 
 
+def random_text_windows(
+    tokenizer: Any, text: str, n_samples: int, seq_len: int, rng: np.random.Generator
+) -> tuple[np.ndarray, dict]:
+    """`n_samples` windows of `seq_len` tokens at seeded character offsets of `text` (SVD-LLM's draw)."""
+    span = len(text) - seq_len - 1
+    if span <= 0:
+        raise SfsdError(f"the calibration text has {len(text)} characters, too few for windows of {seq_len} tokens")
+    ids = np.zeros((n_samples, seq_len), dtype=np.int64)
+    offsets: list[int] = []
+    draws = 0
+    while len(offsets) < n_samples:
+        draws += 1
+        if draws > 10 * n_samples + 100:
+            raise SfsdError(f"the calibration text rarely holds {seq_len} tokens in {10 * seq_len} characters: "
+                            "lower --calib-seq-len")
+        start = int(rng.integers(0, span + 1))
+        tokens = tokenizer(text[start : start + 10 * seq_len], add_special_tokens=False, verbose=False)["input_ids"]
+        if len(tokens) < seq_len:
+            continue
+        ids[len(offsets)] = tokens[:seq_len]
+        offsets.append(start)
+    info = {"characters": len(text), "draws": draws, "wrapped": False,
+            "rule": "seeded character offset, next 10 x seq_len characters tokenized, first seq_len tokens"}
+    return ids, info
+
+
+HUB_OFFLINE_HINTS = {
+    "wikitext2": "use --calib-source wiki, the offline pack's calibration articles",
+    "c4": "use --calib-source wiki, the offline pack's calibration articles",
+}
+HUB_SOURCES = ("wikitext2", "c4", "paper-mix")
+
+
+def _hub_text_source(name: str) -> SourceBuilder:
+    def build(tokenizer: Any, n_samples: int, seq_len: int, seed: int) -> tuple[np.ndarray, list[str], dict]:
+        spec = hub_dataset(name, "train")
+        text = joined_text(hub_text_rows(spec, f"--calib-source {name}", HUB_OFFLINE_HINTS[name]))
+        ids, info = random_text_windows(tokenizer, text, n_samples, seq_len, rng_for(seed, f"calibration:{name}"))
+        return ids, [name] * n_samples, {"dataset": spec.label, **info}
+
+    return build
+
+
+def _build_paper_mix(tokenizer: Any, n_samples: int, seq_len: int, seed: int) -> tuple[np.ndarray, list[str], dict]:
+    from sfsd.data.paper_tasks import PAPER_SEARCH_FRACTION, PAPER_TASK_NAMES, PAPER_TRAIN, paper_documents
+
+    k = len(PAPER_TASK_NAMES)
+    ids = np.zeros((n_samples, seq_len), dtype=np.int64)
+    parts = {}
+    for i, task in enumerate(PAPER_TASK_NAMES):
+        count = len(range(i, n_samples, k))
+        if count == 0:
+            continue
+        part, info = pack_documents(_tokenize(tokenizer, paper_documents(task, "calib")), _separator(tokenizer),
+                                    count, seq_len, rng_for(seed, f"calibration:paper-mix:{task}"))
+        ids[i::k] = part
+        parts[task] = {"samples": count, "dataset": PAPER_TRAIN[task].label, **info}
+    info = {
+        "rule": f"sample i comes from task i % {k} (train rows, lm-eval prompt + gold answer), drawn from the "
+                f"{1 - PAPER_SEARCH_FRACTION:.0%} of each train split that search never uses",
+        "wrapped": any(p["wrapped"] for p in parts.values()),
+        "parts": parts,
+    }
+    return ids, [PAPER_TASK_NAMES[i % k] for i in range(n_samples)], info
+
+
+def require_source_data(source: str) -> None:
+    """Fail fast, in one line, when a hub source's data can be reached neither locally nor on the hub."""
+    if source == "paper-mix":
+        from sfsd.data.paper_tasks import require_paper_train
+
+        require_paper_train()
+    elif source in HUB_OFFLINE_HINTS:
+        require_hub_split(hub_dataset(source, "train"), f"--calib-source {source}", HUB_OFFLINE_HINTS[source])
+
+
 register_source("mix", _build_mix)
 register_text_source("wiki", _wiki_documents)
 for _task in OFFLINE_TASKS:
     register_text_source(_task, _task_documents(_task))
 register_source("random", _build_random)
+for _name in ("wikitext2", "c4"):
+    register_source(_name, _hub_text_source(_name))
+register_source("paper-mix", _build_paper_mix)
 
 
 def calibration_tokens(
@@ -208,6 +299,7 @@ def calibration_tokens(
         raise SfsdError(f"unknown calibration source {source!r}: choose one of {', '.join(CALIBRATION_SOURCES)}")
     if n_samples < 1 or seq_len < 1:
         raise SfsdError(f"n_samples and seq_len must be positive (got {n_samples} and {seq_len})")
+    require_source_data(source)
     if isinstance(tokenizer, str):
         from transformers import AutoTokenizer
 
