@@ -47,10 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(ev)
     ev.set_defaults(func=cmd_eval)
 
-    ppl = subparsers.add_parser("ppl", help="perplexity on the wiki text", description=cmd_ppl.__doc__)
+    ppl = subparsers.add_parser("ppl", help="perplexity on the wiki text (or the field's datasets)",
+                                description=cmd_ppl.__doc__)
     _model_arg(ppl)
+    ppl.add_argument("--dataset", default="wiki", choices=["wiki", "wikitext2", "ptb", "c4"],
+                     help="wiki: the offline pack's text; wikitext2 (test), ptb (test), c4 (validation, 2000 "
+                     "documents): from the hub, joined and windowed as SVD-LLM/SliceGPT (default: %(default)s)")
     ppl.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default: %(default)s)")
-    ppl.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split")
+    ppl.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split (wiki only)")
     ppl.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
     ppl.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
     _common(ppl)
@@ -104,11 +108,20 @@ def _tasks(args: argparse.Namespace, model, tokenizer, model_key: str | None):
     )
 
 
+def _refuse_task_leaks(model: str, args: argparse.Namespace) -> None:
+    """Refuse, before loading, a saved model evaluated on rows it was calibrated or searched on."""
+    from sfsd.evaluate.leaks import refuse_folder_leaks, task_targets
+
+    refuse_folder_leaks(model, task_targets(args.tasks, args.split, args.suite))
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Zero-shot multiple-choice accuracy (acc, acc_norm) through lm-eval, per task."""
     from sfsd.evaluate.tasks import check_suite, require_hub
 
-    if check_suite(args.suite) == "paper":
+    check_suite(args.suite)
+    _refuse_task_leaks(args.model, args)
+    if args.suite == "paper":
         require_hub()  # fail before loading the model
     model, tokenizer = _load(args.model, args.device)
     results = _tasks(args, model, tokenizer, args.model_key)
@@ -119,13 +132,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
-    """Perplexity over non-overlapping windows of the concatenated wiki text of a split."""
+    """Perplexity over non-overlapping windows of a text: the pack's wiki split, or WikiText-2 / PTB / C4
+    from the hub joined with blank lines as SVD-LLM and SliceGPT do."""
+    from sfsd.data.leakage import ppl_eval_rows
     from sfsd.evaluate import perplexity
+    from sfsd.evaluate.leaks import refuse_folder_leaks
+    from sfsd.evaluate.perplexity import dataset_split, require_dataset
 
+    split = dataset_split(args.dataset, args.split)
+    refuse_folder_leaks(args.model, [(f"sfsd ppl --dataset {args.dataset} --split {split}",
+                                      ppl_eval_rows(args.dataset, split))])
+    require_dataset(args.dataset)  # fail before loading the model
     model, tokenizer = _load(args.model, args.device)
     result = perplexity(
         model,
         tokenizer,
+        dataset=args.dataset,
         split=args.split,
         seq_len=args.seq_len,
         max_tokens=args.max_tokens,
@@ -135,7 +157,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     )
     cached = " (cached)" if result["cached"] else ""
     print(
-        f"perplexity {result['ppl']:.3f} at seq_len {result['seq_len']} on wiki {result['split']}: "
+        f"perplexity {result['ppl']:.3f} at seq_len {result['seq_len']} on {args.dataset} {result['split']}: "
         f"{result['n_windows']} windows, {result['n_tokens']} tokens{cached}"
     )
     return 0
@@ -163,6 +185,8 @@ def cmd_disagree(args: argparse.Namespace) -> int:
     """Accuracy of two models on the same documents and how often their answers differ."""
     from sfsd.evaluate import disagreement, flips
 
+    for name in (args.model_a, args.model_b):
+        _refuse_task_leaks(name, args)
     records = []
     for name in (args.model_a, args.model_b):
         model, tokenizer = _load(name, args.device)

@@ -19,7 +19,8 @@ from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
 from sfsd.evaluate.cache import EvalCache, cache_key, require
 from sfsd.evaluate.fingerprint import model_fingerprint
-from sfsd.evaluate.tasks import TaskSpec, check_suite, load_tasks, resolve_specs
+from sfsd.evaluate.leaks import refuse_model_leaks, task_targets
+from sfsd.evaluate.tasks import TaskSpec, check_suite, load_tasks, resolve_specs, rows_spec
 
 SUMMARY_COLUMNS = ["task", "split", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "lm_eval_version"]
 _EXTRA_COLUMNS = ["suite", "limit", "model_key", "cached"]
@@ -163,6 +164,15 @@ def task_requests(
     """
     _check_limit(limit)
     (spec,) = resolve_specs([task], split, "offline", pack_dir)
+    return _spec_requests(task, spec, limit)
+
+
+def rows_requests(task: str, split: str, rows: list[dict]) -> list[ChoiceRequest]:
+    """`task_requests` for any rows {id, query, choices, label} (e.g. hub train rows for a search)."""
+    return _spec_requests(task, rows_spec(task, split, rows), None)
+
+
+def _spec_requests(task: str, spec: TaskSpec, limit: int | None) -> list[ChoiceRequest]:
     with quiet_lm_eval():
         _, loaded = load_tasks([spec])
         task_obj = loaded[spec.lm_name]
@@ -303,6 +313,7 @@ def evaluate_tasks(
     """
     check_suite(suite)
     _check_limit(limit)
+    refuse_model_leaks(model, task_targets(tasks, split, suite))  # before the hub is asked for anything
     specs = resolve_specs(tasks, split, suite, Path(pack_dir) if pack_dir else None)
     key_of = model_key or model_fingerprint(model)
     cache = EvalCache() if use_cache else None

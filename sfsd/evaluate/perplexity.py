@@ -1,4 +1,18 @@
-"""Perplexity on the wiki text: non-overlapping windows of `seq_len` tokens (the seed paper: 128)."""
+"""Perplexity: non-overlapping windows of `seq_len` tokens (the seed paper: 128; the field: 2048).
+
+`dataset="wiki"` (the default) reads the offline pack's wiki text of a split. The field's datasets
+come from the hub, read as SVD-LLM's `get_test_data` / `ppl_eval` (AIoT-MLSys-Lab/SVD-LLM,
+utils/data_utils.py and evaluater.py) and SliceGPT's `prepare_test_dataloader` (microsoft/
+TransformerCompression, src/slicegpt/data_utils.py) read them: the rows' text joined with "\n\n",
+tokenized once with the tokenizer's defaults, cut into non-overlapping windows of seq_len (the tail
+dropped), and the perplexity is exp of the mean next-token loss over every predicted token:
+
+- "wikitext2": `load_dataset("wikitext", "wikitext-2-raw-v1", split="test")`, column "text".
+- "ptb": `load_dataset("ptb_text_only", "penn_treebank", split="test")`, column "sentence" (as SVD-LLM;
+  SliceGPT has no PTB).
+- "c4": the first 2000 documents of the validation shard en/c4-validation.00000-of-00008.json.gz of
+  `allenai/c4` (SVD-LLM: `test_data[0:2000]` of its JSON copy of that shard), column "text".
+"""
 
 from __future__ import annotations
 
@@ -15,6 +29,12 @@ from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
 from sfsd.evaluate.cache import EvalCache, cache_key, require
 from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.evaluate.leaks import refuse_model_leaks
+
+PPL_DATASETS = ("wiki", "wikitext2", "ptb", "c4")
+HUB_PPL_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
+C4_DOCUMENTS = 2000  # SVD-LLM's get_test_data: the first 2000 documents of the C4 validation shard
+OFFLINE_WIKI_HINT = "use --dataset wiki, the offline pack's Wikipedia text (its eval split)"
 
 RESULT_KEYS = ("ppl", "seq_len", "n_tokens", "n_windows", "split", "model_key")
 
@@ -54,6 +74,39 @@ def perplexity_of_windows(model: nn.Module, chunks: torch.Tensor, batch_size: in
     return math.exp(total / (chunks.shape[0] * (chunks.shape[1] - 1)))
 
 
+def check_dataset(dataset: str) -> str:
+    if dataset not in PPL_DATASETS:
+        raise SfsdError(f"unknown perplexity dataset {dataset!r}: choose one of {', '.join(PPL_DATASETS)}")
+    return dataset
+
+
+def require_dataset(dataset: str) -> None:
+    """Fail fast (before a model is loaded) when a hub dataset can be read neither locally nor from the hub."""
+    from sfsd.data.hub import hub_dataset, require_hub_split
+
+    if check_dataset(dataset) != "wiki":
+        spec = hub_dataset(dataset, HUB_PPL_SPLIT[dataset])
+        require_hub_split(spec, f"--dataset {dataset}", OFFLINE_WIKI_HINT)
+
+
+def hub_eval_text(dataset: str) -> str:
+    """The evaluation text of a hub dataset, joined as the field joins it (see the module docstring)."""
+    from sfsd.data.hub import hub_dataset, hub_text_rows, joined_text
+
+    spec = hub_dataset(dataset, HUB_PPL_SPLIT[dataset])
+    limit = C4_DOCUMENTS if dataset == "c4" else None
+    return joined_text(hub_text_rows(spec, f"--dataset {dataset}", OFFLINE_WIKI_HINT, limit))
+
+
+def dataset_split(dataset: str, split: str) -> str:
+    """The split a perplexity reads: the pack split for wiki, the field's fixed split for hub datasets."""
+    if check_dataset(dataset) == "wiki":
+        return split
+    if split != "eval":
+        raise SfsdError(f"--dataset {dataset} has only its {HUB_PPL_SPLIT[dataset]} split: use --split eval")
+    return HUB_PPL_SPLIT[dataset]
+
+
 def _check_entry(meta: dict, records: object) -> None:
     require(meta, None, tuple(f"result.{name}" for name in RESULT_KEYS))
 
@@ -70,19 +123,28 @@ def perplexity(
     pack_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    dataset: str = "wiki",
 ) -> dict:
-    """Perplexity over the concatenated wiki text of a split (or `text`), cached.
+    """Perplexity over the concatenated text of `dataset` (wiki: the pack split; or `text`), cached.
 
-    Returns {ppl, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key, cached}:
-    the sequence length always travels with the number (128 in the seed paper, 2048 elsewhere).
-    `max_tokens` keeps only the first tokens of the text.
+    Returns {ppl, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key, dataset,
+    cached}: the sequence length always travels with the number (128 in the seed paper, 2048
+    elsewhere). `max_tokens` keeps only the first tokens of the text. Hub datasets read their fixed
+    split (`split` must be "eval"); a model calibrated or searched on the rows evaluated is refused.
     """
+    split = dataset_split(dataset, split)
+    if text is None:
+        from sfsd.data.leakage import ppl_eval_rows
+
+        refuse_model_leaks(model, [(f"sfsd ppl --dataset {dataset} --split {split}", ppl_eval_rows(dataset, split))])
+    if text is None and dataset != "wiki":
+        text = hub_eval_text(dataset)
     text = text if text is not None else _pack.wiki_text(split, Path(pack_dir) if pack_dir else None)
     key_of = model_key or model_fingerprint(model)
     fields = {
         "kind": "ppl",
         "model": key_of,
-        "split": split,
+        "split": split if dataset == "wiki" else f"{dataset}:{split}",
         "seq_len": seq_len,
         "max_tokens": max_tokens,
         "data": _pack.digest(text),
@@ -90,7 +152,7 @@ def perplexity(
     cache, key = (EvalCache() if use_cache else None), cache_key(fields)
     hit = cache.load("ppl", key, _check_entry) if cache else None
     if hit is not None:
-        return {name: hit[0]["result"][name] for name in RESULT_KEYS} | {"cached": True}
+        return {name: hit[0]["result"][name] for name in RESULT_KEYS} | {"dataset": dataset, "cached": True}
     chunks = windows(tokenize_text(tokenizer, text), seq_len, max_tokens)
     batch_size = batch_size or max(1, min(16, 2048 // seq_len))
     result = {
@@ -103,4 +165,4 @@ def perplexity(
     }
     if cache:
         cache.store("ppl", key, {"result": result, "fields": fields})
-    return {**result, "cached": False}
+    return {**result, "dataset": dataset, "cached": False}
