@@ -17,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=0.05,
                    help="ppl: relative increase allowed; task: accuracy drop allowed (default: 0.05)")
     p.add_argument("--compounding", action="store_true", help="threshold from the last accepted value")
-    p.add_argument("--task", help="task metric: offline task (boolq, piqa, openbookqa, commonsenseqa, siqa)")
+    p.add_argument("--task", help="task metric: offline task (boolq, piqa, openbookqa, commonsenseqa, siqa) or, "
+                   "with --suite paper, boolq, piqa, hellaswag, arc_easy, arc_challenge")
+    p.add_argument("--suite", default="offline", choices=["offline", "paper"],
+                   help="task metric: offline (the pack's search split) or paper (a seeded 20%% of the hub task's "
+                   "train split, never evaluated; needs the hub) (default: %(default)s)")
     p.add_argument("--acc-norm", action="store_true", help="task metric: use normalised accuracy")
     p.add_argument("--limit", type=int, help="task metric: first N documents of the search split")
     p.add_argument("--search-samples", type=int, default=8, help="ppl metric: windows of search text (default: 8)")
@@ -49,7 +53,7 @@ def config_from_args(args: argparse.Namespace):
     from sfsd.search import MetricSpec, SearchConfig
 
     metric = MetricSpec(args.metric, args.tolerance, args.compounding, args.task, args.acc_norm, args.limit,
-                        args.search_samples, args.search_seq_len, args.search_batch_size)
+                        args.search_samples, args.search_seq_len, args.search_batch_size, args.suite)
     calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     return SearchConfig(args.model, args.method, metric, args.strategy, args.first_block,

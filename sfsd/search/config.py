@@ -44,6 +44,12 @@ class SearchConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["kind"] = "search"
+        if data["metric"]["suite"] == "offline":
+            del data["metric"]["suite"]  # the default, left out so that earlier runs keep their ids
+        else:
+            from sfsd.data.paper_tasks import search_rows_description
+
+            data["search_rows"] = search_rows_description(self.metric.task)  # which rows, stated in the run
         return data
 
     @classmethod

@@ -19,12 +19,15 @@ class MetricSpec:
     name: str = "ppl"
     tolerance: float = 0.05
     compounding: bool = False  # threshold from the last accepted value instead of the base model's
-    task: str | None = None  # `task` metric: which offline task
+    task: str | None = None  # `task` metric: which task (of `suite`)
     use_norm: bool = False  # `task` metric: acc_norm instead of acc
     limit: int | None = None  # `task` metric: first N documents of the search split
     samples: int = 8  # `ppl` metric: windows of the wiki search split
     seq_len: int = 128  # `ppl` metric: tokens per window
     batch_size: int = 8
+    # `task` metric: "offline" (the pack's search split) or "paper" (a seeded 20% of the hub task's
+    # train split, which lm-eval's evaluation never reads; see sfsd.data.paper_tasks)
+    suite: str = "offline"
 
     def __post_init__(self):
         if self.name not in METRICS:
@@ -33,6 +36,8 @@ class MetricSpec:
             raise SfsdError(f"tolerance must be a non-negative number, got {self.tolerance}")
         if self.samples < 1 or self.seq_len < 2 or self.batch_size < 1 or (self.limit is not None and self.limit < 1):
             raise SfsdError("search data sizes must be positive: check --search-samples, --search-seq-len, --limit")
+        if self.suite != "offline" and self.name != "task":
+            raise SfsdError(f"--suite {self.suite} applies to the task metric only: drop it or use --metric task")
         METRICS[self.name].check_spec(self)
 
 
@@ -113,17 +118,30 @@ class TaskAccuracy(SearchMetric):
     @classmethod
     def check_spec(cls, spec: MetricSpec) -> None:
         from sfsd.data import OFFLINE_TASKS
+        from sfsd.data.paper_tasks import PAPER_SEARCH_TASKS
 
-        if spec.task not in OFFLINE_TASKS:
-            raise SfsdError(f"the task metric needs --task, one of {', '.join(OFFLINE_TASKS)} (got {spec.task!r})")
+        if spec.suite not in ("offline", "paper"):
+            raise SfsdError(f"unknown suite {spec.suite!r} for the task metric: use offline or paper")
+        tasks = OFFLINE_TASKS if spec.suite == "offline" else PAPER_SEARCH_TASKS
+        if spec.task not in tasks:
+            raise SfsdError(f"the task metric with --suite {spec.suite} needs --task, one of {', '.join(tasks)} "
+                            f"(got {spec.task!r})")
 
     def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
         super().__init__(spec, tokenizer, model)
         from sfsd.evaluate import encode_request, task_docs, task_requests
+        from sfsd.evaluate.harness import rows_requests
         from sfsd.evaluate.scoring import lm_eval_batches, model_max_length
 
-        self.requests = task_requests(spec.task, "search", spec.limit)
-        self.docs = task_docs(spec.task, "search", spec.limit)
+        if spec.suite == "paper":
+            from sfsd.data.paper_tasks import paper_search_rows
+
+            rows = paper_search_rows(spec.task)
+            self.docs = rows[: spec.limit] if spec.limit else rows
+            self.requests = rows_requests(f"paper_{spec.task}", "search", self.docs)
+        else:
+            self.requests = task_requests(spec.task, "search", spec.limit)
+            self.docs = task_docs(spec.task, "search", spec.limit)
         self._pairs = [encode_request(tokenizer, r.context, r.continuation) for r in self.requests]
         batches = lm_eval_batches(self._pairs, spec.batch_size, model_max_length(model))
         self.batches = [batch for batch, _ in batches]

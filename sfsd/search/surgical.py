@@ -285,6 +285,15 @@ class SurgicalSearch:
 def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
                progress: bool = True) -> Run:
     """Run (or resume, or simply return a finished) search; the run's id is derived from `config`."""
+    from sfsd.compress import check_compress_request
+
+    check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
+    if config.metric.suite == "paper":
+        from sfsd.data.hub import require_hub_split
+        from sfsd.data.paper_tasks import PAPER_TRAIN
+
+        require_hub_split(PAPER_TRAIN[config.metric.task], f"search on --suite paper {config.metric.task}",
+                          "use --suite offline, the pack's search split")
     run, model, tokenizer = create_run(config, root, device)
     if run.status()["state"] == "done":
         return run
@@ -303,7 +312,9 @@ def materialize(run: Run, out: str | Path, device: str | None = None, overwrite:
         raise SfsdError(f"run {run.id} has not finished: resume it first (`sfsd search` with the same flags)")
     model, tokenizer, ranks = model_at_step(run, len(run.decisions()), device)
     mark_compressed(model, run.config["method"], low_rank_specs(model, ranks),
-                    {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"]})
+                    {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"],
+                     # what the model was fitted to, so that evaluation can refuse leaks (sfsd.data.leakage)
+                     "calibration": run.config.get("calibration"), "search": run.config.get("metric")})
     return save_compressed(model, tokenizer, out, overwrite=overwrite)
 
 
