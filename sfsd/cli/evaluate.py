@@ -117,12 +117,12 @@ def _refuse_task_leaks(model: str, args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Zero-shot multiple-choice accuracy (acc, acc_norm) through lm-eval, per task."""
-    from sfsd.evaluate.tasks import check_suite, require_hub
+    from sfsd.evaluate.tasks import check_suite, require_paper_data
 
     check_suite(args.suite)
     _refuse_task_leaks(args.model, args)
     if args.suite == "paper":
-        require_hub()  # fail before loading the model
+        require_paper_data(args.tasks)  # fail before loading the model
     model, tokenizer = _load(args.model, args.device)
     results = _tasks(args, model, tokenizer, args.model_key)
     columns = ["task", "split", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "cached"]

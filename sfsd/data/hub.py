@@ -96,7 +96,8 @@ def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     return None
 
 
-def _local_copy(spec: HubSplit) -> Path | None:
+def local_copy(spec: HubSplit) -> Path | None:
+    """The local copy of `spec` under $SFSD_DATASETS_DIR (a save_to_disk folder or a .jsonl file), if any."""
     root = os.environ.get(DATASETS_DIR_ENV)
     if not root:
         return None
@@ -109,7 +110,7 @@ def _local_copy(spec: HubSplit) -> Path | None:
 
 def require_hub_split(spec: HubSplit, what: str, offline_hint: str) -> None:
     """Fail fast (before a model is loaded) when `spec` can be read neither locally nor from the hub."""
-    if _local_copy(spec) is not None:
+    if local_copy(spec) is not None:
         return
     reason = hub_unreachable_reason()
     if reason:
@@ -120,7 +121,7 @@ def load_hub_split(spec: HubSplit, what: str, offline_hint: str) -> Any:
     """The `datasets.Dataset` of `spec` (a local copy under $SFSD_DATASETS_DIR first, else the hub)."""
     import datasets
 
-    local = _local_copy(spec)
+    local = local_copy(spec)
     if local is not None:
         if local.is_dir():
             return datasets.load_from_disk(str(local))

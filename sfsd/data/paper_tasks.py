@@ -13,6 +13,7 @@ the other 80% is what `--calib-source paper-mix` draws from. Evaluation never se
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ PAPER_TASK_NAMES = tuple(PAPER_TRAIN)
 # The split lm-eval evaluates for each task (none of them is train).
 PAPER_EVAL_SPLIT = {"boolq": "validation", "piqa": "validation", "hellaswag": "validation",
                     "winogrande": "validation", "arc_easy": "test", "arc_challenge": "test"}
+# The same datasets' evaluation splits, as lm-eval reads them (local copies make the paper suite run offline).
+PAPER_EVAL: dict[str, HubSplit] = {t: replace(spec, split=PAPER_EVAL_SPLIT[t]) for t, spec in PAPER_TRAIN.items()}
 PAPER_SEARCH_FRACTION = 0.2
 # Tasks a task-guided search can score (single context, one continuation per choice).
 PAPER_SEARCH_TASKS = ("boolq", "piqa", "hellaswag", "arc_easy", "arc_challenge")

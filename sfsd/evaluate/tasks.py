@@ -32,6 +32,15 @@ PAPER_TASKS = {
     "arc_easy": "arc_easy",
     "arc_challenge": "arc_challenge",
 }
+# lm-eval's own YAML of each paper task, under lm_eval/tasks/ (lm-eval 0.4, pinned in constraints.txt).
+PAPER_TASK_YAML = {
+    "boolq": "super_glue/boolq/default.yaml",
+    "piqa": "piqa/piqa.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+}
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,74 @@ def offline_spec(task: str, split: str, pack_dir: Path | None = None) -> TaskSpe
 
 
 def paper_spec(task: str, split: str) -> TaskSpec:
+    """lm-eval's own task; over a local copy of its evaluation split when $SFSD_DATASETS_DIR has one."""
+    from sfsd.data.hub import local_copy
+    from sfsd.data.paper_tasks import PAPER_EVAL
+
     if task not in PAPER_TASKS:
         raise SfsdError(f"unknown paper-suite task {task!r}: choose from {', '.join(PAPER_TASKS)}")
     if split != "eval":
         raise SfsdError("the paper suite has only lm-eval's own evaluation split: use --split eval")
-    return TaskSpec(task, split, "paper", PAPER_TASKS[task], None, "hub")
+    local = local_copy(PAPER_EVAL[task])
+    if local is None:
+        return TaskSpec(task, split, "paper", PAPER_TASKS[task], None, "hub")
+    folder, digest = materialise_local_paper_task(task, PAPER_EVAL[task].split, local)
+    return TaskSpec(task, split, "paper", f"{TASK_PREFIX}paper_{task}", folder, digest)
+
+
+def _lm_eval_yaml(task: str) -> Path:
+    import lm_eval
+
+    path = Path(lm_eval.__file__).parent / "tasks" / PAPER_TASK_YAML[task]
+    if not path.is_file():
+        raise SfsdError(f"lm-eval {lm_eval.__version__} has no {PAPER_TASK_YAML[task]}: install the pinned lm-eval "
+                        "(constraints.txt)")
+    return path
+
+
+def materialise_local_paper_task(task: str, eval_split: str, local: Path) -> tuple[Path, str]:
+    """A YAML that includes lm-eval's own task and points its evaluation split at a local copy.
+
+    Everything else (prompt, choices, target, processing functions, metrics) is lm-eval's own YAML;
+    only the dataset location changes, so the paper suite can be exercised without the hub.
+    """
+    from sfsd.data.sources import sha256_file
+
+    files = sorted(local.glob("*.arrow")) if local.is_dir() else [local]
+    split_key = "test_split" if eval_split == "test" else "validation_split"
+    config = {
+        "include": str(_lm_eval_yaml(task)),
+        "task": f"{TASK_PREFIX}paper_{task}",
+        "tag": [],
+        "dataset_path": "arrow" if local.is_dir() else "json",
+        "dataset_name": None,
+        "dataset_kwargs": {"data_files": {eval_split: [str(f) for f in files]}},
+        "training_split": None,
+        "validation_split": None,
+        "test_split": None,
+        split_key: eval_split,
+    }
+    digest = _pack.digest({"config": config, "files": [sha256_file(f) for f in files]})
+    folder = tasks_root() / f"paper-{task}-{digest}"
+    if not (folder / f"{TASK_PREFIX}paper_{task}.yaml").exists():
+        try:
+            with atomic_dir(folder) as tmp:
+                (tmp / f"{TASK_PREFIX}paper_{task}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        except FileExistsError:  # another process wrote the same content first
+            pass
+    return folder, "local:" + digest
+
+
+def require_paper_data(tasks: list[str] | str | None = None) -> None:
+    """Fail fast unless every requested paper task has a local copy or the hub is reachable."""
+    from sfsd.data.hub import local_copy
+    from sfsd.data.paper_tasks import PAPER_EVAL
+
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    names = [t.strip() for t in tasks or [] if t.strip()] or list(PAPER_TASKS)
+    if any(name not in PAPER_EVAL or local_copy(PAPER_EVAL[name]) is None for name in names):
+        require_hub()
 
 
 def resolve_specs(
@@ -127,7 +199,7 @@ def resolve_specs(
         tasks = tasks.split(",")
     tasks = list(dict.fromkeys(name.strip() for name in tasks or [] if name.strip()))
     if suite == "paper":
-        require_hub()
+        require_paper_data(tasks)
         return [paper_spec(task, split) for task in (tasks or list(PAPER_TASKS))]
     _pack.check_split(split)
     names = tasks or _pack.offline_tasks(pack_dir)
