@@ -4,8 +4,8 @@ A search keeps its metric within the tolerance on the *search* split by construc
 holds on unseen data is a separate measurement. Every finished search records both, side by side:
 - `ppl`: wiki perplexity of the eval split at the search's sequence length over the first
   HELDOUT_TOKENS tokens (the search split is a different part of the text);
-- `task`: accuracy (acc or acc_norm, as searched) on the task's whole eval split, with n and a 95%
-  Wilson interval.
+- `task`: accuracy (acc or acc_norm, as searched) on the task's whole eval split (`--suite paper`:
+  lm-eval's own evaluation split of the task), with n and a 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def heldout_value(model: nn.Module, tokenizer: Any, metric: dict, model_key: str
         return {"value": res["ppl"], "split": "eval", "seq_len": res["seq_len"], "n": res["n_tokens"]}
     from sfsd.evaluate import evaluate_tasks
 
-    row = evaluate_tasks(model, tokenizer, [metric["task"]], split="eval", limit=None,
+    suite = metric.get("suite", "offline")  # paper: lm-eval's own task (validation; ARC: test)
+    row = evaluate_tasks(model, tokenizer, [metric["task"]], split="eval", limit=None, suite=suite,
                          model_key=model_key).summary.iloc[0]
     value = float(row["acc_norm" if metric.get("use_norm") else "acc"])
     n = int(row["n"])
