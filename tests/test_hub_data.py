@@ -27,6 +27,7 @@ from sfsd.data.leakage import (
     task_eval_rows,
 )
 from sfsd.data.paper_tasks import (
+    PAPER_EVAL,
     PAPER_SEARCH_TASKS,
     PAPER_TASK_NAMES,
     PAPER_TRAIN,
@@ -99,6 +100,7 @@ def hub_dir(tmp_path_factory):
     save(hub.hub_dataset("c4", "train"), {"text": [sentence(rng, 40) for _ in range(50)]})
     for i, task in enumerate(PAPER_TASK_NAMES):
         save(PAPER_TRAIN[task], task_rows(task, rng, 40 + i))
+        save(PAPER_EVAL[task], task_rows(task, rng, 10 + i))  # what lm-eval's own task evaluates
     return root
 
 
@@ -362,6 +364,23 @@ def test_cli_refuses_paper_eval_of_a_mix_calibrated_model(mix_folder, capsys):
     assert "leak" not in err
 
 
+def test_paper_suite_runs_lm_evals_own_tasks_on_local_copies(local_hub, mix_folder, capsys):
+    """lm-eval's own YAMLs (prompts, processing functions, metrics) over the local evaluation splits."""
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.models import load_model
+
+    model, tokenizer = load_model(str(mix_folder), "cpu")
+    clean = ["hellaswag", "winogrande", "arc_easy", "arc_challenge"]
+    summary = evaluate_tasks(model, tokenizer, tasks=clean, suite="paper", use_cache=False).summary
+    assert list(summary["task"]) == clean
+    assert list(summary["n"]) == [10 + PAPER_TASK_NAMES.index(t) for t in clean]  # every local row, no more
+    capsys.readouterr()
+    assert main(["eval", str(mix_folder), "--suite", "paper", "--tasks", "arc_easy", "--limit", "3"]) == 0
+    assert "arc_easy" in capsys.readouterr().out
+    code = main(["eval", str(mix_folder), "--suite", "paper", "--tasks", "piqa"])  # still a leak
+    _one_line(code, capsys.readouterr().err, "leak: ")
+
+
 def test_in_memory_compressed_model_is_refused_too(mix_folder):
     from sfsd.evaluate import evaluate_tasks
     from sfsd.models import load_model
@@ -397,11 +416,11 @@ def test_search_on_paper_train_rows_is_recorded_and_scored_as_lm_eval(local_hub,
     metrics, _ = _run_lm_eval(model, AutoTokenizer.from_pretrained(tiny), [rows_spec("paper_piqa", "search", rows)],
                               None, 4)["paper_piqa"]
     assert run.result()["base_metric"] == pytest.approx(metrics["acc,none"], abs=1e-9)
+    held = run.result()["heldout"]  # the held-out check: lm-eval's own piqa on its validation split
+    assert held["base"]["n"] == 10 + PAPER_TASK_NAMES.index("piqa") and held["base"]["split"] == "eval"
     out = materialize(run, tmp_path / "searched")
     record = AutoModelForCausalLM.from_pretrained(out).config.sfsd
     assert record["search"]["suite"] == "paper" and record["calibration"]["source"] == "paper-mix"
     capsys.readouterr()
-    code = main(["eval", str(out), "--suite", "paper", "--tasks", "piqa,boolq"])  # no leak: stops on the hub
-    err = capsys.readouterr().err
-    _one_line(code, err, "--suite offline")
-    assert "leak" not in err
+    assert main(["eval", str(out), "--suite", "paper", "--tasks", "piqa,boolq"]) == 0  # no leak: evaluated
+    assert "piqa" in capsys.readouterr().out
