@@ -134,10 +134,11 @@ def fitted_rows(record: dict | None, calibrated: bool = True) -> list[tuple[str,
     return fitted
 
 
-def _fix(evaluated: str, rows: Rows) -> str:
+def _fix(use: str, evaluated: str, rows: Rows) -> str:
     if evaluated.startswith("--suite paper"):
-        return ("compress with --calib-source paper-mix (the tasks' train splits) and search on other data, "
-                "or evaluate with --suite offline (the pack's eval split)")
+        refit = ("search with --suite paper (a held-out part of the tasks' train splits)" if use.startswith("searched")
+                 else "compress with --calib-source paper-mix (the tasks' train splits)")
+        return f"{refit}, or evaluate with --suite offline (the pack's eval split)"
     if rows.part not in ("all", "eval"):
         return "evaluate with --split eval (the held-out split)"
     return "evaluate on data the model was not calibrated or searched on"
@@ -154,7 +155,7 @@ def check_no_leak(record: dict | None, targets: Iterable[tuple[str, Rows]], cali
             if seen.overlaps(rows):
                 raise SfsdError(
                     f"leak: this model was {use}, which reads {seen}, and {evaluated} evaluates {rows}: "
-                    f"{_fix(evaluated, rows)}"
+                    f"{_fix(use, evaluated, rows)}"
                 )
 
 
