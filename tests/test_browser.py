@@ -35,6 +35,8 @@ PAGES = {
 # pages whose figures appear after a button press: (input to shrink, its value, button label, charts afterwards)
 PRESS = {"disagreement": ("Documents per task", "6", "Compare", 1),
          "bias": ("Examples (eval split)", "10", "Score", 1)}
+# pages whose accuracy chart is picked in a selectbox after loading: (its label, the option to pick)
+SELECT = {"accuracy": ("y axis", "acc piqa (eval split, %)")}
 # warning / error alerts a page may show on the fixture store (regular expressions); any other fails the page.
 # The fixture's uniform runs score 5 piqa documents and the disagreement test compares 6: both pages must say
 # that so few documents cannot carry a comparison.
@@ -205,7 +207,17 @@ def test_page_renders_its_charts(server, page, name):
         settle(page)
         page.get_by_role("button", name=label).click()
         settle(page, 150)
+    if name in SELECT:
+        label, option = SELECT[name]
+        page.get_by_label(label).click()
+        page.get_by_role("option", name=option, exact=True).click()
+        settle(page)
     assert wait_charts(page, count, 150 if name in PRESS else 60) >= count
+    if name in SELECT:  # the accuracy curve: points with 95% error bars, majority-class and chance lines
+        traces = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData.map(t => "
+                               "[t.x.length, t.error_y && t.error_y.visible ? t.error_y.array.length : 0])")
+        assert traces and traces[0][0] >= 2 and all(points == bars for points, bars in traces), traces
+        assert page.locator(".js-plotly-plot").first.get_by_text("chance").count() == 1
     if name == "report":  # the preview iframe holds the report's own Plotly figures
         frame = page.frame_locator("iframe").first
         frame.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=60000)

@@ -139,9 +139,11 @@ def evaluations_text(frame: pd.DataFrame) -> pd.DataFrame:
     from sfsd.evaluate.intervals import format_proportion
 
     out = frame.copy()
+    if "n" in out:
+        out["n"] = [f"{n:.0f}" if pd.notna(n) else "-" for n in pd.to_numeric(out["n"], errors="coerce")]
     for column in ("acc", "acc_norm"):
         if column in out and "n" in out:
-            out[column] = [format_proportion(p, n, show_n=False) if pd.notna(p) and pd.notna(n) else "-"
+            out[column] = [format_proportion(p, int(n), show_n=False) if pd.notna(p) and n != "-" else "-"
                            for p, n in zip(out[column], out["n"], strict=True)]
             out = out.rename(columns={column: f"{column} [95% CI]"})
     return out

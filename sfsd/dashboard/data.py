@@ -431,6 +431,8 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     measured first (method, step, parameters, budget, metric, accuracies with their interval and n), the
     time and run id last, so that nothing that matters is cut off at the table's right edge."""
     frame = interval_columns(pd.concat(frames, ignore_index=True))
+    for column in [c for c in frame.columns if c.startswith("n:")]:
+        frame[column] = [EMPTY if _number(n) is None else f"{_number(n):.0f}" for n in frame[column]]
     first = [c for c in ("method", "step", "params", "budget", "metric") if c in frame]
     measured = [c for c in frame.columns if c.endswith("[95% CI]") or c.startswith("n:")]
     last = [c for c in ("time", "run_id") if c in frame]
