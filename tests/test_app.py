@@ -298,6 +298,10 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     delta = 100 * (int((b["pred"] == b["gold"]).sum()) - int((a["pred"] == a["gold"]).sum())) / 6
     assert float(summary["delta B - A, points [95% CI]"].split(" ")[0]) == pytest.approx(delta, abs=0.05)
     assert [w.value for w in at.warning] and "piqa: only 6 documents" in at.warning[0].value
+    from sfsd.dashboard import data
+
+    golds = list(a["gold"])  # the majority-class reference line agrees with the records' gold answers
+    assert data.reference_rates("piqa", 6)["majority"] == pytest.approx(max(map(golds.count, set(golds))) / 6)
     figure = json.loads(charts(at)[0].proto.spec)
     assert all(trace["error_y"]["array"] for trace in figure["data"])  # intervals on bars and disagreement
     flips = at.dataframe[1].value
