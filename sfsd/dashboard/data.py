@@ -441,16 +441,17 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %."""
+    """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %; empty cells "—"."""
     out = evaluations.copy()
     if "n" not in out:
-        return out
+        return out.astype(object).where(out.notna(), EMPTY)
     for column in ("acc", "acc_norm"):
         if column in out:
             out[column] = [format_proportion(p, n, scale=100, digits=1) if _number(p) is not None
                            and _number(n) is not None else EMPTY for p, n in zip(out[column], out["n"], strict=True)]
             out = out.rename(columns={column: f"{column} % [95% CI]"})
-    return out
+    out["n"] = [EMPTY if _number(n) is None else f"{_number(n):.0f}" for n in out["n"]]  # a count, not 5.0
+    return out.astype(object).where(out.notna(), EMPTY)
 
 
 # ---- models ---------------------------------------------------------------------------------------------
