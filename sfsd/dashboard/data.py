@@ -451,6 +451,9 @@ def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
                            and _number(n) is not None else EMPTY for p, n in zip(out[column], out["n"], strict=True)]
             out = out.rename(columns={column: f"{column} % [95% CI]"})
     out["n"] = [EMPTY if _number(n) is None else f"{_number(n):.0f}" for n in out["n"]]  # a count, not 5.0
+    for column in [c for c in out.columns if pd.api.types.is_float_dtype(out[c])]:
+        whole = bool((out[column].dropna() % 1 == 0).all())  # counts such as seq_len stored as floats
+        out[column] = out[column].map(lambda v, whole=whole: number_text(v, 0 if whole else 2))
     return out.astype(object).where(out.notna(), EMPTY)
 
 
