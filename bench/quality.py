@@ -28,7 +28,7 @@ from bench.common import (
     write_result,
 )
 
-METHODS = ["weight", "feature", "feature-uncentred", "asvd", "svdllm"]
+METHODS = ["weight", "feature", "feature-paper", "feature-official", "feature-uncentred", "asvd", "svdllm"]
 # The paper (32 blocks): last 12 at beta 0.46 (~80 %), last 24 at beta 0.33 (~50 %).
 PAPER_BUDGETS = [("~80%", 0.46, 12), ("~50%", 0.33, 24)]
 
@@ -62,6 +62,16 @@ def row_of(label: str, method: str, blocks: Any, beta: Any, result: dict, tasks_
         "avg_acc": sum(known) / len(known) if len(known) == len(tasks) and known else None,
         "source": source,
     }
+
+
+def acc_cell(acc: float | None, n: int | None) -> str:
+    """'0.350 [0.264, 0.447]': accuracy with its 95% Wilson interval (n is in the column header)."""
+    from sfsd.evaluate.intervals import wilson_interval
+
+    if acc is None or not n:
+        return "—"
+    low, high = wilson_interval(acc * n, n)
+    return f"{acc:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def uniform_row(config, label: str, tasks, seq_lens, progress: bool) -> dict:
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="first tokens of the wiki eval split for perplexity (default 16384; quick 256)")
     p.add_argument("--tolerances", default="0.05,0.10", help="ppl tolerances of the search rows")
     p.add_argument("--no-search", action="store_true", help="only the uniform rows")
-    p.add_argument("--methods", default=None, help="comma-separated (default: all five; quick: weight,feature)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all seven; quick: weight,feature)")
     p.add_argument("--tasks", default=None, help="comma-separated offline tasks (default: all five; quick: boolq,piqa)")
     args = p.parse_args(argv)
     started = init(args)
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ppl_tokens, progress))
 
     headers = ["budget", "method", "last blocks", "beta", "overall budget", "params", "MACs (seq 128)",
-               *[f"ppl@{s}" for s in seq_lens], *tasks, "avg acc"]
+               *[f"ppl@{s}" for s in seq_lens], *[f"{t} (n={limit})" for t in tasks], "avg acc"]
     table = []
     for row in rows:
         if "error" in row:
@@ -185,14 +195,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         table.append([row["label"], row["method"], row["last_blocks"], row["beta"], row["overall_budget"],
                       row["params"], row["macs_128"], *[row["ppl"][str(s)] for s in seq_lens],
-                      *[row["acc"][t] for t in tasks], row["avg_acc"]])
+                      *[acc_cell(row["acc"][t], row["n_docs"][t]) for t in tasks], row["avg_acc"]])
     calib = f"{calibration.source}, {calibration.samples} x {calibration.seq_len} tokens"
     notes = [
         f"Model `{Path(model).name}` ({num_blocks} blocks); the paper's last 12 / 24 of 32 blocks scaled to "
         f"{budgets[0][2]} / {budgets[1][2]} of {num_blocks}; overall budget = Appendix B share of the decomposable "
         "layers' parameters kept. Calibration: " + calib + ".",
-        f"Accuracy: `acc` of lm-eval on the eval split of the offline pack, first {limit} documents per task "
-        "(`acc_norm` is in the JSON). MACs of one forward pass over 128 tokens (torch flop counter).",
+        f"Accuracy: `acc` of lm-eval on the eval split of the offline pack, first {limit} documents per task, "
+        "with its 95% Wilson interval (`acc_norm` is in the JSON); the average over tasks has no interval "
+        "and moves by several points at random at this n. "
+        "MACs of one forward pass over 128 tokens (torch flop counter).",
         f"Perplexity on the wiki eval split, first {ppl_tokens} tokens, non-overlapping windows of "
         + " and ".join(str(s) for s in seq_lens) + f" tokens (ppl@{seq_lens[-1]} therefore rests on only "
         f"{max(1, ppl_tokens // seq_lens[-1])} windows).",

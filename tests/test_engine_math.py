@@ -123,3 +123,50 @@ def test_wilson_interval_matches_published_values():
     low0, high0 = wilson_interval(0, 10)
     assert low0 == 0.0 and 0.27 < high0 < 0.31  # Newcombe: 0/10 -> [0, 0.2775]
 
+
+
+def _top_eigvecs(matrix, rank):
+    values, vectors = torch.linalg.eigh(matrix)
+    return vectors[:, values.argsort(descending=True)[:rank]]
+
+
+@pytest.mark.parametrize("d_in,d_out", [(32, 24), (16, 40)])
+def test_feature_paper_bias_is_eq4_computed_independently(d_in, d_out):
+    """Sec. 3.2 as written: V_r from the uncentred Y Y^T (Y = W X), b = b0 + V_rc V_rc^T W x_bar (Eq. 4)."""
+    x, weight, bias, stats = _layer_data(d_in, d_out)
+    assert x.mean(0).abs().min() > 0.1  # the bias only matters for a non-zero input mean
+    dec = decompose_layer("feature-paper", weight, bias, stats, dtype=torch.float64)
+    y = x @ weight.T
+    for rank in (1, 5, 12):
+        v_r = _top_eigvecs(y.T @ y, rank)
+        v_c = _top_eigvecs(y.T @ y, d_out)[:, rank:]  # the discarded directions, V_r^c
+        expected = bias + v_c @ (v_c.T @ (weight @ x.mean(0)))
+        _, second, got = dec.factors(rank)
+        assert torch.allclose(got, expected, atol=1e-8)
+        assert torch.allclose(second @ second.T, v_r @ v_r.T, atol=1e-8)  # same subspace
+
+
+def test_feature_official_is_the_released_codes_projection():
+    """nyunAI/SFSD-LLM DecomposeLinearEigen: eigenvectors of torch.cov(Y), bias V_r V_r^T b0, no compensation."""
+    x, weight, bias, stats = _layer_data(32, 24)
+    dec = decompose_layer("feature-official", weight, bias, stats, dtype=torch.float64)
+    y = x @ weight.T + bias
+    for rank in (1, 5, 12):
+        v_r = _top_eigvecs(torch.cov(y.T), rank)
+        _, second, got = dec.factors(rank)
+        assert torch.allclose(second @ second.T, v_r @ v_r.T, atol=1e-8)
+        assert torch.allclose(got, v_r @ (v_r.T @ bias), atol=1e-10)
+    no_bias = decompose_layer("feature-official", weight, None, stats, dtype=torch.float64)
+    assert no_bias.factors(5)[2] is None
+
+
+@pytest.mark.parametrize("d_in,d_out", [(32, 24), (16, 40)])
+def test_feature_variants_error_ordering_is_strict(d_in, d_out):
+    """feature < feature-paper < feature-uncentred and feature < feature-official, at every cut rank."""
+    x, weight, bias, stats = _layer_data(d_in, d_out)
+    decs = {m: decompose_layer(m, weight, bias, stats, dtype=torch.float64)
+            for m in ("feature", "feature-paper", "feature-uncentred", "feature-official")}
+    for rank in range(1, min(d_in, d_out)):
+        err = {m: _sq_error(x, weight, bias, _apply(dec, rank, x)) for m, dec in decs.items()}
+        assert err["feature"] < err["feature-paper"] < err["feature-uncentred"], (rank, err)
+        assert err["feature"] < err["feature-official"], (rank, err)

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from sfsd.accounting import count_parameters
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for
+from sfsd.calibration import collect_statistics
 from sfsd.compress import CalibrationSpec, Compressor, compress, describe, save_compressed
 from sfsd.decompose import LowRankLinear, rank_for_budget
 from sfsd.errors import SfsdError
@@ -84,8 +85,6 @@ def _output_error(dec, rank, weight, cov):
 
 def test_feature_beats_weight_on_calibration_outputs():
     """At the same ranks, feature space reconstructs the layer outputs better than weight-space SVD."""
-    from sfsd.calibration import collect_statistics
-
     model = tiny_model("llama")
     adapter = adapter_for(model)
     compressors = {m: Compressor(model, None, m, CALIB, progress=False) for m in ("feature", "weight")}
@@ -94,13 +93,14 @@ def test_feature_beats_weight_on_calibration_outputs():
         feat = compressors["feature"].decompose()[layer.name]
         weight = compressors["weight"].decompose()[layer.name]
         rank = rank_for_budget(0.4, layer.d_in, layer.d_out)
-        assert feat.residual_energy(rank) >= 0
         s = stats[layer.input_group]
         cov = s.covariance
         w = adapter.weight_and_bias(model.get_submodule(layer.name))[0].double()
 
-        assert _output_error(feat, rank, w, cov) <= _output_error(weight, rank, w, cov) + 1e-9
-    assert collect_statistics  # imported for the reader: statistics come from hooks on real forward passes
+        feat_error = _output_error(feat, rank, w, cov)
+        # The centred output error of feature space is its discarded eigenvalues (the paper's optimality claim).
+        assert feat_error == pytest.approx(feat.residual_energy(rank), rel=1e-6, abs=1e-9)
+        assert feat_error <= _output_error(weight, rank, w, cov) + 1e-9
 
 
 @pytest.mark.parametrize("method", ["weight", "asvd", "svdllm", "feature-uncentred"])
@@ -142,8 +142,6 @@ def test_unsupported_architecture_names_the_supported_ones():
 
 
 def test_padding_tokens_are_excluded_from_statistics():
-    from sfsd.calibration import collect_statistics
-
     model = tiny_model("llama")
     adapter = adapter_for(model)
     layers = adapter.layers(blocks=[0], roles=["q"])
@@ -151,4 +149,16 @@ def test_padding_tokens_are_excluded_from_statistics():
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
     stats = collect_statistics(model, adapter, layers, ids, mask, progress=False)
-    assert next(iter(stats.values())).count == 16
+    got = next(iter(stats.values()))
+    assert got.count == 16
+    # The sums are those of the 16 real tokens' inputs, captured independently with a hook of our own.
+    seen = []
+    module = model.get_submodule(layers[0].name)
+    handle = module.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    real = seen[0][mask.bool()].double()
+    assert torch.allclose(got.sum_x, real.sum(0), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(got.sum_xxT, real.T @ real, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got.sum_x, seen[0].reshape(-1, real.shape[1]).double().sum(0), atol=1e-3)

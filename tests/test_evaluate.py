@@ -425,8 +425,12 @@ def test_disagreement_and_flips():
     }
     assert list(flips(b, a, "piqa")["direction"]) == ["correct->wrong", "wrong->wrong"]
     assert disagreement(a, b, metric="acc_norm")["disagreement"].iloc[0] == 0.0
-    joined = changed.merge(pd.DataFrame(_pack.task_rows("piqa", "eval", FIXTURES)), left_on="doc_id", right_on="id")
-    assert len(joined) <= len(changed)  # joinable with the task rows by id
+    # Flipped examples join with the task rows by id (the Disagreement page shows their text this way).
+    rows = _pack.task_rows("piqa", "eval", FIXTURES)
+    as_fixture = {f"piqa-{i}": rows[i]["id"] for i in range(5)}
+    joined = changed.assign(doc_id=changed["doc_id"].map(as_fixture)).merge(
+        pd.DataFrame(rows), left_on="doc_id", right_on="id")
+    assert list(joined["id"]) == [as_fixture["piqa-2"], as_fixture["piqa-3"]] and joined["query"].notna().all()
 
 
 # ---------------------------------------------------------------- CLI

@@ -212,3 +212,29 @@ def test_uniform_run_stops_on_cancel_and_resumes_without_duplicates(cache, tiny_
     run = run_uniform(config, progress=False)
     assert run.status()["state"] == "done"
     assert sorted(evaluations_frame(run)["kind"]) == ["ppl", "task"]  # the task is not evaluated twice
+
+
+def test_decomposition_cache_never_reuses_stale_factors(cache, tiny_dir, monkeypatch):
+    """Same name, changed weights -> recomputed; changed format version -> recomputed; same -> reused."""
+    import torch
+
+    import sfsd.search.surgical as surgical
+    from sfsd.search import search_layers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    config = _config(tiny_dir)
+    layers = search_layers(model, config)[:3]
+    folders = lambda: sorted(p.name for p in (cache / "decompositions").iterdir())  # noqa: E731
+    first = surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
+    assert len(folders()) == 1
+    surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
+    assert len(folders()) == 1  # reused
+    with torch.no_grad():
+        model.get_submodule(layers[0].name).weight.mul_(2.0)
+    changed = surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
+    assert len(folders()) == 2
+    assert not torch.allclose(changed[layers[0].name].coeffs, first[layers[0].name].coeffs)
+    monkeypatch.setattr(surgical, "DECOMPOSITION_FORMAT", surgical.DECOMPOSITION_FORMAT + 1)
+    surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
+    assert len(folders()) == 3

@@ -61,6 +61,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from sfsd.search import run_search
+    from sfsd.search.heldout import describe_heldout
 
     config = config_from_args(args)
     run_ = run_search(config, device=args.device, progress=not args.quiet)
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "
               f"{result['base_params']:,}, metric {metric_text(run_.config, result['final_metric'])} "
               f"(base {metric_text(run_.config, result['base_metric'])})")
+        print(f"held-out check: {describe_heldout(result)}")
         print(f"save the model with: sfsd materialize {run_.id} --out cache/models/{run_.id}")
     return 0 if status["state"] == "done" else 1
 

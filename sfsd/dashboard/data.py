@@ -230,7 +230,8 @@ def spectra(run_id: str, layer: str | None = None, role: str | None = None) -> p
 
 # ---- uniform runs (Table 1) -----------------------------------------------------------------------------
 
-UNIFORM_METHODS = ("base", "weight", "feature", "feature-uncentred", "asvd", "svdllm")
+UNIFORM_METHODS = ("base", "weight", "feature", "feature-paper", "feature-official", "feature-uncentred", "asvd",
+                   "svdllm")
 
 
 def _number(value: Any) -> float | None:

@@ -20,6 +20,8 @@ from sfsd.evaluate.intervals import mean_interval, wilson_interval
 
 METHOD_COLORS = {
     "feature": "#1f77b4",  # SFSD: blue
+    "feature-paper": "#d62728",  # Sec. 3.2 as written: red
+    "feature-official": "#8c564b",  # the released code: brown
     "feature-uncentred": "#17becf",  # cyan
     "weight": "#ff7f0e",  # plain SVD: orange
     "asvd": "#2ca02c",  # green
@@ -27,10 +29,13 @@ METHOD_COLORS = {
     "base": "#7f7f7f",  # the uncompressed model: grey
 }
 METHOD_LABELS = {
-    "feature": "feature space (SFSD)", "feature-uncentred": "feature space, uncentred", "weight": "weight SVD",
+    "feature": "feature space (SFSD, centred + bias)",
+    "feature-paper": "feature space, paper Sec. 3.2 (uncentred + bias)",
+    "feature-official": "feature space, released code (centred, no bias)",
+    "feature-uncentred": "feature space, uncentred, no bias (= SVD-LLM)", "weight": "weight SVD",
     "asvd": "ASVD", "svdllm": "SVD-LLM", "base": "base model",
 }
-OTHER_COLORS = ["#d62728", "#8c564b", "#e377c2", "#bcbd22", "#393b79", "#637939"]
+OTHER_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 TEMPLATE = "plotly_white"
 REFERENCE_COLORS = {"majority": "#d62728", "chance": "#555555"}  # reference lines of accuracy charts
@@ -207,6 +212,8 @@ def selected_layer(event, cells: pd.DataFrame) -> str | None:
 
 SPECTRUM_NAMES = {"weight": "weight: σ² of W", "feature": "feature: eigenvalues of Cov(Wx)",
                   "feature-uncentred": "feature (uncentred): eigenvalues of E[yyᵀ]",
+                  "feature-paper": "feature (paper): eigenvalues of E[yyᵀ]",
+                  "feature-official": "feature (released code): eigenvalues of Cov(Wx)",
                   "asvd": "ASVD: σ² of W·S", "svdllm": "SVD-LLM: σ² of W·L"}
 
 

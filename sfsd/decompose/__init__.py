@@ -28,6 +28,10 @@ from sfsd.decompose.lowrank import LowRankLinear
 from sfsd.decompose.methods import METHODS, Decomposition, decompose_layer, get_method
 from sfsd.errors import SfsdError
 
+# Bump when the maths of a method or the stored fields change: cached decompositions of another
+# format are never reused (the search's cache key includes it). 2: feature-paper/feature-official.
+DECOMPOSITION_FORMAT = 2
+
 
 def fit_decompositions(
     adapter: ModelAdapter,
@@ -116,6 +120,7 @@ def load_decompositions(folder: str | Path, device: str | torch.device = "cpu") 
 
 __all__ = [
     "BETA_GRID",
+    "DECOMPOSITION_FORMAT",
     "METHODS",
     "Decomposition",
     "LowRankLinear",

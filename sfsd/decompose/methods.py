@@ -1,7 +1,19 @@
-"""The decompositions: feature space (SFSD), weight space (SVD) and two activation-aware baselines.
+"""The decompositions: feature space (SFSD, four variants), weight space (SVD) and two activation-aware baselines.
 
 Every method factors a layer y = W x + b0 (W is d2 x d1) once, fully; any rank afterwards is a slice:
-first = coeffs[:r] (r x d1), second = basis[:, :r] (d2 x r), bias = b0 (+ compensation, feature space).
+first = coeffs[:r] (r x d1), second = basis[:, :r] (d2 x r), bias = b0 + (I - V_r V_r^T) c where c is
+the decomposition's `mean_shift` (absent: bias = b0).
+
+The four feature-space variants (Sec. 3.2 of the seed paper and its released code):
+- `feature`: eigenvectors of the centred C_y = W Cov(x) W^T, c = W x_bar: the optimal rank-r affine fit.
+- `feature-paper`: eigenvectors of the uncentred Sigma_Y = W E[x x^T] W^T (Y Y^T / n), c = W x_bar:
+  Sec. 3.2 as written, the compensation bias of Eq. 4 added to the thin layers as in Eq. 5.
+- `feature-uncentred`: uncentred eigenvectors, no compensation; on calibration data it gives the same
+  outputs as SVD-LLM's whitened truncation (a test shows it).
+- `feature-official`: what nyunAI/SFSD-LLM `layers.py` (`DecomposeLinearEigen.init_lowrank`) computes:
+  eigenvectors of the centred covariance (`torch.cov`) and bias V_r V_r^T b0, the layer's own bias
+  projected onto the kept directions (zero for bias-free layers: no compensation at all). Expressed here
+  as c = -b0, since b0 + (I - V_r V_r^T)(-b0) = V_r V_r^T b0.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ class Decomposition:
     coeffs: torch.Tensor  # k x d1
     spectrum: torch.Tensor  # energy of each direction (eigenvalues / squared singular values), descending
     bias: torch.Tensor | None  # b0 of the original layer
-    mean_shift: torch.Tensor | None = None  # W x_bar, for the bias compensation of feature space
+    mean_shift: torch.Tensor | None = None  # c of bias = b0 + (I - V_r V_r^T) c (W x_bar: Eq. 4)
 
     @property
     def max_rank(self) -> int:
@@ -37,16 +49,19 @@ class Decomposition:
         first, second = self.coeffs[:rank], self.basis[:, :rank]
         if self.mean_shift is None:
             return first, second, self.bias
-        # b = b0 + (I - V_r V_r^T) W x_bar: what the cut directions contributed on average.
-        shift = self.mean_shift.to(torch.float64)
-        basis = second.to(torch.float64)
-        compensation = shift - basis @ (basis.T @ shift)
-        bias = compensation if self.bias is None else self.bias.to(torch.float64) + compensation
-        return first, second, bias.to(second.dtype)
+        return first, second, compensated_bias(self.bias, second, self.mean_shift).to(second.dtype)
 
     def residual_energy(self, rank: int) -> float:
         """Sum of the discarded spectrum: the output error per token on calibration data (feature space)."""
         return float(self.spectrum[rank:].sum())
+
+
+def compensated_bias(bias: torch.Tensor | None, basis: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """b = b0 + V_r^c V_r^cT c = b0 + (I - V_r V_r^T) c (Eq. 4 with c = W x_bar): the average output of the
+    discarded directions, added back as a constant (Eq. 5). Computed in float64."""
+    shift, basis = shift.to(torch.float64), basis.to(torch.float64)
+    compensation = shift - basis @ (basis.T @ shift)
+    return compensation if bias is None else bias.to(torch.float64) + compensation
 
 
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
@@ -77,17 +92,30 @@ def _cast(dec: Decomposition, dtype: torch.dtype) -> Decomposition:
     return dec
 
 
-def feature_space(weight, bias, stats: InputStatistics, centred: bool = True) -> Decomposition:
-    """SFSD (Eq. 4-5): keep the top eigenvectors V_r of the output covariance; first = V_r^T W, second = V_r.
+def feature_space(weight, bias, stats: InputStatistics, centred: bool = True,
+                  compensate: bool = True, name: str | None = None) -> Decomposition:
+    """SFSD (Sec. 3.2, Eq. 4-5): keep the top eigenvectors V_r of the output covariance; first = V_r^T W,
+    second = V_r, bias b = b0 + (I - V_r V_r^T) W x_bar when `compensate` (Eq. 4), else b0.
 
-    Centred (default): C_y = W Cov(x) W^T and b = b0 + (I - V_r V_r^T) W x_bar, the optimal rank-r
-    affine approximation of the outputs; the discarded eigenvalues sum to the mean squared error.
-    Uncentred (the paper's Eq. 4 as written): C = W E[x x^T] W^T (i.e. Y Y^T / n), bias b0 kept.
+    centred: C_y = W Cov(x) W^T (with compensation, the optimal rank-r affine approximation of the outputs;
+    the discarded eigenvalues sum to the mean squared error). Uncentred: Sigma_Y = W E[x x^T] W^T (Y Y^T / n).
     """
     basis, spectrum = _output_eigenbasis(weight, stats, centred)
-    name = "feature" if centred else "feature-uncentred"
-    shift = weight @ stats.mean if centred else None
+    name = name or ("feature" if centred else "feature-uncentred")
+    shift = weight @ stats.mean if compensate else None
     return Decomposition(name, basis, basis.T @ weight, spectrum, bias, shift)
+
+
+def feature_paper(weight, bias, stats: InputStatistics) -> Decomposition:
+    """The paper's Sec. 3.2 as written: eigenvectors of the uncentred Y Y^T, plus the Eq. 4 bias."""
+    return feature_space(weight, bias, stats, centred=False, compensate=True, name="feature-paper")
+
+
+def feature_official(weight, bias, stats: InputStatistics) -> Decomposition:
+    """The released code's DecomposeLinearEigen: centred eigenvectors, bias V_r V_r^T b0 (c = -b0)."""
+    dec = feature_space(weight, bias, stats, centred=True, compensate=False, name="feature-official")
+    dec.mean_shift = None if bias is None else -bias
+    return dec
 
 
 def weight_space(weight, bias, stats: InputStatistics | None = None) -> Decomposition:
@@ -135,8 +163,12 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)"),
-        Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False), True,
-               "feature space, uncentred Y Y^T without compensation (the paper's Eq. 4 as written)"),
+        Method("feature-paper", feature_paper, True,
+               "feature space as Sec. 3.2 is written: uncentred Y Y^T eigenvectors plus the Eq. 4 bias"),
+        Method("feature-official", feature_official, True,
+               "feature space as the released code computes it: centred eigenvectors, no compensation bias"),
+        Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False, compensate=False),
+               True, "feature space, uncentred, no bias (= SVD-LLM on calibration data)"),
         Method("weight", weight_space, False, "weight space: truncated SVD of W"),
         Method("asvd", asvd, True, "ASVD-style input-channel scaling (mean |x|^0.5)"),
         Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]"),

@@ -20,6 +20,7 @@ from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.compress import Compressor
 from sfsd.decompose import (
     BETA_GRID,
+    DECOMPOSITION_FORMAT,
     Decomposition,
     load_decompositions,
     low_rank_module,
@@ -29,11 +30,13 @@ from sfsd.decompose import (
     set_module,
 )
 from sfsd.errors import SfsdError
+from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import load_model, resolve_model
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.config import SearchConfig
+from sfsd.search.heldout import heldout_value
 from sfsd.search.metrics import METRICS, SearchMetric
 from sfsd.search.replay import PrefixCache, replaying
 from sfsd.search.strategies import STRATEGIES
@@ -55,6 +58,7 @@ def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
 def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
     """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
     identity = {k: config.get(k) for k in ("model", "method", "calibration")} | {"ranks": ranks}
+    identity["format"] = DECOMPOSITION_FORMAT
     return "searched-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -80,11 +84,16 @@ def create_run(config: SearchConfig, root: Path | None = None, device: str | Non
 
 def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig, layers: list[LinearLayer],
                           progress: bool = True) -> dict[str, Decomposition]:
-    """Full factorisations of the searched layers, computed once per (model, method, calibration, layers)."""
+    """Full factorisations of the searched layers, computed once per (weights, method, calibration, layers).
+
+    The key holds a fingerprint of the weights (not only the model's name: a re-downloaded or fine-tuned
+    checkpoint in the same folder must not reuse stale factors) and the decomposition format version, which
+    changes whenever the maths or the stored fields do.
+    """
     names = [layer.name for layer in layers]
     key = hashlib.sha256(json.dumps({
-        "model": resolve_model(config.model), "method": config.method,
-        "calibration": asdict(config.calibration), "layers": names,
+        "model": resolve_model(config.model), "weights": model_fingerprint(model), "format": DECOMPOSITION_FORMAT,
+        "method": config.method, "calibration": asdict(config.calibration), "layers": names,
     }, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "decompositions" / f"{config.method}-{key}"
     device = next(model.parameters()).device
@@ -194,6 +203,12 @@ class SurgicalSearch:
                 self.ranks[record["layer"]] = record["rank"]
         return decided[-1]["value"] if decided else None
 
+    def heldout(self, base: bool) -> dict:
+        """The metric on the eval split (the held-out check); the base model's is cached by its weights."""
+        key = None if base else compressed_model_key(self.run_store.config, self.ranks)
+        return heldout_value(self.model, self.tokenizer, asdict(self.config.metric), model_key=key,
+                             progress=self.progress)
+
     def snapshot(self, step: int, value: float) -> None:
         evals = {}
         if self.config.snapshot_tasks:
@@ -221,6 +236,7 @@ class SurgicalSearch:
                 run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
                                      "metric": base_value, "evals": {}})
         base_params = count_parameters(self.model)
+        heldout_base = self.heldout(base=True)
         if self.config.engine == "fast":
             self.prefix = PrefixCache(run.path / "prefix", self.metric.batches)
             self.prefix.build(self.model, self.adapter)
@@ -258,7 +274,9 @@ class SurgicalSearch:
         self.snapshot(len(self.layers), current)
         result = {"ranks": self.ranks, "overall_budget": overall_budget(self.all_layers, self.ranks),
                   "params": count_parameters(self.model), "base_params": base_params, "base_metric": base_value,
-                  "final_metric": current, "trials": len(run.read_trace()) - len(self.layers)}
+                  "final_metric": current, "trials": len(run.read_trace()) - len(self.layers),
+                  "heldout": {"metric": self.config.metric.name, "higher_is_better": self.metric.higher_is_better,
+                              "base": heldout_base, "final": self.heldout(base=False)}}
         shutil.rmtree(run.path / "prefix", ignore_errors=True)
         run.mark_done(result, layers_done=len(self.layers))
         return result
