@@ -50,12 +50,12 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
     if st.button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
                  icon=":material/play_arrow:", help="one after the other, in one background process"):
         widgets.launch_all_and_report(list(argvs.values()))
-    per_row = 3  # wide enough for the longest method name at 1400 px
+    per_row = 3  # wide enough for the longest method name (its --method value) at 1400 px
     items = list(argvs.items())
     for start in range(0, len(items), per_row):
         for col, (method, argv) in zip(st.columns(per_row), items[start:start + per_row], strict=False):
-            if col.button(f"Run {plots.method_label(method)}", key=f"{key}-{method}", disabled=not available,
-                          width="stretch"):
+            if col.button(f"Run {method}", key=f"{key}-{method}", disabled=not available, width="stretch",
+                          help=plots.method_label(method)):
                 widgets.launch_and_report(argv)
 
 

@@ -38,7 +38,8 @@ METHOD_LABELS = {
 OTHER_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 TEMPLATE = "plotly_white"
-REFERENCE_COLORS = {"majority": "#d62728", "chance": "#555555"}  # reference lines of accuracy charts
+# reference lines of accuracy charts: black and grey, no method's colour
+REFERENCE_COLORS = {"majority": "#111111", "chance": "#9a9a9a"}
 
 
 def method_color(method: str | None) -> str:
