@@ -152,9 +152,11 @@ if not readable.empty:
                 if view.evaluations.empty:
                     st.info("No evaluations yet.")
                 else:
-                    widgets.table(view.evaluations, f"{run_id}-evaluations", key="detail-evaluations")
+                    widgets.table(data.evaluations_text(view.evaluations), f"{run_id}-evaluations",
+                                  key="detail-evaluations")
             with tabs[1]:
-                widgets.table(pd.DataFrame([data.uniform_row(view)]), f"{run_id}-row", key="detail-row")
+                widgets.table(data.table1_text(pd.DataFrame([data.uniform_row(view)])), f"{run_id}-row",
+                              key="detail-row")
         with tabs[2]:
             config = {key: value for key, value in view.config.items() if key != "layers"}
             st.json(config, expanded=True)

@@ -3,7 +3,6 @@ snapshots, several runs overlaid; uniform runs as single points."""
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard import data, plots, widgets
@@ -53,7 +52,8 @@ for view in views:
         continue
     x = frame["params"] / 1e6 if x_mode.startswith("parameters") else 100 * frame["budget"]
     y = frame[column] * (100 if percent else 1)
-    curves.append(plots.Curve(view.label, view.method, list(x), list(y),
+    errors = plots.wilson_error_bars(list(frame[column]), list(data.counts(frame, column))) if percent else None
+    curves.append(plots.Curve(view.label, view.method, list(x), list(y), error_y=errors,
                               text=[f"step {s} (layers decided)" for s in frame["step"]]))
     base = frame[frame["step"] == 0][column]
     if not base.empty:
@@ -68,15 +68,24 @@ if percent and column.startswith("acc:"):
             if row["method"] == "base" or not x_mode.startswith("parameters"):
                 continue
             curves.append(plots.Curve(f"uniform {row['method']} β{row['beta']} last {row['last_blocks']}",
-                                      row["method"], [row["params"] / 1e6], [100 * row[column]], markers_only=True))
+                                      row["method"], [row["params"] / 1e6], [100 * row[column]], markers_only=True,
+                                      error_y=plots.wilson_error_bars([row[column]], [row.get(data.n_column(column))])))
 
 unique_bases = list(dict.fromkeys((name, round(value, 6)) for name, value in baselines))
 x_title = "parameters remaining (millions)" if x_mode.startswith("parameters") else \
     "overall budget (% of decomposable parameters kept)"
 y_title = y_label if not percent else y_label.replace(" (eval split, %)", " (%), eval split")
-widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases), key="acc-chart")
+references = {}
+if percent and tables:
+    rates = data.reference_rates(column.split(":", 1)[1], data.snapshot_documents(tables, column))
+    references = {f"majority class ({rates['majority_label']})": 100 * rates["majority"],
+                  "chance": 100 * rates["chance"]}
+widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases, references=references), key="acc-chart")
+if percent:
+    st.caption("Error bars: 95% Wilson intervals over the n documents of each snapshot (the table's n column); "
+               "dotted lines: the rates of always giving the commonest answer and of guessing.")
 if skipped:
     st.caption(f"Not shown (no such series): {', '.join(skipped)}. Task accuracies need "
                "`--snapshot-tasks` on the search.")
 if tables:
-    widgets.table(pd.concat(tables, ignore_index=True), "snapshots", key="acc-table")
+    widgets.table(data.snapshot_table(tables), "snapshots", key="acc-table")

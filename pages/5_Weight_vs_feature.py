@@ -1,5 +1,6 @@
 """Weight versus feature space (the paper's Table 1): the uniform protocol (last N blocks at one beta) for
-every method side by side: parameters, MACs, accuracy per task, average and perplexity."""
+every method side by side: perplexity first, then parameters, MACs, accuracy per task (95% intervals, n) and
+average, with the majority-class and chance rates each accuracy must beat."""
 
 import streamlit as st
 
@@ -46,13 +47,16 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
         st.success("Every method has a run for these settings.")
         return
     st.code("\n".join(jobs.command_line(argv) for argv in argvs.values()), language="bash", wrap_lines=True)
-    cols = st.columns(len(methods) + 1)
-    if cols[0].button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
-                      icon=":material/play_arrow:", help="one after the other, in one background process"):
+    if st.button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
+                 icon=":material/play_arrow:", help="one after the other, in one background process"):
         widgets.launch_all_and_report(list(argvs.values()))
-    for col, (method, argv) in zip(cols[1:], argvs.items(), strict=True):
-        if col.button(f"Run {plots.method_label(method)}", key=f"{key}-{method}", disabled=not available):
-            widgets.launch_and_report(argv)
+    per_row = 3  # wide enough for the longest method name (its --method value) at 1400 px
+    items = list(argvs.items())
+    for start in range(0, len(items), per_row):
+        for col, (method, argv) in zip(st.columns(per_row), items[start:start + per_row], strict=False):
+            if col.button(f"Run {method}", key=f"{key}-{method}", disabled=not available, width="stretch",
+                          help=plots.method_label(method)):
+                widgets.launch_and_report(argv)
 
 
 if uniform.empty:
@@ -67,33 +71,23 @@ groups = uniform[["model", "beta", "last_blocks"]].drop_duplicates().to_dict("re
 labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
 index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
 group = groups[index]
-rows = uniform[(uniform["model"] == group["model"]) & (uniform["beta"] == group["beta"])
-               & (uniform["last_blocks"] == group["last_blocks"])]
-order = {m: i for i, m in enumerate(data.UNIFORM_METHODS)}
-rows = rows.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order)))).drop_duplicates("method")
+rows = data.table1_rows(uniform, group["model"], group["beta"], group["last_blocks"])
 
-acc_cols = [c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()]
-ppl_cols = [c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()]
-shown = rows[["method", "state", "params", "macs", "overall_budget", *acc_cols, "avg", *ppl_cols]].copy()
-shown["params"] = shown["params"] / 1e6
-shown["macs"] = shown["macs"] / 1e9
-shown["overall_budget"] = 100 * shown["overall_budget"]
-for column in [*acc_cols, "avg"]:
-    shown[column] = 100 * shown[column]
-config = {"params": st.column_config.NumberColumn("params (M)", format="%.2f"),
-          "macs": st.column_config.NumberColumn("MACs @128 tokens (G)", format="%.3f"),
-          "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
-          "avg": st.column_config.NumberColumn("average acc (%)", format="%.1f")}
-config.update({c: st.column_config.NumberColumn(f"{c.removeprefix('acc:')} acc (%)", format="%.1f") for c in acc_cols})
-config.update({c: st.column_config.NumberColumn(c.replace("ppl@", "perplexity @") + (" tokens" if "@" in c else ""),
-                                                format="%.3f") for c in ppl_cols})
 st.subheader("Table 1")
-widgets.table(shown, "table1", key="uni-table", column_config=config)
+for note in data.table1_warnings(rows):
+    st.warning(note)
+widgets.table(data.table1_text(rows), "table1", key="uni-table")
+st.caption("Perplexity (wiki eval split, window length in the header) comes first: on a small model it is the "
+           "number that separates the methods. Accuracy in %, its 95% Wilson interval in brackets (the average: "
+           "a normal interval of the mean), n = documents per task. **Equal by theory:** SVD-LLM (`svdllm`) and "
+           "`feature-uncentred` (uncentred, no bias) give identical outputs, so their rows must match.")
 details = rows[["method", "calibration", "tasks", "limit", "run_id"]]
 st.caption("Calibration, tasks and documents per task of each row: "
            + "; ".join(f"{r.method}: {r.calibration}, {r.tasks or 'no tasks'}, limit {r.limit}"
                        for r in details.itertuples()))
-widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task (colour = method)"), key="uni-bars")
+widgets.chart(plots.perplexity_bars(rows, title="Perplexity (log scale)"), key="uni-ppl")
+widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task with 95% intervals; dashes: majority class and chance",
+                                  references=data.task_references(rows)), key="uni-bars")
 
 missing = [m for m in data.UNIFORM_METHODS if m not in set(rows["method"])]
 first = data.load_run(rows["run_id"].iloc[0])

@@ -7,6 +7,7 @@ from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
 from sfsd.errors import SfsdError
 from sfsd.evaluate import disagreement
+from sfsd.evaluate.compare import disagreement_report
 
 widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, the "
                    "difference, and the share of documents whose predicted answer changed — a compressed model "
@@ -69,16 +70,17 @@ records_a, records_b = results[key]
 label_a, label_b = data.model_display(model_a), data.model_display(model_b)
 summary = disagreement(records_a, records_b, metric)
 st.subheader("Per task")
-shown = summary.copy()
-for column in ("acc_a", "acc_b", "delta"):
-    shown[column] = 100 * shown[column]
-widgets.table(shown, "disagreement", key="dis-summary", column_config={
-    "acc_a": st.column_config.NumberColumn(f"acc A: {label_a} (%)", format="%.1f"),
-    "acc_b": st.column_config.NumberColumn(f"acc B: {label_b} (%)", format="%.1f"),
-    "delta": st.column_config.NumberColumn("delta B - A (points)", format="%+.1f"),
-    "disagreement": st.column_config.NumberColumn("disagreement (% of documents)", format="%.1f"),
-    "n_shared": st.column_config.NumberColumn("documents"),
-})
+for task, n in zip(summary["task"], summary["n_shared"], strict=True):
+    if n < data.SMALL_N:
+        st.warning(f"{task}: only {n} documents (fewer than {data.SMALL_N}): the 95% intervals are wide; "
+                   "compare more documents.")
+shown = disagreement_report(summary)[["task", "n", "disagreement", "acc_a", "acc_b", "delta"]].rename(columns={
+    "n": "n (documents)", "acc_a": "acc A % [95% CI]", "acc_b": "acc B % [95% CI]",
+    "delta": "delta B - A, points [95% CI]", "disagreement": "disagreement, % of n [95% CI]"})
+widgets.table(shown, "disagreement", key="dis-summary")
+st.caption(f"A = {label_a}, B = {label_b}. Intervals: Wilson 95% for the accuracies and the disagreement; the "
+           "delta's is the paired (same documents) 95% interval, from the documents one model got right and the "
+           "other wrong.")
 widgets.chart(plots.disagreement_bars(summary, label_a, label_b), key="dis-chart")
 
 st.subheader("Flipped examples")
@@ -92,7 +94,11 @@ if direction != "all":
 st.caption(f"{len(flipped)} flipped documents. Choices are shown as `index: text`; log-likelihoods per choice, "
            "A then B.")
 widgets.table(flipped, f"flips-{task}", key="dis-flips", column_config={
-    "question": st.column_config.TextColumn("question", width="large"),
-    "pred_a": st.column_config.TextColumn(f"prediction A ({label_a})"),
-    "pred_b": st.column_config.TextColumn(f"prediction B ({label_b})"),
+    "doc_id": st.column_config.TextColumn("doc", width="small"),
+    "question": st.column_config.TextColumn("question", width="medium"),
+    "gold": st.column_config.TextColumn("gold", width="medium"),
+    "pred_a": st.column_config.TextColumn("prediction A", width="medium"),
+    "pred_b": st.column_config.TextColumn("prediction B", width="medium"),
+    "loglik_a": st.column_config.TextColumn("log-lik A", width="small"),
+    "loglik_b": st.column_config.TextColumn("log-lik B", width="small"),
 })

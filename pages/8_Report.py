@@ -24,9 +24,8 @@ def build(root: str, run_id: str, updated: str | None) -> str:
         return ""
     group = None
     if view.kind == "uniform":
-        uniform = data.uniform_frame()
-        group = uniform[(uniform["model"] == view.model) & (uniform["beta"] == view.config.get("beta"))
-                        & (uniform["last_blocks"] == view.config.get("last_blocks"))]
+        group = data.table1_rows(data.uniform_frame(), view.model, view.config.get("beta"),
+                                 view.config.get("last_blocks"))
     return report.build_report(view, data.spectra(run_id) if view.kind == "search" else data.spectra(run_id).head(0),
                                group)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -212,7 +213,12 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
     assert modes == ["lines+markers", "markers"]  # the feature search, the feature uniform run as a point
+    assert all(trace["error_y"]["array"] for trace in figure["data"])  # 95% intervals on every point
+    notes = [a["text"] for a in figure["layout"]["annotations"]]  # labels of the horizontal reference lines
+    assert any(n.startswith("majority class") for n in notes) and "chance" in notes, notes
     assert "acc piqa" in figure["layout"]["yaxis"]["title"]["text"]
+    table = at.dataframe[0].value
+    assert re.fullmatch(r"\S+ \[\S+, \S+\]", table["acc:piqa % [95% CI]"].iloc[-1]) and "n:piqa" in table
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
 
 
@@ -221,8 +227,26 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     no_exception(at)
     table = at.dataframe[0].value
     assert list(table["method"]) == ["base", "feature"]
-    assert {"params", "macs", "acc:piqa", "avg", "ppl@32"} <= set(table.columns)
-    assert len(charts(at)) == 1
+    assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
+    accuracy = "piqa acc % [95% CI] n=5"
+    assert accuracy in table.columns and "average acc % [95% CI]" not in table.columns  # one task: no average
+    for cell in table[accuracy]:  # "value [low, high]", the value inside its interval
+        value, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
+        assert low <= value <= high and high - low > 30  # 5 documents: a wide interval
+    assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
+    ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
+    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
+    assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
+        [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
+    accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]
+    assert all(trace["error_y"]["array"][0] > 0 for trace in accuracy_bars)
+    references = {trace["name"].split(" ")[0]: trace["y"][0] for trace in bars["data"] if trace["type"] == "scatter"}
+    from sfsd.data import load_task
+
+    golds = [row["label"] for row in load_task("piqa", "eval")[:5]]  # the 5 documents the runs scored
+    assert references["majority"] == pytest.approx(100 * max(golds.count(0), golds.count(1)) / 5)
+    assert references["chance"] == pytest.approx(50.0)
+    assert "identical outputs" in texts(at)
     commands = "\n".join(c.value for c in at.code)
     for method in ("weight", "feature-uncentred", "asvd", "svdllm"):
         assert f"--method {method} " in commands
@@ -254,9 +278,32 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     at.run()
     at.button(key="dis-run").click().run(timeout=180)
     no_exception(at)
-    summary = at.dataframe[0].value
-    assert list(summary["task"]) == ["piqa"] and int(summary["n_shared"].iloc[0]) == 6
-    assert 0 <= float(summary["disagreement"].iloc[0]) <= 100
+    summary = at.dataframe[0].value.iloc[0]
+    assert summary["task"] == "piqa" and int(summary["n (documents)"]) == 6
+    # the shown numbers against an independent count over the same documents' records
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.evaluate.intervals import wilson_interval
+    from sfsd.models import load_model
+
+    preds = {}
+    for name in (env["model"], env["saved"]):
+        model, tokenizer = load_model(name, "cpu")
+        preds[name] = evaluate_tasks(model, tokenizer, ["piqa"], split="eval", limit=6).records.set_index("doc_id")
+    a, b = preds[env["model"]], preds[env["saved"]].loc[preds[env["model"]].index]
+    differ = int((a["pred"] != b["pred"]).sum())
+    value, low, high = map(float, re.fullmatch(r"(\S+) \[(\S+), (\S+)\]",
+                                               summary["disagreement, % of n [95% CI]"]).groups())
+    assert value == pytest.approx(100 * differ / 6, abs=0.05)
+    assert (low, high) == pytest.approx([100 * x for x in wilson_interval(differ, 6)], abs=0.05)
+    delta = 100 * (int((b["pred"] == b["gold"]).sum()) - int((a["pred"] == a["gold"]).sum())) / 6
+    assert float(summary["delta B - A, points [95% CI]"].split(" ")[0]) == pytest.approx(delta, abs=0.05)
+    assert [w.value for w in at.warning] and "piqa: only 6 documents" in at.warning[0].value
+    from sfsd.dashboard import data
+
+    golds = list(a["gold"])  # the majority-class reference line agrees with the records' gold answers
+    assert data.reference_rates("piqa", 6)["majority"] == pytest.approx(max(map(golds.count, set(golds))) / 6)
+    figure = json.loads(charts(at)[0].proto.spec)
+    assert all(trace["error_y"]["array"] for trace in figure["data"])  # intervals on bars and disagreement
     flips = at.dataframe[1].value
     assert list(flips.columns) == ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a",
                                    "loglik_b"]
@@ -291,6 +338,7 @@ def test_report_is_one_self_contained_html_file(env):
     assert document.count("plotly.js v") >= 1 and len(document) < 15_000_000
     for heading in ("Budget per layer", "Metric versus parameters", "Spectra per role", "Layers", "Config"):
         assert heading in document
+    assert "acc:piqa % [95% CI]" in document and "majority class" in document  # snapshot accuracies
 
 
 # ---- empty and broken stores ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -456,14 +457,17 @@ def test_cli_eval_ppl_bias_disagree(fixture_pack, capsys):
 
     assert main(["eval", "tiny-a", "--tasks", "piqa,boolq", "--limit", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "piqa" in out and "boolq" in out and "acc_norm" in out
+    assert "piqa" in out and "boolq" in out and "acc_norm [95% CI]" in out
+    assert len(re.findall(r" 3 +(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]", out)) == 2  # n = 3, acc [interval]
     assert main(["ppl", "tiny-a", "--seq-len", "16"]) == 0
     assert "seq_len 16" in capsys.readouterr().out
     assert main(["bias", "tiny-a"]) == 0
     assert "ICAT" in capsys.readouterr().out
     assert main(["disagree", "tiny-a", "tiny-b", "--tasks", "piqa"]) == 0
     out = capsys.readouterr().out
-    assert "disagreement" in out and "flips" in out
+    assert "disagreement" in out and "flips" in out and "percentage points" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("piqa "))
+    assert len(re.findall(r"[+-]?\d+\.\d \[[+-]?\d+\.\d, [+-]?\d+\.\d\]", row)) == 4  # acc a, acc b, delta, flips
 
 
 def test_cli_paper_suite_offline_is_one_line(capsys):

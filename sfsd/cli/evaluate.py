@@ -88,8 +88,17 @@ def _load(name: str, device: str | None):
     return load_model(name, device)
 
 
-def _table(frame: pd.DataFrame, columns: list[str]) -> str:
-    return frame[columns].to_string(index=False, float_format=lambda x: f"{x:.4f}")
+def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """An lm-eval summary (task, split, n, acc, acc_norm, cached) with each accuracy as
+    `value [95% Wilson interval]` (fractions, n in its own column)."""
+    from sfsd.evaluate.intervals import format_proportion
+
+    table = summary[["task", "split", "n"]].copy()
+    for column in ("acc", "acc_norm"):
+        table[f"{column} [95% CI]"] = [format_proportion(float(p), int(n), show_n=False)
+                                       for p, n in zip(summary[column], summary["n"], strict=True)]
+    table["cached"] = summary["cached"]
+    return table
 
 
 def _tasks(args: argparse.Namespace, model, tokenizer, model_key: str | None):
@@ -125,9 +134,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         require_paper_data(args.tasks)  # fail before loading the model
     model, tokenizer = _load(args.model, args.device)
     results = _tasks(args, model, tokenizer, args.model_key)
-    columns = ["task", "split", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "cached"]
-    print(_table(results.summary, columns))
-    print(f"lm-eval {results.summary['lm_eval_version'].iloc[0]}, suite {args.suite}, zero-shot")
+    print(accuracy_table(results.summary).to_string(index=False))
+    print(f"lm-eval {results.summary['lm_eval_version'].iloc[0]}, suite {args.suite}, zero-shot; "
+          "accuracy [95% Wilson interval] over n documents")
     return 0
 
 
@@ -184,6 +193,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
 def cmd_disagree(args: argparse.Namespace) -> int:
     """Accuracy of two models on the same documents and how often their answers differ."""
     from sfsd.evaluate import disagreement, flips
+    from sfsd.evaluate.compare import disagreement_report
 
     for name in (args.model_a, args.model_b):
         _refuse_task_leaks(name, args)
@@ -193,8 +203,9 @@ def cmd_disagree(args: argparse.Namespace) -> int:
         records.append(_tasks(args, model, tokenizer, None).records)
         del model
     table = disagreement(records[0], records[1], metric=args.metric)
-    print(f"a = {args.model_a}, b = {args.model_b}; disagreement in % of shared documents")
-    print(_table(table, list(table.columns)))
+    print(f"a = {args.model_a}, b = {args.model_b}; accuracy and disagreement in % of the n shared documents, "
+          "delta b - a in percentage points; [95% interval] (Wilson; paired for the delta)")
+    print(disagreement_report(table).to_string(index=False))
     for task in table["task"]:
         changed = flips(records[0], records[1], task, metric=args.metric)
         counts = changed["direction"].value_counts().to_dict()

@@ -58,11 +58,11 @@ def run_show(args: argparse.Namespace) -> int:
         rows.append(("message", status["message"]))
     for key in ("pid", "started", "updated", "finished", "base_metric", "base_params"):
         if status.get(key) is not None:
-            rows.append((key, str(status[key])))
+            rows.append((key, metric_text(run.config, status[key]) if key == "base_metric" else str(status[key])))
     result = run.result() if status["state"] == "done" else None
     for key in ("overall_budget", "params", "final_metric"):
         if result and result.get(key) is not None:
-            rows.append((key, str(result[key])))
+            rows.append((key, metric_text(run.config, result[key]) if key == "final_metric" else str(result[key])))
     if run.log_path.exists():
         rows.append(("log", str(run.log_path)))
     _print_pairs(rows)
@@ -89,6 +89,23 @@ def run_delete(args: argparse.Namespace) -> int:
     RunStore().delete(args.run_id)
     print(f"deleted run {args.run_id}")
     return 0
+
+
+def metric_text(config: dict, value: float) -> str:
+    """A search metric's value; an accuracy (`task` metric) with its 95% Wilson interval and the number of
+    search-split documents it was measured on."""
+    metric = config.get("metric") if isinstance(config.get("metric"), dict) else {}
+    if metric.get("name") != "task" or not isinstance(value, (int, float)):
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+    from sfsd.data import load_task
+    from sfsd.errors import SfsdError
+    from sfsd.evaluate.intervals import format_proportion
+
+    try:
+        n = len(load_task(metric["task"], "search")[: metric.get("limit") or None])
+    except (SfsdError, OSError, KeyError, ValueError):
+        return f"{value} (accuracy; number of documents unknown)"
+    return f"{format_proportion(float(value), n, digits=4)}, search split"
 
 
 def _print_layers(layers: pd.DataFrame, limit: int) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
 from sfsd.cli.common import add_calibration_flags, add_model_flags
 from sfsd.decompose import METHODS
 
@@ -70,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
     status, result = run_.status(), run_.result()
     print(f"run {run_.id}: {status['state']}")
     if result:
+        from sfsd.cli.runs import metric_text
+
         print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "
-              f"{result['base_params']:,}, metric {result['final_metric']:.4f} (base {result['base_metric']:.4f})")
+              f"{result['base_params']:,}, metric {metric_text(run_.config, result['final_metric'])} "
+              f"(base {metric_text(run_.config, result['base_metric'])})")
         print(f"held-out check: {describe_heldout(result)}")
         print(f"save the model with: sfsd materialize {run_.id} --out cache/models/{run_.id}")
     return 0 if status["state"] == "done" else 1
@@ -131,8 +136,23 @@ def run_uniform_command(args: argparse.Namespace) -> int:
     result = run_.result() or {}
     print(f"run {run_.id}: params {result.get('params', 0):,}, budget {result.get('overall_budget', 1):.4f}, "
           f"MACs@128 {result.get('macs', 0):,}")
-    print(evaluations_frame(run_).to_string(index=False))
+    print(evaluations_text(evaluations_frame(run_)).to_string(index=False))
     return 0
+
+
+def evaluations_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """A run's evaluations with acc and acc_norm as `value [95% Wilson interval]` (fractions; n is a column)."""
+    from sfsd.evaluate.intervals import format_proportion
+
+    out = frame.copy()
+    if "n" in out:
+        out["n"] = [f"{n:.0f}" if pd.notna(n) else "-" for n in pd.to_numeric(out["n"], errors="coerce")]
+    for column in ("acc", "acc_norm"):
+        if column in out and "n" in out:
+            out[column] = [format_proportion(p, int(n), show_n=False) if pd.notna(p) and n != "-" else "-"
+                           for p, n in zip(out[column], out["n"], strict=True)]
+            out = out.rename(columns={column: f"{column} [95% CI]"})
+    return out
 
 
 def register_snapshot_eval(subparsers: argparse._SubParsersAction) -> None:
@@ -155,5 +175,6 @@ def run_snapshot_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     evaluate_steps(run_, steps, tasks, args.limit, args.device)
     frame = evaluations_frame(run_)
-    print(frame[[c for c in ("step", "params", "task", "acc", "acc_norm", "n") if c in frame]].to_string(index=False))
+    frame = frame[[c for c in ("step", "params", "task", "n", "acc", "acc_norm") if c in frame]]
+    print(evaluations_text(frame).to_string(index=False))
     return 0

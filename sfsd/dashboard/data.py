@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from sfsd.errors import SfsdError
+from sfsd.evaluate.intervals import format_proportion, mean_interval
 from sfsd.models import DEFAULT_MODEL
 from sfsd.paths import models_dir
 from sfsd.runs import (
@@ -257,9 +258,10 @@ def uniform_row(view: RunView) -> dict:
     for record in view.evaluations.to_dict("records"):
         kind = record.get("kind")
         if kind == "task":
-            value = _number(record.get("acc"))
+            value, n = _number(record.get("acc")), _number(record.get("n"))
             if value is not None:
                 row[f"acc:{record.get('task')}"] = value
+                row[f"n:{record.get('task')}"] = n
         elif kind == "ppl":
             value, seq_len = _number(record.get("ppl")), _number(record.get("seq_len"))
             if value is not None:
@@ -280,8 +282,180 @@ def uniform_frame() -> pd.DataFrame:
             "macs", "overall_budget"]
     frame = pd.DataFrame(rows)
     accs = sorted(c for c in frame.columns if c.startswith("acc:"))
+    ns = sorted(c for c in frame.columns if c.startswith("n:"))
     ppls = sorted((c for c in frame.columns if c.startswith("ppl")), key=lambda c: (len(c), c))
-    return frame.reindex(columns=[*base, *accs, "avg", *ppls])
+    return frame.reindex(columns=[*base, *accs, "avg", *ppls, *ns])
+
+
+def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any) -> pd.DataFrame:
+    """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order."""
+    rows = uniform[(uniform["model"] == model) & (uniform["beta"] == beta) & (uniform["last_blocks"] == last_blocks)]
+    order = {m: i for i, m in enumerate(UNIFORM_METHODS)}
+    rows = rows.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order))), kind="stable")
+    return rows.drop_duplicates("method").reset_index(drop=True)
+
+
+# ---- intervals, reference rates and warnings (every accuracy shown carries n and a 95% interval) ---------
+
+EMPTY = "—"  # how an empty cell reads
+SMALL_N = 30  # fewer documents than this: an accuracy's interval is wider than about +/- 18 points
+PPL_BLOWUP = 10.0  # perplexity above this multiple of the base model's: its accuracies mean nothing
+
+
+def n_column(column: str) -> str:
+    """The count column that goes with an accuracy column: acc:piqa, acc_norm:piqa -> n:piqa."""
+    return "n:" + column.split(":", 1)[1]
+
+
+def counts(rows: pd.DataFrame, column: str) -> pd.Series:
+    """The document counts of an accuracy column as numbers (NaN where unknown or the column is missing)."""
+    if n_column(column) not in rows:
+        return pd.Series(float("nan"), index=rows.index)
+    return pd.to_numeric(rows[n_column(column)], errors="coerce")
+
+
+def number_text(value: Any, digits: int = 2) -> str:
+    """A number for a table cell with thousands separators; empty ones read as an em dash."""
+    number = _number(value)
+    if number is None:
+        return EMPTY
+    return f"{number:,.{digits if abs(number) < 1000 else 0}f}"
+
+
+@st.cache_data(show_spinner=False)
+def reference_rates(task: str, n: int | None = None) -> dict:
+    """What an accuracy of `task` must beat, over the first n rows of its eval split (the documents an
+    evaluation with limit n scores): `majority` (share of the most common gold label: the accuracy of
+    always giving that answer), `majority_label` (its text), `chance` (mean of 1 / number of choices)."""
+    from sfsd.data import load_task
+
+    try:
+        rows = load_task(task, "eval")
+    except (SfsdError, OSError, ValueError):
+        rows = []  # not an offline task (e.g. a hub task): no reference
+    rows = rows[: int(n)] if n else rows
+    if not rows:
+        return {"majority": float("nan"), "majority_label": "", "chance": float("nan"), "n": 0}
+    labels = pd.Series([int(row["label"]) for row in rows])
+    top = int(labels.value_counts().idxmax())
+    texts = {str(row["choices"][top]) for row in rows if top < len(row["choices"])}
+    return {"majority": float((labels == top).mean()),
+            "majority_label": texts.pop() if len(texts) == 1 else f"choice {top}",
+            "chance": float(sum(1 / len(row["choices"]) for row in rows) / len(rows)), "n": len(rows)}
+
+
+def snapshot_documents(frames: list[pd.DataFrame], column: str) -> int | None:
+    """The largest number of documents behind an accuracy column of snapshot tables (None: unknown)."""
+    ns = pd.concat([counts(frame, column) for frame in frames]).dropna()
+    return int(ns.max()) if len(ns) else None
+
+
+def task_references(rows: pd.DataFrame) -> dict[str, dict]:
+    """reference_rates of every task column of Table 1 rows, at the largest n the rows evaluated."""
+    refs = {}
+    for column in (c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()):
+        ns = counts(rows, column).dropna()
+        refs[column.removeprefix("acc:")] = reference_rates(column.removeprefix("acc:"),
+                                                            int(ns.max()) if len(ns) else None)
+    return refs
+
+
+def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 for people: method, state, perplexity per window length first (the metric that separates
+    the methods), then size and every accuracy in % as `value [95% interval]`, n in the header (in the
+    cell when the rows' n differ). Empty cells read as an em dash."""
+    acc_cols = [c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()]
+    ppl_cols = [c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()]
+    out = pd.DataFrame({"method": rows["method"].astype(str), "state": rows["state"].astype(str)})
+    for column in ppl_cols:
+        out[column.replace("ppl@", "ppl @") + (" tokens" if "@" in column else "")] = rows[column].map(number_text)
+    out["params (M)"] = [number_text(v / 1e6 if _number(v) is not None else None) for v in rows["params"]]
+    out["MACs @128 tokens (G)"] = [number_text(v / 1e9 if _number(v) is not None else None, 3) for v in rows["macs"]]
+    out["budget (%)"] = [number_text(100 * v if _number(v) is not None else None, 1) for v in rows["overall_budget"]]
+    for column in acc_cols:
+        ns = counts(rows, column)
+        shared = ns.dropna().unique()
+        same = len(shared) == 1
+        header = f"{column.removeprefix('acc:')} acc % [95% CI]" + (f" n={int(shared[0])}" if same else "")
+        out[header] = [format_proportion(p, n, scale=100, digits=1, show_n=not same) if _number(p) is not None
+                       and _number(n) is not None else EMPTY for p, n in zip(rows[column], ns, strict=True)]
+    if len(acc_cols) > 1:  # one task: its own column says it all
+        averages = []
+        for _, row in rows.iterrows():
+            values = [row[c] for c in acc_cols if _number(row[c]) is not None]
+            ns = [_number(row.get(n_column(c))) for c in acc_cols if _number(row[c]) is not None]
+            low, high = mean_interval(values, ns)
+            averages.append(EMPTY if len(values) < len(acc_cols) or low != low else
+                            f"{100 * sum(values) / len(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]")
+        out["average acc % [95% CI]"] = averages
+    return out.reset_index(drop=True)
+
+
+def table1_warnings(rows: pd.DataFrame) -> list[str]:
+    """Why some of Table 1's numbers cannot carry weight: tasks with fewer than SMALL_N documents, and
+    models whose perplexity is more than PPL_BLOWUP times the base model's (their accuracy is then the
+    rate of a degenerate answer, not a measure of the method)."""
+    notes = []
+    for column in (c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()):
+        ns = counts(rows, column).dropna()
+        if len(ns) and ns.min() < SMALL_N:
+            notes.append(f"{column.removeprefix('acc:')}: only {int(ns.min())} documents (fewer than {SMALL_N}): "
+                         f"its 95% intervals are wider than the differences between methods; evaluate more documents.")
+    base = rows[rows["method"] == "base"]
+    for column in (c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()):
+        reference = _number(base[column].iloc[0]) if not base.empty else None
+        if not reference:
+            continue
+        broken = [f"{r['method']} ({r[column]:,.0f})" for _, r in rows.iterrows()
+                  if _number(r[column]) is not None and r[column] > PPL_BLOWUP * reference]
+        if broken:
+            notes.append(f"{column}: perplexity above {PPL_BLOWUP:g}x the base model's ({reference:,.2f}) for "
+                         f"{', '.join(broken)}: these models are broken, their accuracy only shows which answer "
+                         "they always give (compare with the majority-class line).")
+    return notes
+
+
+def interval_columns(frame: pd.DataFrame, scale: float = 100.0) -> pd.DataFrame:
+    """A copy of a frame with `acc:<task>` / `acc_norm:<task>` columns (and their `n:<task>` counts) where
+    each accuracy is text: `value [95% interval]` in % (snapshots, evaluations of a run)."""
+    out = frame.copy()
+    for column in [c for c in frame.columns if ":" in c and c.split(":", 1)[0] in ("acc", "acc_norm")]:
+        out[column] = [format_proportion(p, n, scale=scale, digits=1, show_n=False)
+                       if _number(p) is not None and _number(n) is not None else EMPTY
+                       for p, n in zip(frame[column], counts(frame, column), strict=True)]
+        out = out.rename(columns={column: f"{column} % [95% CI]"})
+    return out
+
+
+def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Snapshot rows of several runs (each with `run_id` and `method` columns) for people: what the rows
+    measured first (method, step, parameters, budget, metric, accuracies with their interval and n), the
+    time and run id last, so that nothing that matters is cut off at the table's right edge."""
+    frame = interval_columns(pd.concat(frames, ignore_index=True))
+    for column in [c for c in frame.columns if c.startswith("n:")]:
+        frame[column] = [EMPTY if _number(n) is None else f"{_number(n):.0f}" for n in frame[column]]
+    first = [c for c in ("method", "step", "params", "budget", "metric") if c in frame]
+    measured = [c for c in frame.columns if c.endswith("[95% CI]") or c.startswith("n:")]
+    last = [c for c in ("time", "run_id") if c in frame]
+    rest = [c for c in frame.columns if c not in {*first, *measured, *last}]
+    return frame[[*first, *measured, *rest, *last]]
+
+
+def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
+    """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %; empty cells "—"."""
+    out = evaluations.copy()
+    if "n" not in out:
+        return out.astype(object).where(out.notna(), EMPTY)
+    for column in ("acc", "acc_norm"):
+        if column in out:
+            out[column] = [format_proportion(p, n, scale=100, digits=1) if _number(p) is not None
+                           and _number(n) is not None else EMPTY for p, n in zip(out[column], out["n"], strict=True)]
+            out = out.rename(columns={column: f"{column} % [95% CI]"})
+    out["n"] = [EMPTY if _number(n) is None else f"{_number(n):.0f}" for n in out["n"]]  # a count, not 5.0
+    for column in [c for c in out.columns if pd.api.types.is_float_dtype(out[c])]:
+        whole = bool((out[column].dropna() % 1 == 0).all())  # counts such as seq_len stored as floats
+        out[column] = out[column].map(lambda v, whole=whole: number_text(v, 0 if whole else 2))
+    return out.astype(object).where(out.notna(), EMPTY)
 
 
 # ---- models ---------------------------------------------------------------------------------------------

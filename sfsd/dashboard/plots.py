@@ -16,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from sfsd.adapters.base import ROLE_ORDER
 from sfsd.decompose import BETA_GRID, rank_for_budget
+from sfsd.evaluate.intervals import mean_interval, wilson_interval
 
 METHOD_COLORS = {
     "feature": "#1f77b4",  # SFSD: blue
@@ -37,6 +38,8 @@ METHOD_LABELS = {
 OTHER_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 TEMPLATE = "plotly_white"
+# reference lines of accuracy charts: black and grey, no method's colour
+REFERENCE_COLORS = {"majority": "#111111", "chance": "#9a9a9a"}
 
 
 def method_color(method: str | None) -> str:
@@ -67,6 +70,35 @@ def _layout(fig: go.Figure, title: str | None = None, height: int | None = None,
     if height:
         fig.update_layout(height=height)
     return fig
+
+
+def wilson_error_bars(values: Sequence[float | None], counts: Sequence[float | None],
+                      scale: float = 100.0) -> dict | None:
+    """Plotly `error_y` for proportions `values` (fractions) over `counts` documents: the 95% Wilson
+    interval, asymmetric, in the plot's unit (`scale` 100 for percent). None if no count is known."""
+    plus, minus = [], []
+    for value, n in zip(values, counts, strict=True):
+        if value is None or n is None or pd.isna(value) or pd.isna(n) or n <= 0:
+            plus.append(None)
+            minus.append(None)
+            continue
+        low, high = wilson_interval(float(value) * int(n), int(n))
+        plus.append(scale * (high - float(value)))
+        minus.append(scale * (float(value) - low))
+    if all(v is None for v in plus):
+        return None
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1.3, width=4)
+
+
+def _reference_lines(fig: go.Figure, references: Mapping[str, float], **kwargs) -> None:
+    """Horizontal dashed lines (in the plot's y unit) for `references` {label: value}."""
+    for i, (name, value) in enumerate(references.items()):
+        if value is None or pd.isna(value):
+            continue
+        color = REFERENCE_COLORS["majority" if name.startswith("majority") else "chance"]
+        fig.add_hline(y=float(value), line=dict(color=color, dash="dot", width=1.5), annotation_text=name,
+                      annotation_position="bottom right" if i % 2 else "top right",
+                      annotation_font=dict(color=color, size=11), **kwargs)
 
 
 def empty_figure(message: str, height: int = 300) -> go.Figure:
@@ -314,12 +346,15 @@ class Curve:
     y: Sequence[float]
     markers_only: bool = False
     text: Sequence[str] | None = None
+    error_y: dict | None = None  # plotly error_y (e.g. `wilson_error_bars`) for accuracies
 
 
 def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "parameters remaining (millions)",
-                     baselines: Sequence[tuple[str, float]] = (), title: str | None = None) -> go.Figure:
+                     baselines: Sequence[tuple[str, float]] = (), title: str | None = None,
+                     references: Mapping[str, float] | None = None) -> go.Figure:
     """Metric against remaining parameters, one line per run (colour = method, dash = run within a method),
-    the base model as a horizontal line."""
+    95% error bars where curves carry them, the base model as a horizontal line and `references`
+    ({label: y}, e.g. the task's majority-class and chance rates) as dotted ones."""
     if not curves:
         return empty_figure("Nothing to plot: no snapshots for these runs")
     fig = go.Figure()
@@ -333,7 +368,7 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
             line=dict(color=method_color(curve.method), dash=dash),
             marker=dict(color=method_color(curve.method), size=11 if curve.markers_only else 7,
                         symbol="diamond" if curve.markers_only else "circle"),
-            text=list(curve.text) if curve.text is not None else None,
+            text=list(curve.text) if curve.text is not None else None, error_y=curve.error_y,
             hovertemplate="%{x:,.3f}<br>%{y:.4g}" + ("<br>%{text}" if curve.text is not None else "")
                           + "<extra>" + curve.name + "</extra>",
         ))
@@ -343,6 +378,7 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
         fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
                       annotation_text=name, annotation_position="top left" if i % 2 == 0 else "bottom left",
                       annotation_font=dict(color=METHOD_COLORS["base"], size=11))
+    _reference_lines(fig, references or {})
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title=y_title)
     return _layout(fig, title, height=480)
@@ -374,40 +410,99 @@ def search_trace(trials: pd.DataFrame, metric_title: str, title: str | None = No
 # ---- Table 1, disagreement, bias -----------------------------------------------------------------------
 
 
-def accuracy_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Grouped bars: accuracy (%) per task (and average), one bar per method (rows of `table`)."""
-    columns = [c for c in table.columns if c.startswith("acc:")] + (["avg"] if "avg" in table else [])
+def accuracy_bars(table: pd.DataFrame, title: str | None = None,
+                  references: Mapping[str, Mapping[str, float]] | None = None) -> go.Figure:
+    """Grouped bars: accuracy (%) per task (and average), one bar per method (rows of `table`), 95% Wilson
+    error bars from the rows' `n:<task>` counts, and per task the majority-class and chance rates
+    (`references` {task: {"majority": p, "chance": p}}) as short dashes across the task's bars."""
+    columns = [c for c in table.columns if c.startswith("acc:") and table[c].notna().any()]
+    columns += ["avg"] if "avg" in table and len(columns) > 1 else []
     if table.empty or not columns:
         return empty_figure("No task accuracies in these runs")
+    tasks = [c.removeprefix("acc:") for c in columns]
     fig = go.Figure()
     for row in table.to_dict("records"):
         values = [row.get(c) for c in columns]
-        fig.add_trace(go.Bar(x=[c.removeprefix("acc:") for c in columns],
-                             y=[None if v is None or pd.isna(v) else 100 * float(v) for v in values],
+        counts = [row.get("n:" + c.removeprefix("acc:")) if c != "avg" else None for c in columns]
+        error_y = wilson_error_bars(values, counts)
+        if error_y and columns[-1] == "avg" and not pd.isna(row.get("avg")):  # the mean's normal interval
+            low, high = mean_interval([row[c] for c in columns[:-1]], counts[:-1])
+            error_y["array"][-1] = None if pd.isna(high) else 100 * (high - row["avg"])
+            error_y["arrayminus"][-1] = None if pd.isna(low) else 100 * (row["avg"] - low)
+        fig.add_trace(go.Bar(x=tasks, y=[None if v is None or pd.isna(v) else 100 * float(v) for v in values],
+                             error_y=error_y,
                              name=method_label(row.get("method")), marker_color=method_color(row.get("method")),
-                             hovertemplate="%{x}: %{y:.1f}%<extra>" + str(row.get("method")) + "</extra>"))
+                             customdata=[("" if n is None or pd.isna(n) else f"n={int(n)}") for n in counts],
+                             hovertemplate="%{x}: %{y:.1f}% %{customdata}<extra>" + str(row.get("method"))
+                                           + "</extra>"))
+    for kind, label in (("majority", "majority class (always the commonest answer)"),
+                        ("chance", "chance (1 / choices)")):
+        rates = [(references or {}).get(task, {}).get(kind, float("nan")) for task in tasks if task != "avg"]
+        ys = [100 * r for r in rates] + ([100 * float(np.mean(rates))] if "avg" in tasks else [])
+        if all(pd.isna(y) for y in ys):
+            continue
+        fig.add_trace(go.Scatter(x=tasks, y=[None if pd.isna(y) else y for y in ys], mode="markers", name=label,
+                                 marker=dict(symbol="line-ew", size=max(40, min(400, 600 // len(tasks))),
+                                             line=dict(width=2.5, color=REFERENCE_COLORS[kind])),
+                                 hovertemplate="%{x}: " + kind + " %{y:.1f}%<extra></extra>"))
     fig.update_layout(barmode="group")
-    fig.update_xaxes(title="task")
-    fig.update_yaxes(title="accuracy (%)", range=[0, 100])
-    return _layout(fig, title, height=400)
+    fig.update_xaxes(title="task (avg: unweighted mean of the tasks)")
+    fig.update_yaxes(title="accuracy (%) with 95% interval", range=[0, 100])
+    return _layout(fig, title, height=420)
+
+
+def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
+    """Perplexity per method on a log scale, one group per window length (`ppl@<seq_len>` columns)."""
+    columns = [c for c in table.columns if c.startswith("ppl") and table[c].notna().any()]
+    if table.empty or not columns:
+        return empty_figure("No perplexity in these runs")
+    fig = go.Figure()
+    names = [c.replace("ppl@", "window ") + (" tokens" if "@" in c else "") for c in columns]
+    for row in table.to_dict("records"):
+        values = [row.get(c) for c in columns]
+        fig.add_trace(go.Bar(x=names, y=[None if v is None or pd.isna(v) else float(v) for v in values],
+                             name=method_label(row.get("method")), marker_color=method_color(row.get("method")),
+                             text=[_ppl_text(v) for v in values], textposition="outside",
+                             hovertemplate="%{x}: perplexity %{y:,.2f}<extra>" + str(row.get("method")) + "</extra>"))
+    fig.update_layout(barmode="group")
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64").ravel()
+    values = values[np.isfinite(values) & (values > 0)]
+    # bars rise from a floor well under the smallest value, so that close perplexities stay visible
+    span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
+    fig.update_xaxes(title="perplexity window (wiki eval split)")
+    fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span)
+    return _layout(fig, title, height=420)
+
+
+def _ppl_text(value) -> str | None:
+    if value is None or pd.isna(value):
+        return None
+    return f"{float(value):,.0f}" if float(value) >= 100 else f"{float(value):.2f}"
 
 
 def disagreement_bars(summary: pd.DataFrame, label_a: str, label_b: str, title: str | None = None) -> go.Figure:
-    """Per task: the two models' accuracies (bars) and their disagreement (%) as a marker."""
+    """Per task: the two models' accuracies (bars) and their disagreement (% of the shared documents) as a
+    marker, each with its 95% Wilson interval."""
     if summary.empty:
         return empty_figure("No shared documents")
+    n = list(summary["n_shared"])
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_a"], name=f"accuracy {label_a}",
-                         marker_color=METHOD_COLORS["base"]))
-    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_b"], name=f"accuracy {label_b}",
-                         marker_color=METHOD_COLORS["feature"]))
-    fig.add_trace(go.Scatter(x=summary["task"], y=summary["disagreement"], name="disagreement", mode="markers",
-                             marker=dict(symbol="diamond", size=14, color="#d62728")), secondary_y=True)
+    # three bars side by side per task (offset groups), the disagreement one on its own axis
+    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_a"], name=f"accuracy A: {label_a}",
+                         marker_color=METHOD_COLORS["base"], offsetgroup="a",
+                         error_y=wilson_error_bars(list(summary["acc_a"]), n)))
+    fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_b"], name=f"accuracy B: {label_b}",
+                         marker_color=METHOD_COLORS["feature"], offsetgroup="b",
+                         error_y=wilson_error_bars(list(summary["acc_b"]), n)))
+    fig.add_trace(go.Bar(x=summary["task"], y=summary["disagreement"], name="disagreement (right axis)",
+                         marker=dict(color="rgba(214,39,40,0.25)", line=dict(color="#d62728", width=2)),
+                         offsetgroup="d", error_y=wilson_error_bars(list(summary["disagreement"] / 100), n)),
+                  secondary_y=True)
     fig.update_layout(barmode="group")
-    fig.update_xaxes(title="task")
+    fig.update_xaxes(title="task (error bars: 95% interval)")
     fig.update_yaxes(title="accuracy (%)", range=[0, 100], secondary_y=False)
-    fig.update_yaxes(title="disagreement (% of documents)", rangemode="tozero", secondary_y=True, showgrid=False)
-    return _layout(fig, title, height=380)
+    fig.update_yaxes(title="disagreement (% of documents)", range=[0, 100], secondary_y=True, showgrid=False)
+    return _layout(fig, title, height=400)
 
 
 BIAS_METRICS = {"LMS": "language-model score LMS (%, higher is better)",

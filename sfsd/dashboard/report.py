@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from sfsd.dashboard import plots
+from sfsd.dashboard import data, plots
 from sfsd.dashboard.data import RunView, uniform_row
 
 STYLE = """
@@ -63,7 +63,7 @@ class _Builder:
         for column in shown.columns:
             if pd.api.types.is_datetime64_any_dtype(shown[column]):
                 shown[column] = shown[column].astype(str)
-        self.parts.append(shown.to_html(index=False, na_rep="-", float_format=float_format.format, border=0))
+        self.parts.append(shown.to_html(index=False, na_rep="—", float_format=float_format.format, border=0))
 
     def facts(self, rows: list[tuple[str, object]]) -> None:
         body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
@@ -122,9 +122,13 @@ def _search_sections(out: _Builder, view: RunView, spectra: pd.DataFrame) -> Non
                                           baselines=[("base model", float(base.iloc[0]))] if not base.empty else []))
         for column in task_columns:
             part = snaps.dropna(subset=[column])
+            rates = data.reference_rates(column.split(":", 1)[1], data.snapshot_documents([part], column))
             out.figure(plots.metric_vs_params(
-                [plots.Curve(view.label, view.method, list(part["params"] / 1e6), list(100 * part[column]))],
-                f"{column.replace(':', ' ')} (%), eval split"))
+                [plots.Curve(view.label, view.method, list(part["params"] / 1e6), list(100 * part[column]),
+                             error_y=plots.wilson_error_bars(list(part[column]), list(data.counts(part, column))))],
+                f"{column.replace(':', ' ')} (%, 95% interval), eval split",
+                references={f"majority class ({rates['majority_label']})": 100 * rates["majority"],
+                            "chance": 100 * rates["chance"]}))
     if not view.trials.empty:
         out.heading("Search trace")
         out.figure(plots.search_trace(view.trials, view.metric_label))
@@ -142,14 +146,21 @@ def _search_sections(out: _Builder, view: RunView, spectra: pd.DataFrame) -> Non
     out.table(view.layers)
     if not view.snapshots.empty:
         out.heading("Snapshots")
-        out.table(view.snapshots)
+        out.text("Accuracies in % with their 95% Wilson interval; n:<task> is the number of documents.", "note")
+        out.table(data.interval_columns(view.snapshots))
 
 
 def _uniform_sections(out: _Builder, view: RunView, uniform_rows: pd.DataFrame | None) -> None:
     row = pd.DataFrame([uniform_row(view)])
-    out.heading("Results (Table 1 row)")
-    out.table(row.drop(columns=["run_id"]))
     rows = uniform_rows if uniform_rows is not None and not uniform_rows.empty else row
-    out.figure(plots.accuracy_bars(rows, "Accuracy per task"))
+    out.heading("Results (Table 1)")
+    for note in data.table1_warnings(rows):
+        out.text(f"Warning: {note}", "note")
+    out.table(data.table1_text(rows))
+    out.text("Accuracy in % with its 95% Wilson interval (average: normal interval of the mean); n = documents "
+             "per task. SVD-LLM and feature-uncentred (uncentred, no bias) give identical outputs by theory.", "note")
+    out.figure(plots.perplexity_bars(rows, "Perplexity (log scale)"))
+    out.figure(plots.accuracy_bars(rows, "Accuracy per task with 95% intervals; dashes: majority class and chance",
+                                   references=data.task_references(rows)))
     out.heading("Evaluations")
-    out.table(view.evaluations)
+    out.table(data.evaluations_text(view.evaluations))

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from sfsd.errors import SfsdError
+from sfsd.evaluate.intervals import Z95, format_proportion
 
-DISAGREEMENT_COLUMNS = ["task", "n_shared", "acc_a", "acc_b", "delta", "disagreement"]
+DISAGREEMENT_COLUMNS = ["task", "n_shared", "acc_a", "acc_b", "delta", "disagreement", "n_differ", "n_gained",
+                        "n_lost"]
+# disagreement_report: acc in %, delta in percentage points, disagreement in % of n, each "value [low, high]"
+DISAGREEMENT_REPORT_COLUMNS = ["task", "n", "acc_a", "acc_b", "delta", "disagreement"]
 FLIP_COLUMNS = ["doc_id", "gold", "pred_a", "pred_b", "direction"]
 PRED = {"acc": "pred", "acc_norm": "pred_norm"}
 
@@ -28,8 +34,10 @@ def _shared(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, pred: s
 
 
 def disagreement(records_a: pd.DataFrame, records_b: pd.DataFrame, metric: str = "acc") -> pd.DataFrame:
-    """Per task, over the doc ids both record sets share: accuracies, delta (b - a) and
-    disagreement (percent of shared documents whose predicted choice differs)."""
+    """Per task, over the doc ids both record sets share: accuracies, delta (b - a, a fraction) and
+    disagreement (percent of shared documents whose predicted choice differs), with the counts behind
+    them: n_differ (documents whose choice differs), n_gained (wrong in a, right in b), n_lost (right in a,
+    wrong in b), from which `paired_delta_interval` gives the interval of the delta."""
     pred = _pred_column(metric)
     tasks = [t for t in dict.fromkeys(records_a["task"]) if t in set(records_b["task"])]
     rows = []
@@ -38,9 +46,9 @@ def disagreement(records_a: pd.DataFrame, records_b: pd.DataFrame, metric: str =
         n = len(both)
         if n == 0:
             continue
-        acc_a = float((both["pred_a"] == both["gold"]).mean())
-        acc_b = float((both["pred_b"] == both["gold"]).mean())
-        differ = float((both["pred_a"] != both["pred_b"]).mean())
+        right_a, right_b = both["pred_a"] == both["gold"], both["pred_b"] == both["gold"]
+        acc_a, acc_b = float(right_a.mean()), float(right_b.mean())
+        n_differ = int((both["pred_a"] != both["pred_b"]).sum())
         rows.append(
             {
                 "task": task,
@@ -48,10 +56,24 @@ def disagreement(records_a: pd.DataFrame, records_b: pd.DataFrame, metric: str =
                 "acc_a": acc_a,
                 "acc_b": acc_b,
                 "delta": acc_b - acc_a,
-                "disagreement": 100.0 * differ,
+                "disagreement": 100.0 * n_differ / n,
+                "n_differ": n_differ,
+                "n_gained": int((~right_a & right_b).sum()),
+                "n_lost": int((right_a & ~right_b).sum()),
             }
         )
     return pd.DataFrame(rows, columns=DISAGREEMENT_COLUMNS)
+
+
+def paired_delta_interval(n_gained: int, n_lost: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% interval of acc_b - acc_a when both models answered the same n documents (paired: only the
+    documents one model got right and the other wrong carry information: the Wald interval of a difference
+    of paired proportions, as behind McNemar's test, clipped to [-1, 1]). n = 0 gives (nan, nan)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    delta = (n_gained - n_lost) / n
+    half = z * math.sqrt(max(0.0, (n_gained + n_lost) / n - delta * delta) / n)
+    return max(-1.0, delta - half), min(1.0, delta + half)
 
 
 def _direction(gold: int, pred_a: int, pred_b: int) -> str:
@@ -70,3 +92,20 @@ def flips(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, metric: s
     changed = both[both["pred_a"] != both["pred_b"]].copy()
     changed["direction"] = [_direction(*row) for row in changed[["gold", "pred_a", "pred_b"]].itertuples(index=False)]
     return changed[FLIP_COLUMNS].reset_index(drop=True)
+
+
+def disagreement_report(table: pd.DataFrame) -> pd.DataFrame:
+    """`disagreement`'s table as text for people: n, each accuracy and the disagreement in % of n with its
+    95% Wilson interval, the delta b - a in percentage points with its paired 95% interval."""
+    rows = []
+    for row in table.itertuples():
+        n = int(row.n_shared)
+        low, high = paired_delta_interval(int(row.n_gained), int(row.n_lost), n)
+        rows.append({
+            "task": row.task, "n": n,
+            "acc_a": format_proportion(row.acc_a, n, scale=100, digits=1, show_n=False),
+            "acc_b": format_proportion(row.acc_b, n, scale=100, digits=1, show_n=False),
+            "delta": f"{100 * row.delta:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]",
+            "disagreement": format_proportion(row.n_differ / n, n, scale=100, digits=1, show_n=False),
+        })
+    return pd.DataFrame(rows, columns=DISAGREEMENT_REPORT_COLUMNS)

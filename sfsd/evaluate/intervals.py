@@ -26,9 +26,22 @@ def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def format_proportion(p: float, n: int, scale: float = 1.0, digits: int = 3) -> str:
-    """'0.650 [0.552, 0.736] (n=100)': the value, its 95% Wilson interval and n (scale 100 for percent)."""
-    if n <= 0 or p != p:
+def format_proportion(p: float, n: int, scale: float = 1.0, digits: int = 3, show_n: bool = True) -> str:
+    """'0.650 [0.553, 0.736] (n=100)': the value, its 95% Wilson interval and n (scale 100 for percent;
+    show_n=False leaves n out, for a table that shows it in its own column or header)."""
+    if n is None or n != n or n <= 0 or p is None or p != p:
         return "—"
+    n = int(n)
     low, high = wilson_interval(p * n, n)
-    return f"{p * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}] (n={n})"
+    text = f"{p * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+    return f"{text} (n={n})" if show_n else text
+
+
+def mean_interval(values: list[float], ns: list[float], z: float = Z95) -> tuple[float, float]:
+    """95% normal interval of the unweighted mean of independent proportions (Table 1's average):
+    variance sum(p (1 - p) / n) / k^2. Any missing n gives (nan, nan)."""
+    if not values or any(n is None or n != n or n <= 0 for n in ns):
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    half = z * math.sqrt(sum(p * (1 - p) / n for p, n in zip(values, ns, strict=True))) / len(values)
+    return max(0.0, mean - half), min(1.0, mean + half)
