@@ -32,7 +32,7 @@ PAGES = {
 }
 # pages whose figures appear after a button press: (input to shrink, its value, button label, charts afterwards)
 PRESS = {"disagreement": ("Documents per task", "6", "Compare", 1),
-         "bias": ("Examples (eval split)", "10", "Score", 1)}
+         "bias": ("Examples (first N of all)", "10", "Score", 1)}
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
 
