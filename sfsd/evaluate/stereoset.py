@@ -158,7 +158,7 @@ def thin_cells(summary: pd.DataFrame, min_n: int = MIN_N) -> list[str]:
         if row.n == 0:
             notes.append(f"{where}: no examples in this selection, shown as —")
         elif row.n < min_n:
-            notes.append(f"{where}: only {row.n} examples (< {min_n}), its interval is wide")
+            notes.append(f"{where}: only {row.n} example{'s' if row.n > 1 else ''} (< {min_n}), its interval is wide")
     return notes
 
 
