@@ -1,10 +1,12 @@
-"""Social bias (the paper's Table 2): StereoSet LMS, SS and ICAT per bias type, base versus compressed."""
+"""Social bias (the paper's Table 2): StereoSet LMS, SS and ICAT per sentence type and bias type, base versus
+compressed, with n and 95% intervals."""
 
 import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard import data, plots, widgets
 from sfsd.errors import SfsdError
+from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, MIN_N, REPORT_TYPES, display_table, thin_cells
 
 widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beats an unrelated one (higher is "
                    "better). SS: how often the stereotype beats the anti-stereotype (50 is unbiased). ICAT = LMS · "
@@ -20,8 +22,9 @@ c1, c2 = st.columns([3, 1])
 default = [data.demo_model(), *compressed[:2]]
 chosen = c1.multiselect("Models", models, default=[m for m in dict.fromkeys(default) if m in models], key="bias-models",
                         format_func=data.model_display)
-limit = c2.number_input("Examples (eval split)", 1, 10000, 100, key="bias-limit",
-                        help="the first N StereoSet examples; 3 sentences are scored per example")
+limit = c2.number_input("Examples (first N of all)", 1, 10000, 100, key="bias-limit",
+                        help="the first N of every StereoSet row (4,229: the whole dev set, intrasentence and "
+                             "intersentence interleaved); 3 sentences are scored per example")
 key = (tuple(chosen), int(limit))
 results = st.session_state.setdefault("bias-results", {})
 if st.button("Score", key="bias-run", type="primary", disabled=not chosen, icon=":material/balance:"):
@@ -40,8 +43,17 @@ summary = results[key]
 colors = {data.model_display(m): plots.method_color(data.compressed_method(m) or "base") for m in chosen}
 if len(set(colors.values())) < len(colors):  # two models of one method: tell them apart
     colors = {}
-table = summary[["model", "bias_type", "LMS", "SS", "ICAT", "n"]]
-widgets.table(table, "stereoset", key="bias-table", column_config={
-    c: st.column_config.NumberColumn(c, format="%.2f") for c in ("LMS", "SS", "ICAT")})
-metric = st.radio("Metric", list(plots.BIAS_METRICS), index=2, horizontal=True, key="bias-metric")
-widgets.chart(plots.bias_bars(summary, metric, colors), key="bias-chart")
+kind = st.radio("Sentence type", REPORT_TYPES, index=len(REPORT_TYPES) - 1, horizontal=True, key="bias-type",
+                format_func=lambda t: "all (both pooled)" if t == "all" else t,
+                help="the official evaluation reports intrasentence and intersentence separately and pools "
+                     "them only for its overall score")
+part = summary[summary["type"] == kind]
+notes = thin_cells(part)
+if notes:
+    st.warning("Read with care: " + "; ".join(notes) + ".", icon=":material/warning:")
+st.caption(f"[low, high]: 95% percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seeded); "
+           f"n: examples in the cell; fewer than {MIN_N} are flagged above. SS and LMS are means over target terms "
+           "as in the official script.")
+widgets.table(display_table(part, digits=2), "stereoset", key="bias-table")
+metric = st.radio("Metric", list(plots.BIAS_METRICS), index=1, horizontal=True, key="bias-metric")
+widgets.chart(plots.bias_bars(part, metric, colors), key="bias-chart")

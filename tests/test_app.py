@@ -319,8 +319,22 @@ def test_bias_page_scores_stereoset(env):
     at.button(key="bias-run").click().run(timeout=180)
     no_exception(at)
     table = at.dataframe[0].value
-    assert {"LMS", "SS", "ICAT"} <= set(table.columns) and "overall" in set(table["bias_type"])
-    assert table["model"].nunique() == 2
+    assert {"LMS", "SS", "ICAT", "n"} <= set(table.columns) and table["model"].nunique() == 2
+    assert set(table["type"]) == {"all"}  # pooled by default
+    assert list(table["bias_type"].unique()) == ["gender", "profession", "race", "religion", "overall"]
+    assert (table.groupby("model")["n"].max() == 8).all() and table["SS"].str.contains(r"\[").any()
+    # 8 examples: every cell is thin, and a bias type missing from the first 8 is shown as "—", not dropped
+    warning = " ".join(str(w.value) for w in at.warning)
+    assert "only" in warning and "(< 30)" in warning
+    missing = table[table["n"] == 0]
+    assert not missing.empty and (missing["SS"] == "—").all()
+    assert all(f"{b} (all): no examples" in warning for b in set(missing["bias_type"]))
+    figure = json.loads(charts(at)[0].proto.spec)  # SS by default, with its interval as error bars
+    assert figure["data"][0]["error_y"]["array"] and "interval" in figure["layout"]["yaxis"]["title"]["text"]
+    at.radio(key="bias-type").set_value("intrasentence").run()
+    no_exception(at)
+    intra = at.dataframe[0].value
+    assert set(intra["type"]) == {"intrasentence"} and (intra.groupby("model")["n"].max() < 8).all()
     assert len(charts(at)) == 1
 
 

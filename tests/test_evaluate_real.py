@@ -4,6 +4,7 @@ model (slow) scoring clearly above chance on PIQA."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from sfsd.evaluate import (
@@ -73,8 +74,13 @@ def test_stereoset_and_perplexity_run_on_the_real_pack(tokenizer):
     _pack_or_skip()
     model = tiny_llama(0)
     bias = stereoset(model, tokenizer, limit=40, use_cache=False, progress=False)
-    assert len(bias.records) == 40 and bias.summary["bias_type"].iloc[-1] == "overall"
-    assert set(bias.records["type"]) <= {"intrasentence", "intersentence"}
+    assert len(bias.records) == 40
+    summary = bias.summary.set_index(["type", "bias_type"])
+    assert summary.loc[("all", "overall"), "n"] == 40  # the first 40 of every row (the default split "all")
+    counts = bias.records["type"].value_counts()
+    for kind in ("intrasentence", "intersentence"):  # the pack interleaves the two types
+        assert summary.loc[(kind, "overall"), "n"] == counts[kind] >= 15
+    assert summary.loc[("all", "religion"), "n"] == 0 and pd.isna(summary.loc[("all", "religion"), "SS"])
     ppl = perplexity(model, tokenizer, seq_len=128, max_tokens=512, use_cache=False, progress=False)
     assert (ppl["n_windows"], ppl["seq_len"]) == (4, 128) and ppl["ppl"] > 1000  # random weights
 

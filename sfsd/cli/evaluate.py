@@ -62,7 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     bias = subparsers.add_parser("bias", help="StereoSet LMS, SS and ICAT", description=cmd_bias.__doc__)
     _model_arg(bias)
-    bias.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split")
+    bias.add_argument(
+        "--split",
+        default="all",
+        choices=["all", "search", "eval"],
+        help="StereoSet rows: all (default, the whole set as the official evaluation), or the pack's "
+        "search (20%%) / eval (80%%) part",
+    )
     bias.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
     bias.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass")
     _common(bias)
@@ -173,8 +179,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
 
 
 def cmd_bias(args: argparse.Namespace) -> int:
-    """StereoSet: language-model score, stereotype score (50 is unbiased) and ICAT per bias type."""
+    """StereoSet: language-model score, stereotype score (50 is unbiased) and ICAT for intrasentence,
+    intersentence and both pooled ("all"), each per bias type and overall, with 95% intervals and n."""
     from sfsd.evaluate import stereoset
+    from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, display_table, thin_cells
 
     model, tokenizer = _load(args.model, args.device)
     result = stereoset(
@@ -186,7 +194,15 @@ def cmd_bias(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         use_cache=not args.no_cache,
     )
-    print(result.summary.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    limit = f", first {args.limit}" if args.limit else ""
+    print(f"StereoSet, split {args.split}{limit}: {len(result.records)} examples")
+    print(display_table(result.summary, digits=2).to_string(index=False))
+    print(
+        f"[low, high]: 95% percentile bootstrap over examples ({BOOTSTRAP_RESAMPLES} resamples, seed "
+        f"{BOOTSTRAP_SEED}); SS 50 is unbiased; LMS and SS are means over target terms, as the official script"
+    )
+    for note in thin_cells(result.summary):
+        print(f"note: {note}")
     return 0
 
 

@@ -571,11 +571,13 @@ def task_records(model: str, tasks: tuple[str, ...], limit: int | None) -> pd.Da
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def bias_summary(model: str, limit: int | None) -> pd.DataFrame:
-    """StereoSet LMS, SS, ICAT per bias type of a model (eval split; cached on disk by sfsd.evaluate)."""
+    """StereoSet LMS, SS, ICAT with 95% intervals and n per sentence type (intrasentence, intersentence,
+    all) and bias type of a model, on the first `limit` of every StereoSet row (cached on disk by
+    sfsd.evaluate)."""
     from sfsd.evaluate import stereoset
 
     loaded, tokenizer = load_model(model)
-    return stereoset(loaded, tokenizer, split="eval", limit=limit, progress=False).summary
+    return stereoset(loaded, tokenizer, split="all", limit=limit, progress=False).summary
 
 
 @st.cache_data(show_spinner=False)

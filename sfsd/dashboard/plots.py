@@ -511,17 +511,28 @@ BIAS_METRICS = {"LMS": "language-model score LMS (%, higher is better)",
 
 def bias_bars(summary: pd.DataFrame, metric: str = "ICAT", colors: Mapping[str, str] | None = None,
               title: str | None = None) -> go.Figure:
-    """Grouped bars: one StereoSet metric per bias type, one bar per model (`model` column)."""
+    """Grouped bars: one StereoSet metric per bias type, one bar per model (`model` column), with the 95%
+    interval (`<metric>_low`, `<metric>_high`) as error bars and n in the hover. Pass one sentence type's
+    rows; a bias type without examples keeps its place on the axis with no bar."""
     if summary.empty:
         return empty_figure("No bias results yet")
     fig = go.Figure()
     for i, (model, part) in enumerate(summary.groupby("model", sort=False)):
         color = (colors or {}).get(model) or OTHER_COLORS[i % len(OTHER_COLORS)]
-        fig.add_trace(go.Bar(x=part["bias_type"], y=part[metric], name=str(model), marker_color=color,
-                             hovertemplate="%{x}: %{y:.2f}<extra>" + str(model) + "</extra>"))
+        value = part[metric].astype(float)
+        error = None
+        if f"{metric}_low" in part and f"{metric}_high" in part:
+            error = dict(type="data", symmetric=False, array=(part[f"{metric}_high"] - value).tolist(),
+                         arrayminus=(value - part[f"{metric}_low"]).tolist(), color="#444", thickness=1.2)
+        n = part["n"] if "n" in part else pd.Series([None] * len(part))
+        fig.add_trace(go.Bar(x=part["bias_type"], y=value, name=str(model), marker_color=color, error_y=error,
+                             customdata=np.stack([part.get(f"{metric}_low", value), part.get(f"{metric}_high", value),
+                                                  n], axis=-1),
+                             hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}], "
+                                           "n=%{customdata[2]}<extra>" + str(model) + "</extra>"))
     if metric == "SS":
         fig.add_hline(y=50, line=dict(color="#7f7f7f", dash="dash"), annotation_text="unbiased (SS = 50)")
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="bias type")
-    fig.update_yaxes(title=BIAS_METRICS.get(metric, metric))
+    fig.update_yaxes(title=BIAS_METRICS.get(metric, metric) + " (bars: 95% bootstrap interval)")
     return _layout(fig, title, height=400)

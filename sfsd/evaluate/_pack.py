@@ -75,12 +75,22 @@ def task_rows(task: str, split: str, pack_dir: Path | None = None) -> list[dict]
     return _of_split(read_jsonl(Path(pack_dir) / "tasks" / f"{task}.jsonl"), split, f"task {task}")
 
 
+STEREOSET_SPLITS = ("all", "search", "eval")  # the pack gives StereoSet no calib part
+
+
 def stereoset_rows(split: str, pack_dir: Path | None = None) -> list[dict]:
-    """StereoSet examples of one split."""
-    check_split(split)
+    """StereoSet examples of one split; "all" is every row (search and eval), in file order."""
+    if split not in STEREOSET_SPLITS:
+        raise SfsdError(f"unknown StereoSet split {split!r}: use one of {', '.join(STEREOSET_SPLITS)}")
     if pack_dir is None:
-        return _of_split(list(data_module().load_stereoset(split=split)), split, "stereoset")
-    return _of_split(read_jsonl(Path(pack_dir) / "stereoset.jsonl"), split, "stereoset")
+        rows = list(data_module().load_stereoset(split=split))
+    else:
+        rows = read_jsonl(Path(pack_dir) / "stereoset.jsonl")
+    if split == "all":
+        if not rows:
+            raise SfsdError("stereoset has no rows: rebuild the data pack (sfsd data)")
+        return list(rows)
+    return _of_split(list(rows), split, "stereoset")
 
 
 def wiki_text(split: str, pack_dir: Path | None = None) -> str:
