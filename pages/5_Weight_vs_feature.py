@@ -5,6 +5,7 @@ import streamlit as st
 
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
+from sfsd.runs.readonly import readonly
 
 widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
                    "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike.")
@@ -44,6 +45,10 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
     argvs = {m: jobs.uniform_argv(method="none" if m == "base" else m, **chosen) for m in methods}
     if not methods:
         st.success("Every method has a run for these settings.")
+        return
+    if readonly():
+        names = ", ".join(plots.method_label(m) for m in methods)
+        st.caption(f"Missing here: {names} (read-only mode: nothing is started).")
         return
     st.code("\n".join(jobs.command_line(argv) for argv in argvs.values()), language="bash", wrap_lines=True)
     cols = st.columns(len(methods) + 1)
@@ -89,10 +94,10 @@ config.update({c: st.column_config.NumberColumn(c.replace("ppl@", "perplexity @"
                                                 format="%.3f") for c in ppl_cols})
 st.subheader("Table 1")
 widgets.table(shown, "table1", key="uni-table", column_config=config)
-details = rows[["method", "calibration", "tasks", "limit", "run_id"]]
+details = rows[["method", "calibration", "tasks", "limit", "run_id", "origin"]]
 st.caption("Calibration, tasks and documents per task of each row: "
            + "; ".join(f"{r.method}: {r.calibration}, {r.tasks or 'no tasks'}, limit {r.limit}"
-                       for r in details.itertuples()))
+                       + (f" ({r.origin})" if r.origin else "") for r in details.itertuples()))
 widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task (colour = method)"), key="uni-bars")
 
 missing = [m for m in data.UNIFORM_METHODS if m not in set(rows["method"])]
