@@ -24,7 +24,7 @@ with left:
     try:
         info = data.model_summary(model)
     except (SfsdError, OSError, ValueError) as exc:
-        st.warning(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first.")
+        st.warning(data.shown(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first."))
         info = None
     if info is not None:
         cols = st.columns(4)
