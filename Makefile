@@ -19,7 +19,8 @@ app: setup
 	@if [ "$(ADDRESS)" != "127.0.0.1" ] && [ "$(READONLY)" != "1" ]; then \
 		echo "make app: ADDRESS=$(ADDRESS) exposes the dashboard: add READONLY=1 (the full mode starts processes and writes files)"; \
 		exit 2; fi
-	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none
+	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none \
+		--client.toolbarMode $(if $(filter 1,$(READONLY)),viewer,auto)
 
 test: setup
 	$(VENV)/bin/ruff check .

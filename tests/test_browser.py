@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -266,7 +267,9 @@ def test_an_uploaded_archive_opens_in_the_heatmap(store, page, tmp_path):
     assert (empty / "runs" / store["feature"] / "imported.json").exists()
 
 
-def test_read_only_server_shows_no_control_that_acts(store, page):
+def test_read_only_server_shows_no_control_that_acts(store, page, tmp_path):
+    from sfsd.runs.transfer import check_archive
+
     with serve(store["root"], store["model"], SFSD_READONLY="1") as url:
         page.goto(url)
         settle(page)
@@ -282,7 +285,13 @@ def test_read_only_server_shows_no_control_that_acts(store, page):
             assert page.get_by_role("button", name=name, exact=True).count() == 0, name
         assert page.locator("input[type='file']").count() == 0
         assert page.get_by_text("Start a search").count() == 0
-        assert page.get_by_role("button", name="Download the archive").count() == 1
+        with page.expect_download(timeout=60000) as download:  # exporting only reads: allowed
+            page.get_by_role("button", name="Download the archive").click()
+        saved = tmp_path / "downloaded.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            plan = check_archive(archive)  # the same checks an import makes
+        assert len(plan.runs) == 1
         assert store["root"] not in page.content()
         page.screenshot(path=str(ARTIFACTS / "readonly-runs.png"), full_page=True)
         page.goto(f"{url}/Budget_heatmap")

@@ -240,7 +240,9 @@ class ImportResult:
     imported: list[str] = field(default_factory=list)
     present: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    models_present: list[str] = field(default_factory=list)
     evals_added: int = 0
+    evals_present: int = 0
     evals_kept: int = 0
 
     def lines(self) -> list[str]:
@@ -248,10 +250,14 @@ class ImportResult:
         out = [f"imported run {run_id} ({where})" for run_id in self.imported]
         out += [f"run {run_id} is already there with the same contents: nothing to do" for run_id in self.present]
         out += [f"imported the saved model of run {run_id} into cache/models/{run_id}" for run_id in self.models]
+        out += [f"the saved model of run {run_id} is already there" for run_id in self.models_present]
         if self.evals_added:
             out.append(f"added {self.evals_added} evaluation cache entries (summaries and per-example records)")
+        if self.evals_present:
+            out.append(f"{self.evals_present} evaluation cache entries were already there with the same contents")
         if self.evals_kept:
-            out.append(f"kept {self.evals_kept} evaluation cache entries this machine already had")
+            out.append(f"kept this machine's own version of {self.evals_kept} evaluation cache entries (same key, "
+                       f"other bytes: computed here too)")
         return out
 
 
@@ -284,6 +290,7 @@ def import_archive(source: str | Path | IO[bytes]) -> ImportResult:
         new_runs = _new_items(plan.runs, plan, runs_dir(), "run", ignore={IMPORTED, LOCK, CANCEL})
         new_models = _new_items(plan.models, plan, models_dir(), "saved model of run")
         result.present = sorted(set(plan.runs) - set(new_runs))
+        result.models_present = sorted(set(plan.models) - set(new_models))
         for run_id, files in new_runs.items():
             _extract(archive, plan, files, runs_dir() / run_id, run_id,
                      None if IMPORTED in files else {**result.origin, "imported_at": timestamp()})
@@ -293,8 +300,11 @@ def import_archive(source: str | Path | IO[bytes]) -> ImportResult:
             result.models.append(run_id)
         for entry, files in plan.evals.items():
             folder = cache_dir() / "evals" / entry
-            if (folder / "meta.json").exists():
-                result.evals_kept += 1  # the same key: a result this machine computed or imported before
+            if (folder / "meta.json").exists():  # the same key: computed or imported here before; never replaced
+                same = all((folder / name).is_file() and _sha256(folder / name) == plan.sha[path]
+                           for name, path in files.items())
+                result.evals_present += same
+                result.evals_kept += not same
                 continue
             _extract(archive, plan, files, folder, entry)
             result.evals_added += 1
