@@ -2,6 +2,10 @@
 VENV := .venv
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PORT ?= 8501
+# `make app READONLY=1`: the presenting mode (nothing can be started, cancelled, deleted, saved or imported).
+READONLY ?=
+# Another address than 127.0.0.1 exposes the dashboard to the network: allowed only with READONLY=1.
+ADDRESS ?= 127.0.0.1
 
 .PHONY: setup app test test-all lint bench clean-cache
 
@@ -12,7 +16,11 @@ $(VENV)/.setup-done: pyproject.toml constraints.txt scripts/setup.sh
 	touch $@
 
 app: setup
-	$(VENV)/bin/streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT) --server.headless true --server.fileWatcherType none
+	@if [ "$(ADDRESS)" != "127.0.0.1" ] && [ "$(READONLY)" != "1" ]; then \
+		echo "make app: ADDRESS=$(ADDRESS) exposes the dashboard: add READONLY=1 (the full mode starts processes and writes files)"; \
+		exit 2; fi
+	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none \
+		--client.toolbarMode $(if $(filter 1,$(READONLY)),viewer,auto)
 
 test: setup
 	$(VENV)/bin/ruff check .

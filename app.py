@@ -7,11 +7,15 @@ import streamlit as st
 
 from sfsd.dashboard import data, jobs, widgets
 from sfsd.errors import SfsdError
+from sfsd.runs.readonly import READONLY_ENV, readonly
 
 widgets.page_setup("sfsd: Surgical Feature-Space Decomposition",
                    "Where is a language model low-rank? Compress its linear layers in weight space or feature "
                    "space, search per-layer budgets, and compare accuracy, perplexity, flips and bias.")
 
+if readonly():
+    st.info(f"**Read-only presenting mode** ({READONLY_ENV}=1): the runs can be explored and downloaded, but nothing "
+            "can be started, cancelled, deleted, saved or imported from this dashboard.", icon=":material/lock:")
 model = data.demo_model()
 left, right = st.columns([3, 2], gap="large")
 
@@ -20,7 +24,7 @@ with left:
     try:
         info = data.model_summary(model)
     except (SfsdError, OSError, ValueError) as exc:
-        st.warning(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first.")
+        st.warning(data.shown(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first."))
         info = None
     if info is not None:
         cols = st.columns(4)
@@ -32,7 +36,7 @@ with left:
         st.caption(f"{info['architecture']} · roles: {', '.join(info['roles'])} · hidden size {info['hidden_size']} · "
                    f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
                    f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
-                   f"loaded from `{info['source']}`")
+                   f"loaded from `{data.shown(info['source'])}`")
         roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
                                                     "params": "parameters (all blocks)"})
         widgets.table(roles, "model-roles", key="start-roles",
@@ -40,23 +44,27 @@ with left:
                                                                                         format="%.1f")})
 
 with right:
-    st.subheader("Quick demo")
-    blocks = info["blocks"] if info else data.model_blocks(model)
-    argv = jobs.demo_argv(model, blocks)
-    st.write(f"A surgical search (feature space, perplexity within 10% of the base model) over the last "
-             f"{jobs.DEMO_BLOCKS} blocks of **{data.model_display(model)}**: a few minutes on a laptop CPU. It runs "
-             "in a background process: closing the tab does not stop it.")
-    st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
-    widgets.demo_button(key="start-demo")
+    if readonly():  # no demo to start: only what is running
+        st.subheader("In progress")
+    else:
+        st.subheader("Quick demo")
+        blocks = info["blocks"] if info else data.model_blocks(model)
+        argv = jobs.demo_argv(model, blocks)
+        st.write(f"A surgical search (feature space, perplexity within 10% of the base model) over the last "
+                 f"{jobs.DEMO_BLOCKS} blocks of **{data.model_display(model)}**: a few minutes on a laptop CPU. It "
+                 "runs in a background process: closing the tab does not stop it.")
+        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+        widgets.demo_button(key="start-demo")
     widgets.progress_panel(key="start-progress")
 
 st.subheader("Runs in the cache")
 runs = data.list_runs(readable=False)
 if runs.empty:
-    st.info(f"No runs in `{data.store_root()}` yet: start the quick demo above, or a search on the Runs page.")
+    where = "the cache" if readonly() else f"`{data.store_root()}`"
+    st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs there.")
 else:
     shown = runs[["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress",
-                  "overall_budget", "updated"]].copy()
+                  "overall_budget", "updated", "origin"]].copy()
     shown["overall_budget"] = 100 * shown["overall_budget"]
     widgets.table(shown, "runs", key="start-runs", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
@@ -65,7 +73,8 @@ else:
 
 st.subheader("Pages")
 cols = st.columns(4)
-pages = [("pages/1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
+pages = [("pages/1_Runs.py", "Runs: watch, move between machines" if readonly() else "Runs: start, watch, cancel",
+          ":material/list:"),
          ("pages/2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
          ("pages/3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
          ("pages/4_Accuracy_vs_parameters.py", "Accuracy vs parameters (Fig. 1-2)", ":material/trending_down:"),

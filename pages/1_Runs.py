@@ -10,7 +10,7 @@ from sfsd.compress import CalibrationSpec
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import CALIBRATION_SOURCES, OFFLINE_TASKS
 from sfsd.decompose import METHODS
-from sfsd.errors import SfsdError
+from sfsd.runs.readonly import readonly
 from sfsd.search import METRICS, STRATEGIES
 
 widgets.page_setup("Runs", "Every search and uniform run in the cache: status, progress, config. Runs execute in "
@@ -29,59 +29,63 @@ else:
     shown["eta"] = [widgets.duration(eta) if state in data.ACTIVE_STATES else "-"
                     for eta, state in zip(shown["eta_s"], shown["state"], strict=True)]
     order = ["run_id", "kind", "method", "metric", "tolerance", "state", "progress", "eta", "overall_budget",
-             "layers_done", "layers_total", "model", "updated", "created", "message", "pid"]
+             "layers_done", "layers_total", "model", "updated", "created", "origin", "message", "pid"]
     widgets.table(shown[order], "runs", key="runs-all", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
     })
 
+with st.expander("Move runs between machines", icon=":material/move_to_inbox:", expanded=runs.empty):
+    widgets.transfer_panel(data.list_runs(), key="runs-transfer")
+
 # ---- start a search --------------------------------------------------------------------------------------
 
-with st.expander("Start a search", expanded=runs.empty, icon=":material/play_arrow:"):
-    defaults = CalibrationSpec()
-    c1, c2, c3, c4 = st.columns(4)
-    model = c1.text_input("Model (short name, folder or hub id)", value=data.demo_model(), key="new-model")
-    method = c2.selectbox("Method", list(METHODS), index=list(METHODS).index("feature"), key="new-method")
-    metric = c3.selectbox("Metric", list(METRICS), key="new-metric",
-                          help="ppl: perplexity on wiki windows; task: accuracy on a task's search split")
-    tolerance = c4.number_input("Tolerance", min_value=0.0, max_value=10.0, value=0.05, step=0.01, format="%.3f",
-                                key="new-tolerance",
-                                help="ppl: relative increase allowed (0.05 = 5%); task: accuracy drop allowed")
-    c1, c2, c3, c4 = st.columns(4)
-    task, limit, acc_norm, samples, seq_len = None, None, False, 8, 128
-    if metric == "task":
-        task = c1.selectbox("Task", list(OFFLINE_TASKS), key="new-task")
-        limit = c2.number_input("Documents (0 = all)", min_value=0, value=100, step=10, key="new-limit")
-        acc_norm = c3.checkbox("acc_norm", key="new-accnorm")
-    else:
-        samples = c1.number_input("Search windows", min_value=1, value=8, key="new-samples")
-        seq_len = c2.number_input("Tokens per window", min_value=2, value=128, step=16, key="new-seqlen")
-    strategy = c4.selectbox("Strategy", list(STRATEGIES), key="new-strategy",
-                            help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
-    c1, c2, c3, c4 = st.columns(4)
-    calib_source = c1.selectbox("Calibration source", list(CALIBRATION_SOURCES), key="new-calib-source",
-                                index=list(CALIBRATION_SOURCES).index(defaults.source)
-                                if defaults.source in CALIBRATION_SOURCES else 0)
-    calib_samples = c2.number_input("Calibration samples", min_value=1, value=128, step=32, key="new-calib-samples")
-    calib_seq_len = c3.number_input("Calibration tokens per sample", min_value=2, value=defaults.seq_len, step=16,
-                                    key="new-calib-seqlen")
-    blocks = data.model_blocks(model)
-    first_block = c4.number_input("First block", min_value=0, max_value=max(0, (blocks or 1000) - 1),
-                                  value=max(0, (blocks or 3) - 3), key="new-first-block",
-                                  help="blocks below it are never touched"
-                                  + (f" (model has {blocks})" if blocks else ""))
-    c1, c2, c3 = st.columns([2, 2, 1])
-    roles = c1.multiselect("Roles (none = all)", [r for r in ROLE_ORDER if r not in ("qkv", "gate_up")],
-                           key="new-roles")
-    snapshot_tasks = c2.multiselect("Tasks evaluated at each snapshot", list(OFFLINE_TASKS), key="new-snap-tasks",
-                                    help="eval-split accuracy for the accuracy-versus-parameters page (slower)")
-    snapshot_every = c3.number_input("Snapshot every (layers)", min_value=1, value=7, key="new-snap-every")
-    argv = jobs.search_argv(model, method, metric, float(tolerance), task, int(limit or 0) or None, acc_norm,
-                            int(samples), int(seq_len), strategy, int(first_block), roles, calib_source,
-                            int(calib_samples), int(calib_seq_len), int(snapshot_every), snapshot_tasks)
-    st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
-    if st.button("Start search", key="new-start", type="primary", icon=":material/play_arrow:"):
-        widgets.launch_and_report(argv)
+if not readonly():  # read-only mode: nothing is started from this page
+    with st.expander("Start a search", expanded=runs.empty, icon=":material/play_arrow:"):
+        defaults = CalibrationSpec()
+        c1, c2, c3, c4 = st.columns(4)
+        model = c1.text_input("Model (short name, folder or hub id)", value=data.demo_model(), key="new-model")
+        method = c2.selectbox("Method", list(METHODS), index=list(METHODS).index("feature"), key="new-method")
+        metric = c3.selectbox("Metric", list(METRICS), key="new-metric",
+                              help="ppl: perplexity on wiki windows; task: accuracy on a task's search split")
+        tolerance = c4.number_input("Tolerance", min_value=0.0, max_value=10.0, value=0.05, step=0.01, format="%.3f",
+                                    key="new-tolerance",
+                                    help="ppl: relative increase allowed (0.05 = 5%); task: accuracy drop allowed")
+        c1, c2, c3, c4 = st.columns(4)
+        task, limit, acc_norm, samples, seq_len = None, None, False, 8, 128
+        if metric == "task":
+            task = c1.selectbox("Task", list(OFFLINE_TASKS), key="new-task")
+            limit = c2.number_input("Documents (0 = all)", min_value=0, value=100, step=10, key="new-limit")
+            acc_norm = c3.checkbox("acc_norm", key="new-accnorm")
+        else:
+            samples = c1.number_input("Search windows", min_value=1, value=8, key="new-samples")
+            seq_len = c2.number_input("Tokens per window", min_value=2, value=128, step=16, key="new-seqlen")
+        strategy = c4.selectbox("Strategy", list(STRATEGIES), key="new-strategy",
+                                help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
+        c1, c2, c3, c4 = st.columns(4)
+        calib_source = c1.selectbox("Calibration source", list(CALIBRATION_SOURCES), key="new-calib-source",
+                                    index=list(CALIBRATION_SOURCES).index(defaults.source)
+                                    if defaults.source in CALIBRATION_SOURCES else 0)
+        calib_samples = c2.number_input("Calibration samples", min_value=1, value=128, step=32, key="new-calib-samples")
+        calib_seq_len = c3.number_input("Calibration tokens per sample", min_value=2, value=defaults.seq_len, step=16,
+                                        key="new-calib-seqlen")
+        blocks = data.model_blocks(model)
+        first_block = c4.number_input("First block", min_value=0, max_value=max(0, (blocks or 1000) - 1),
+                                      value=max(0, (blocks or 3) - 3), key="new-first-block",
+                                      help="blocks below it are never touched"
+                                      + (f" (model has {blocks})" if blocks else ""))
+        c1, c2, c3 = st.columns([2, 2, 1])
+        roles = c1.multiselect("Roles (none = all)", [r for r in ROLE_ORDER if r not in ("qkv", "gate_up")],
+                               key="new-roles")
+        snapshot_tasks = c2.multiselect("Tasks evaluated at each snapshot", list(OFFLINE_TASKS), key="new-snap-tasks",
+                                        help="eval-split accuracy for the accuracy-versus-parameters page (slower)")
+        snapshot_every = c3.number_input("Snapshot every (layers)", min_value=1, value=7, key="new-snap-every")
+        argv = jobs.search_argv(model, method, metric, float(tolerance), task, int(limit or 0) or None, acc_norm,
+                                int(samples), int(seq_len), strategy, int(first_block), roles, calib_source,
+                                int(calib_samples), int(calib_seq_len), int(snapshot_every), snapshot_tasks)
+        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+        if st.button("Start search", key="new-start", type="primary", icon=":material/play_arrow:"):
+            widgets.launch_and_report(argv)
 
 # ---- one run -----------------------------------------------------------------------------------------------
 
@@ -105,33 +109,8 @@ if not readable.empty:
         if status.get("message"):
             st.caption(status["message"])
 
-        actions = st.columns(4)
-        if view.state in data.ACTIVE_STATES:
-            if actions[0].button("Cancel run", key="detail-cancel", icon=":material/stop:"):
-                try:
-                    st.toast(jobs.cancel_run(run_id))
-                except SfsdError as exc:
-                    st.error(str(exc))
-                data.clear()
-        elif view.kind == "search" and view.state != "done" and status.get("command"):
-            if actions[0].button("Resume run", key="detail-resume", icon=":material/replay:"):
-                widgets.launch_and_report(list(status["command"][3:]))
-        if view.kind == "search" and view.state == "done":
-            if actions[1].button("Save its model (materialize)", key="detail-materialize",
-                                 icon=":material/save:", help="for the Disagreement and Bias pages"):
-                with st.spinner("Building the compressed model..."):
-                    try:
-                        st.success(f"saved {jobs.materialize_run(run_id)}")
-                    except SfsdError as exc:
-                        st.error(str(exc))
-        confirm = actions[3].checkbox("Confirm delete", key="detail-confirm-delete")
-        if actions[2].button("Delete run", key="detail-delete", icon=":material/delete:", disabled=not confirm):
-            try:
-                st.toast(jobs.delete_run(run_id))
-                data.clear()
-                st.rerun()
-            except SfsdError as exc:
-                st.error(str(exc))
+        if not readonly():  # read-only mode: no cancel, resume, save or delete
+            widgets.run_actions(run_id, view)
 
         if view.kind == "search":
             tabs = st.tabs(["Layers", "Trials", "Config", "Log"])
@@ -167,4 +146,7 @@ if not readable.empty:
             st.download_button("Download config.json", json.dumps(view.config, indent=2).encode(),
                                file_name=f"{run_id}-config.json", key="detail-config-json")
         with tabs[3]:
-            st.code(view.log_tail or "(no log: this run was not launched from the dashboard)", language="text")
+            if readonly():
+                st.caption("The log is not shown in read-only mode (it names local paths).")
+            else:
+                st.code(view.log_tail or "(no log: this run was not launched from the dashboard)", language="text")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
+from sfsd.runs.readonly import readonly
 
 widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
                    "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike.")
@@ -46,6 +47,10 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
     if not methods:
         st.success("Every method has a run for these settings.")
         return
+    if readonly():
+        names = ", ".join(plots.method_label(m) for m in methods)
+        st.caption(f"Missing here: {names} (read-only mode: nothing is started).")
+        return
     st.code("\n".join(jobs.command_line(argv) for argv in argvs.values()), language="bash", wrap_lines=True)
     if st.button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
                  icon=":material/play_arrow:", help="one after the other, in one background process"):
@@ -81,9 +86,10 @@ st.caption("Perplexity (wiki eval split, window length in the header) comes firs
            "number that separates the methods. Accuracy in %, its 95% Wilson interval in brackets (the average: "
            "a normal interval of the mean), n = documents per task. **Equal by theory:** SVD-LLM (`svdllm`) and "
            "`feature-uncentred` (uncentred, no bias) give identical outputs, so their rows must match.")
-details = rows[["method", "calibration", "tasks", "limit", "run_id"]]
+details = rows.reindex(columns=["method", "calibration", "tasks", "limit", "run_id", "origin"])
 st.caption("Calibration, tasks and documents per task of each row: "
            + "; ".join(f"{r.method}: {r.calibration}, {r.tasks or 'no tasks'}, limit {r.limit}"
+                       + (f" ({r.origin})" if isinstance(r.origin, str) and r.origin else "")
                        for r in details.itertuples()))
 widgets.chart(plots.perplexity_bars(rows, title="Perplexity (log scale)"), key="uni-ppl")
 widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task with 95% intervals; dashes: majority class and chance",

@@ -8,6 +8,7 @@ from sfsd.data import OFFLINE_TASKS
 from sfsd.errors import SfsdError
 from sfsd.evaluate import disagreement
 from sfsd.evaluate.compare import disagreement_report
+from sfsd.runs.readonly import readonly
 
 widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, the "
                    "difference, and the share of documents whose predicted answer changed — a compressed model "
@@ -16,21 +17,22 @@ widgets.page_setup("Prediction disagreement", "Two models on the same documents 
 models = data.model_choices()
 compressed = [m for m in models if data.compressed_method(m)]
 
-with st.expander("Save a finished search run's model (for comparing it here)", expanded=not compressed):
-    done = data.list_runs(kind="search")
-    done = done[done["state"] == "done"]
-    if done.empty:
-        st.info("No finished search run yet: start one on the Runs page (or the quick demo on the start page).")
-    else:
-        run_id = widgets.pick_run(done, key="dis-materialize-run", label="Finished search run")
-        if st.button("Save its compressed model", key="dis-materialize", icon=":material/save:"):
-            with st.spinner("Building the compressed model (loads the model and the cached decompositions)..."):
-                try:
-                    st.toast(f"saved {jobs.materialize_run(run_id)}")
-                except SfsdError as exc:
-                    st.error(str(exc))
-                else:
-                    st.rerun()  # the new folder joins the model lists
+if not readonly():  # read-only mode: nothing is saved
+    with st.expander("Save a finished search run's model (for comparing it here)", expanded=not compressed):
+        done = data.list_runs(kind="search")
+        done = done[done["state"] == "done"]
+        if done.empty:
+            st.info("No finished search run yet: start one on the Runs page (or the quick demo on the start page).")
+        else:
+            run_id = widgets.pick_run(done, key="dis-materialize-run", label="Finished search run")
+            if st.button("Save its compressed model", key="dis-materialize", icon=":material/save:"):
+                with st.spinner("Building the compressed model (loads the model and the cached decompositions)..."):
+                    try:
+                        st.toast(f"saved {jobs.materialize_run(run_id)}")
+                    except SfsdError as exc:
+                        st.error(str(exc))
+                    else:
+                        st.rerun()  # the new folder joins the model lists
 
 if len(models) < 2:
     st.info("Only one model is known. Save a run's model above, or compress one with `sfsd compress ... --out "
@@ -52,7 +54,7 @@ metric = c3.radio("Prediction", ["acc", "acc_norm"], horizontal=True, key="dis-m
                   help="acc: highest log-likelihood; acc_norm: highest log-likelihood per character")
 key = (model_a, model_b, tuple(tasks), int(limit))
 results = st.session_state.setdefault("dis-results", {})
-if st.button("Compare", key="dis-run", type="primary", disabled=not tasks or model_a == model_b,
+if not readonly() and st.button("Compare", key="dis-run", type="primary", disabled=not tasks or model_a == model_b,
              icon=":material/compare_arrows:"):
     with st.spinner(f"Evaluating both models on {len(tasks)} task(s), {int(limit)} documents each..."):
         try:
@@ -63,7 +65,9 @@ if st.button("Compare", key="dis-run", type="primary", disabled=not tasks or mod
 if model_a == model_b:
     st.caption("Pick two different models.")
 if key not in results:
-    st.info("Press **Compare** to evaluate both models (results are cached: a second time is instant).")
+    st.info("Read-only mode: comparisons are not computed here (they take minutes and write the evaluation cache); "
+            "use a full dashboard or `sfsd disagree`." if readonly() else
+            "Press **Compare** to evaluate both models (results are cached: a second time is instant).")
     st.stop()
 
 records_a, records_b = results[key]

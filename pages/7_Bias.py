@@ -7,6 +7,7 @@ import streamlit as st
 from sfsd.dashboard import data, plots, widgets
 from sfsd.errors import SfsdError
 from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, MIN_N, REPORT_TYPES, display_table, thin_cells
+from sfsd.runs.readonly import readonly
 
 widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beats an unrelated one (higher is "
                    "better). SS: how often the stereotype beats the anti-stereotype (50 is unbiased). ICAT = LMS · "
@@ -27,7 +28,8 @@ limit = c2.number_input("Examples (first N of all)", 1, 10000, 100, key="bias-li
                              "intersentence interleaved); 3 sentences are scored per example")
 key = (tuple(chosen), int(limit))
 results = st.session_state.setdefault("bias-results", {})
-if st.button("Score", key="bias-run", type="primary", disabled=not chosen, icon=":material/balance:"):
+if not readonly() and st.button("Score", key="bias-run", type="primary", disabled=not chosen,
+                                icon=":material/balance:"):
     with st.spinner(f"Scoring {len(chosen)} model(s) on {int(limit)} StereoSet examples..."):
         try:
             frames = [data.bias_summary(model, int(limit)).assign(model=data.model_display(model))
@@ -36,7 +38,9 @@ if st.button("Score", key="bias-run", type="primary", disabled=not chosen, icon=
         except (SfsdError, OSError, ValueError) as exc:
             st.error(f"Scoring failed: {exc}")
 if key not in results:
-    st.info("Press **Score** to compute LMS, SS and ICAT (results are cached: a second time is instant).")
+    st.info("Read-only mode: scores are not computed here (they take minutes and write the evaluation cache); "
+            "use a full dashboard or `sfsd bias`." if readonly() else
+            "Press **Score** to compute LMS, SS and ICAT (results are cached: a second time is instant).")
     st.stop()
 
 summary = results[key]

@@ -3,8 +3,9 @@
 Every page is opened against a copy of the fixture store of tests/test_app.py and must render its Plotly
 charts with data, show no exception and no error or warning alert other than those its allow-list expects
 (screenshots at 1400 px go to tests/artifacts/); the quick demo is started with a click and its progress is
-watched until the search is done. Waits fail when they time out. Without Chromium the tests skip, except
-under CI=true, where they fail.
+watched until the search is done; an archive of runs is uploaded into an empty dashboard and its heatmap
+opened; a read-only server shows no control that acts. Waits fail when they time out. Without Chromium the
+tests skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_app import shared_store
+from test_app import cache_env, shared_store
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,14 +81,15 @@ def store(tmp_path_factory):
     return {**shared, "root": str(root)}
 
 
-@pytest.fixture(scope="module")
-def server(store):
+@contextmanager
+def serve(root: str, model: str, **extra_env: str) -> Iterator[str]:
+    """`streamlit run app.py` on a free port against the cache `root`; yields its URL."""
     require_browser()
     port = free_port()
-    env = {**os.environ, "SFSD_CACHE_DIR": store["root"], "SFSD_DEMO_MODEL": store["model"],
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {**os.environ, "SFSD_CACHE_DIR": root, "SFSD_DEMO_MODEL": model,
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **extra_env}
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = open(ARTIFACTS / "server.log", "w")
+    log = open(ARTIFACTS / f"server-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
@@ -100,7 +105,7 @@ def server(store):
             except OSError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start: see {ARTIFACTS / 'server.log'}")
+                pytest.fail(f"streamlit did not start: see {log.name}")
             time.sleep(0.5)
         yield url
     finally:
@@ -110,6 +115,14 @@ def server(store):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    try:
+        with serve(store["root"], store["model"]) as url:
+            yield url
+    finally:
         _stop_runs(store["root"])
 
 
@@ -286,3 +299,66 @@ def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
     runs = RunStore(Path(store["root"]) / "runs").list_runs()
     demo = runs[runs["run_id"].str.startswith("search-tiny-llama-feature-ppl") & (runs["state"] == "done")]
     assert len(demo) == 2  # the fixture's search and the demo
+
+
+# ---- runs that travel, read-only mode -------------------------------------------------------------------
+
+
+def test_an_uploaded_archive_opens_in_the_heatmap(store, page, tmp_path):
+    from sfsd.runs.transfer import export_archive
+
+    archive = tmp_path / "runs.zip"
+    with cache_env(Path(store["root"])):
+        export_archive([store["feature"]], archive)
+    empty = tmp_path / "empty-cache"
+    empty.mkdir()
+    with serve(str(empty), store["model"]) as url:
+        page.goto(f"{url}/Runs")
+        settle(page)
+        page.locator("input[type='file']").set_input_files(str(archive))
+        page.get_by_role("button", name="Import", exact=True).wait_for(timeout=30000)
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.get_by_text(re.compile(f"imported run {store['feature']}")).wait_for(timeout=60000)
+        settle(page)
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "import-uploaded.png"), full_page=True)
+        page.goto(f"{url}/Budget_heatmap")
+        settle(page)
+        assert wait_charts(page, 2) >= 2
+        page.get_by_text(re.compile("imported from .+ on 20")).first.wait_for(timeout=30000)
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "import-heatmap.png"), full_page=True)
+    assert (empty / "runs" / store["feature"] / "imported.json").exists()
+
+
+def test_read_only_server_shows_no_control_that_acts(store, page, tmp_path):
+    from sfsd.runs.transfer import check_archive
+
+    with serve(store["root"], store["model"], SFSD_READONLY="1") as url:
+        page.goto(url)
+        settle(page)
+        page.get_by_text("Read-only presenting mode").first.wait_for(timeout=30000)
+        assert page.get_by_role("button", name="Start the quick demo search").count() == 0
+        assert store["root"] not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "readonly-start.png"), full_page=True)
+        page.goto(f"{url}/Runs")
+        settle(page)
+        page.get_by_text("Move runs between machines").click()
+        settle(page)
+        for name in ("Start search", "Delete run", "Cancel run", "Save its model (materialize)", "Import"):
+            assert page.get_by_role("button", name=name, exact=True).count() == 0, name
+        assert page.locator("input[type='file']").count() == 0
+        assert page.get_by_text("Start a search").count() == 0
+        with page.expect_download(timeout=60000) as download:  # exporting only reads: allowed
+            page.get_by_role("button", name="Download the archive").click()
+        saved = tmp_path / "downloaded.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            plan = check_archive(archive)  # the same checks an import makes
+        assert len(plan.runs) == 1
+        assert store["root"] not in page.content()
+        page.screenshot(path=str(ARTIFACTS / "readonly-runs.png"), full_page=True)
+        page.goto(f"{url}/Budget_heatmap")
+        settle(page)
+        assert wait_charts(page, 2) >= 2
+        assert_clean(page)

@@ -1,4 +1,4 @@
-"""`sfsd runs`: list, show, cancel and delete the runs of the run store."""
+"""`sfsd runs`: list, show, cancel, delete, export and import the runs of the run store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("runs", help="list, show, cancel or delete search runs",
+    p = subparsers.add_parser("runs", help="list, show, cancel, delete, export or import runs",
                               description="The runs under <cache>/runs (newest first when listed).")
     p.set_defaults(func=run_list)
     sub = p.add_subparsers(dest="runs_command")
@@ -25,6 +25,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     delete = sub.add_parser("delete", help="delete a run's folder (refused while it runs)")
     delete.add_argument("run_id")
     delete.set_defaults(func=run_delete)
+    export = sub.add_parser("export", help="write runs into one zip archive (to import on another machine)",
+                            description="Each run's folder and its evaluation-cache entries, with a manifest of "
+                                        "versions, host, date and the sha256 of every file.")
+    export.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    export.add_argument("--out", required=True, help="the archive to write, e.g. runs.zip")
+    export.add_argument("--with-model", action="store_true",
+                        help="also the runs' saved models (cache/models/RUN_ID, from `sfsd materialize`)")
+    export.set_defaults(func=run_export)
+    imp = sub.add_parser("import", help="add the runs of an archive of `sfsd runs export` to this cache",
+                         description="Checks the whole archive (manifest, checksums, file types, paths, sizes) "
+                                     "before writing anything.")
+    imp.add_argument("archive")
+    imp.set_defaults(func=run_import)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -50,6 +63,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from sfsd.runs import RunStore
+    from sfsd.runs.transfer import imported_origin, origin_line
 
     run = RunStore().run(args.run_id)
     status = run.status()
@@ -65,6 +79,9 @@ def run_show(args: argparse.Namespace) -> int:
             rows.append((key, metric_text(run.config, result[key]) if key == "final_metric" else str(result[key])))
     if run.log_path.exists():
         rows.append(("log", str(run.log_path)))
+    origin = origin_line(imported_origin(run))
+    if origin:
+        rows.append(("origin", origin))
     _print_pairs(rows)
     print("\nconfig:")
     config = {key: value for key, value in run.config.items() if key != "layers"}
@@ -106,6 +123,26 @@ def metric_text(config: dict, value: float) -> str:
     except (SfsdError, OSError, KeyError, ValueError):
         return f"{value} (accuracy; number of documents unknown)"
     return f"{format_proportion(float(value), n, digits=4)}, search split"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from sfsd.runs.transfer import export_archive
+
+    manifest = export_archive(args.run_ids, args.out, with_model=args.with_model)
+    size = sum(member["bytes"] for member in manifest["members"])
+    models = sorted({member["path"].split("/")[1] for member in manifest["members"]
+                     if member["path"].startswith("models/")})
+    print(f"exported {len(manifest['runs'])} run(s), {len(manifest['members'])} files ({size / 1e6:.1f} MB "
+          f"unpacked) to {args.out}" + (f"; saved models of {', '.join(models)}" if models else ""))
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from sfsd.runs.transfer import import_archive
+
+    for line in import_archive(args.archive).lines():
+        print(line)
+    return 0
 
 
 def _print_layers(layers: pd.DataFrame, limit: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from sfsd.runs import (
     spectra_frame,
     trace_frame,
 )
+from sfsd.runs.readonly import readonly, require_writable
+from sfsd.runs.transfer import imported_origin, origin_line
 
 TTL_S = 2  # run-store reads: short, a running search updates its files every few seconds
 ACTIVE_STATES = ("pending", "running")
@@ -43,6 +46,26 @@ DEMO_ENV = "SFSD_DEMO_MODEL"
 def demo_model() -> str:
     """The model of the quick demo and of the start page's summary ($SFSD_DEMO_MODEL, else the default)."""
     return os.environ.get(DEMO_ENV) or DEFAULT_MODEL
+
+
+# An absolute path inside a text (not the part of a URL after "://"): read-only mode shows its last part only.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\"`,;()\[\]{}]+/)*([^\s/'\"`,;()\[\]{}]*)")
+
+
+def hide_paths(value: Any) -> Any:
+    """`value` (text, or dicts and lists of it) with every absolute local path cut to its last part."""
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda match: match.group(1) or "(path)", value)
+    if isinstance(value, dict):
+        return {key: hide_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [hide_paths(item) for item in value]
+    return value
+
+
+def shown(value: Any) -> Any:
+    """What a page may show of `value`: as it is, or without local paths in read-only mode."""
+    return hide_paths(value) if readonly() else value
 
 
 def store_root() -> str:
@@ -60,14 +83,18 @@ def clear() -> None:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def _list_runs(root: str) -> pd.DataFrame:
-    return RunStore(Path(root)).list_runs()
+def _list_runs(root: str, hide: bool) -> pd.DataFrame:
+    runs = RunStore(Path(root)).list_runs()
+    if hide:
+        for column in ("model", "message"):
+            runs[column] = runs[column].map(lambda value: hide_paths(value) if isinstance(value, str) else value)
+    return runs
 
 
 def list_runs(kind: str | None = None, readable: bool = True) -> pd.DataFrame:
     """RunStore.list_runs(), newest first; optionally one kind, and without unreadable folders."""
     try:
-        runs = _list_runs(store_root())
+        runs = _list_runs(store_root(), readonly())
     except (OSError, SfsdError):
         runs = pd.DataFrame(columns=RUN_COLUMNS)
     if readable:
@@ -144,6 +171,11 @@ class RunView:
         return run_label(self.run_id, self.config)
 
     @property
+    def origin(self) -> str:
+        """"imported from HOST on DATE" for an imported run, "" for a run computed here."""
+        return str(self.extra.get("origin") or "")
+
+    @property
     def decided(self) -> pd.DataFrame:
         return self.layers[self.layers["decided"]] if not self.layers.empty else self.layers
 
@@ -184,16 +216,18 @@ def _tail(path: Path, lines: int = 15, max_bytes: int = 20000) -> str:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def _load_run(root: str, run_id: str) -> RunView | None:
+def _load_run(root: str, run_id: str, hide: bool) -> RunView | None:
     try:
         run = RunStore(Path(root)).run(run_id)
         status = run.status()
         return RunView(
-            run_id=run.id, config=run.config, status=status,
+            run_id=run.id, config=hide_paths(run.config) if hide else run.config,
+            status=hide_paths(status) if hide else status,
             result=run.result() if status["state"] == "done" else None,
             layers=layers_frame(run), snapshots=snapshots_frame(run), evaluations=evaluations_frame(run),
-            trials=trace_frame(run, "trial"), log_tail=_tail(run.log_path),
-            extra={"has_spectra": run.file("spectra.parquet").exists()},
+            trials=trace_frame(run, "trial"), log_tail="" if hide else _tail(run.log_path),
+            extra={"has_spectra": run.file("spectra.parquet").exists(),
+                   "origin": origin_line(imported_origin(run))},
         )
     except (SfsdError, OSError, ValueError):
         return None
@@ -203,7 +237,7 @@ def load_run(run_id: str | None) -> RunView | None:
     """A run's config, status, result and frames (None if it does not exist or cannot be read)."""
     if not run_id:
         return None
-    return _load_run(store_root(), run_id)
+    return _load_run(store_root(), run_id, readonly())
 
 
 def empty_view(run_id: str = "") -> RunView:
@@ -248,7 +282,8 @@ def uniform_row(view: RunView) -> dict:
     config, result = view.config, view.result or {}
     method = "base" if view.method == "none" else view.method
     calibration = config.get("calibration") if isinstance(config.get("calibration"), dict) else {}
-    row = {"run_id": view.run_id, "model": view.model, "method": method, "beta": config.get("beta"),
+    row = {"run_id": view.run_id, "origin": view.origin, "model": view.model, "method": method,
+           "beta": config.get("beta"),
            "last_blocks": config.get("last_blocks"), "state": view.state,
            "calibration": "{source} {samples}x{seq_len}".format(**{"source": "?", "samples": "?", "seq_len": "?",
                                                                     **calibration}),
@@ -279,7 +314,7 @@ def uniform_frame() -> pd.DataFrame:
         if view is not None:
             rows.append(uniform_row(view))
     base = ["run_id", "model", "method", "beta", "last_blocks", "state", "calibration", "limit", "tasks", "params",
-            "macs", "overall_budget"]
+            "macs", "overall_budget", "origin"]
     frame = pd.DataFrame(rows)
     accs = sorted(c for c in frame.columns if c.startswith("acc:"))
     ns = sorted(c for c in frame.columns if c.startswith("n:"))
@@ -543,6 +578,11 @@ def model_choices() -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def saved_model_runs(run_ids: list[str]) -> list[str]:
+    """The runs among `run_ids` whose model is saved under cache/models/<run id> (what `--with-model` exports)."""
+    return [run_id for run_id in run_ids if (models_dir() / run_id / "config.json").is_file()]
+
+
 def model_display(name: str) -> str:
     method = compressed_method(name) if Path(name).is_dir() else None
     short = Path(name).name if ("/" in name or os.sep in name) else name
@@ -565,6 +605,7 @@ def task_records(model: str, tasks: tuple[str, ...], limit: int | None) -> pd.Da
     """Per-document multiple-choice records of a model on the eval split (sfsd.evaluate caches them on disk)."""
     from sfsd.evaluate import evaluate_tasks
 
+    require_writable("evaluate models")  # computes for minutes and writes the evaluation cache
     loaded, tokenizer = load_model(model)
     return evaluate_tasks(loaded, tokenizer, list(tasks), split="eval", limit=limit).records
 
@@ -576,6 +617,7 @@ def bias_summary(model: str, limit: int | None) -> pd.DataFrame:
     sfsd.evaluate)."""
     from sfsd.evaluate import stereoset
 
+    require_writable("score models")  # computes for minutes and writes the evaluation cache
     loaded, tokenizer = load_model(model)
     return stereoset(loaded, tokenizer, split="all", limit=limit, progress=False).summary
 

@@ -24,6 +24,7 @@ from sfsd.errors import SfsdError
 from sfsd.models import BUNDLED
 from sfsd.paths import cache_dir
 from sfsd.runs import Run, RunStore, cancel, launch, timestamp
+from sfsd.runs.readonly import require_writable
 
 # The quick demo: the last DEMO_BLOCKS blocks of the demo model, a small perplexity search
 # (about 3 minutes on a 2-core CPU for the 135M default model; seconds on a tiny model).
@@ -154,6 +155,7 @@ def start(argv: list[str], root: Path | None = None) -> Started:
     A finished run is not started again; a running one is left alone; an interrupted, cancelled or failed
     one resumes. A command whose config cannot be derived is started detached without a run of ours
     (it creates its own)."""
+    require_writable("start a run")
     args = parse(argv)
     if getattr(args, "model", None):
         check_model(args.model)
@@ -175,6 +177,7 @@ def start(argv: list[str], root: Path | None = None) -> Started:
 def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]:
     """Create every command's run, then run the unfinished ones one after the other in ONE background process
     (`python -m sfsd.dashboard.chain`): the first is launched, the others wait as pending ("queued")."""
+    require_writable("start runs")
     results, todo = [], []
     for argv in argvs:
         config = run_config(argv)
@@ -203,6 +206,7 @@ def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]
 
 def spawn(argv: list[str]) -> int:
     """`python -m sfsd <argv>` detached, output appended to <cache>/logs/dashboard.log."""
+    require_writable("start a command")
     logs = cache_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "dashboard.log", "ab") as log:
@@ -216,6 +220,7 @@ def spawn(argv: list[str]) -> int:
 def cancel_run(run_id: str, root: Path | None = None) -> str:
     """A search stops after its current trial (cancelled, resumable); other runs have no cancel point: the
     process working on them is terminated (the run then reads as interrupted)."""
+    require_writable("cancel a run")
     run = RunStore(root).run(run_id)
     if run.config.get("kind") == "search":
         cancel(run_id, root)
@@ -231,12 +236,14 @@ def cancel_run(run_id: str, root: Path | None = None) -> str:
 
 
 def delete_run(run_id: str, root: Path | None = None) -> str:
+    require_writable("delete a run")
     RunStore(root).delete(run_id)
     return f"deleted run {run_id}"
 
 
 def materialize_run(run_id: str, root: Path | None = None) -> Path:
     """Save a finished search run's compressed model under <cache>/models/<run_id> (once)."""
+    require_writable("save a model")
     from sfsd.paths import models_dir
     from sfsd.search import materialize
 

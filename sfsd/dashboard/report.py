@@ -87,6 +87,8 @@ def build_report(view: RunView, spectra: pd.DataFrame, uniform_rows: pd.DataFram
         ("run", view.label), ("kind", view.kind), ("model", view.model), ("method", plots.method_label(view.method)),
         ("state", view.state), ("created", view.config.get("created")), ("finished", status.get("finished")),
     ]
+    if view.origin:
+        facts.append(("origin", view.origin))
     if view.kind == "search":
         facts += [("metric", view.metric_label), ("tolerance", view.tolerance),
                   ("layers decided", f"{status.get('layers_done') or 0} of {status.get('layers_total') or '?'}"),

@@ -10,6 +10,8 @@ import streamlit as st
 
 from sfsd.dashboard import data, jobs
 from sfsd.errors import SfsdError
+from sfsd.runs import transfer
+from sfsd.runs.readonly import READONLY_ENV, readonly
 
 SELECTED_RUN = "sfsd_run"  # session state: the run last picked on any page
 SELECTED_LAYER = "sfsd_layer"  # session state: the layer last picked (heatmap -> spectra)
@@ -21,6 +23,9 @@ def page_setup(title: str, caption: str | None = None) -> None:
     st.title(title)
     if caption:
         st.caption(caption)
+    if readonly():
+        st.caption(f":material/lock: Read-only presenting mode ({READONLY_ENV}=1): nothing can be started, cancelled, "
+                   "deleted, saved or imported here.")
 
 
 def duration(seconds) -> str:
@@ -77,7 +82,16 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None 
         st.session_state[key] = wanted if wanted in ids else ids[0]
     chosen = st.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
     st.session_state[SELECTED_RUN] = chosen
+    origin_note([chosen])
     return chosen
+
+
+def origin_note(run_ids: Sequence[str]) -> None:
+    """A caption per imported run among `run_ids`: where and when it was computed."""
+    for run_id in run_ids:
+        view = data.load_run(run_id)
+        if view is not None and view.origin:
+            st.caption(f":material/move_to_inbox: `{run_id}`: {view.origin}")
 
 
 def pick_loaded_run(runs: pd.DataFrame, key: str) -> tuple[str | None, data.RunView | None]:
@@ -103,7 +117,9 @@ def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 
         wanted = st.session_state.get(SELECTED_RUN)
         initial = ([wanted] if wanted in ids else []) + [i for i in ids if i != wanted]
         st.session_state[key] = current or initial[:default]
-    return st.multiselect(label, ids, key=key, format_func=lambda i: labels.get(i, i))
+    chosen = st.multiselect(label, ids, key=key, format_func=lambda i: labels.get(i, i))
+    origin_note(chosen)
+    return chosen
 
 
 def search_runs_with(what: str = "layers") -> pd.DataFrame:
@@ -132,6 +148,10 @@ def no_runs(what: str, key: str) -> None:
     """Say what is missing and how to get it, with the quick demo one click away."""
     model = data.demo_model()
     argv = jobs.demo_argv(model, data.model_blocks(model))
+    if readonly():
+        st.info(f"No {what} yet. This dashboard is read-only: compute runs on a full one (or `sfsd search`) and "
+                "import them there with `sfsd runs import`.", icon=":material/info:")
+        return
     st.info(f"No {what} yet. Start the quick demo search (about 3 minutes on a laptop CPU), start a search on "
             f"the **Runs** page, or run it from a terminal:\n\n```\n{jobs.command_line(argv)}\n```",
             icon=":material/info:")
@@ -140,6 +160,8 @@ def no_runs(what: str, key: str) -> None:
 
 
 def demo_button(key: str = "demo") -> None:
+    if readonly():
+        return
     model = data.demo_model()
     argv = jobs.demo_argv(model, data.model_blocks(model))
     if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
@@ -238,9 +260,77 @@ def _progress_row(run_id: str, key: str) -> None:
                 f"ETA {duration(status.get('eta_s'))}" + (f" · last {current}" if current else ""))
     st.progress(value, text=text)
     label = "Cancel this run" if view.kind == "search" else "Stop this run"
-    if st.button(label, key=f"{key}-cancel-{run_id}", icon=":material/stop:", type="tertiary"):
+    if not readonly() and st.button(label, key=f"{key}-cancel-{run_id}", icon=":material/stop:", type="tertiary"):
         try:
             st.toast(jobs.cancel_run(run_id))
         except SfsdError as exc:
             st.toast(str(exc))
         data.clear()
+
+
+def run_actions(run_id: str, view: data.RunView) -> None:
+    """Cancel or resume, save the model, delete: the Runs page's buttons for one run (never in read-only mode)."""
+    actions = st.columns(4)
+    if view.state in data.ACTIVE_STATES:
+        if actions[0].button("Cancel run", key="detail-cancel", icon=":material/stop:"):
+            try:
+                st.toast(jobs.cancel_run(run_id))
+            except SfsdError as exc:
+                st.error(str(exc))
+            data.clear()
+    elif view.kind == "search" and view.state != "done" and view.status.get("command"):
+        if actions[0].button("Resume run", key="detail-resume", icon=":material/replay:"):
+            launch_and_report(list(view.status["command"][3:]))
+    if view.kind == "search" and view.state == "done":
+        if actions[1].button("Save its model (materialize)", key="detail-materialize", icon=":material/save:",
+                             help="for the Disagreement and Bias pages"):
+            with st.spinner("Building the compressed model..."):
+                try:
+                    st.success(f"saved {jobs.materialize_run(run_id)}")
+                except SfsdError as exc:
+                    st.error(str(exc))
+    confirm = actions[3].checkbox("Confirm delete", key="detail-confirm-delete")
+    if actions[2].button("Delete run", key="detail-delete", icon=":material/delete:", disabled=not confirm):
+        try:
+            st.toast(jobs.delete_run(run_id))
+            data.clear()
+            st.rerun()
+        except SfsdError as exc:
+            st.error(str(exc))
+
+
+# ---- moving runs between machines ---------------------------------------------------------------------------
+
+
+def transfer_panel(runs: pd.DataFrame, key: str) -> None:
+    """Export the picked runs as one zip (download) and import such a zip (upload; refused in read-only mode)."""
+    left, right = st.columns(2, gap="large")
+    finished = runs[~runs["state"].isin(data.ACTIVE_STATES)]
+    with left:
+        ids = list(finished["run_id"])
+        wanted = st.session_state.get(SELECTED_RUN)
+        chosen = st.multiselect("Runs to export", ids, default=[wanted] if wanted in ids else ids[:1],
+                                key=f"{key}-export-runs", help="running runs cannot be exported until they stop")
+        models = data.saved_model_runs(chosen)
+        with_model = st.checkbox(f"With saved models ({len(models)} of {len(chosen)} runs have one)",
+                                 key=f"{key}-with-model", disabled=not models)
+        with_model = with_model and bool(models)
+        st.download_button("Download the archive", data=lambda: transfer.export_bytes(chosen, with_model),
+                           file_name="sfsd-runs.zip", mime="application/zip", key=f"{key}-export",
+                           disabled=not chosen, icon=":material/download:", on_click="ignore")
+        st.caption("A zip of each run's config, trace, layers, spectra, snapshots, evaluations and per-example "
+                   "records, with a manifest (versions, host, date, sha256 of every file).")
+    with right:
+        if readonly():
+            st.caption("Importing writes to the cache, so it is off in read-only mode: import on the full dashboard "
+                       "or with `sfsd runs import runs.zip`.")
+            return
+        upload = st.file_uploader("Import an archive of `sfsd runs export`", type=["zip"], key=f"{key}-upload")
+        if upload is not None and st.button("Import", key=f"{key}-import", icon=":material/upload:"):
+            try:
+                result = transfer.import_archive(upload)
+            except SfsdError as exc:
+                st.error(str(exc))
+                return
+            data.clear()
+            st.success("\n\n".join(result.lines()))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sfsd.errors import SfsdError
 from sfsd.runs._files import disk_guard, timestamp
+from sfsd.runs.readonly import require_writable
 from sfsd.runs.run import Run
 
 
@@ -23,6 +24,7 @@ def launch(run: Run, argv: Sequence[str] | None = None, *, command: Sequence[str
     (its result would read as pending again)."""
     if (argv is None) == (command is None):
         raise ValueError("give either argv (arguments of `sfsd`) or command (a full command line)")
+    require_writable("start a run")
     cmd = [*command] if command is not None else [sys.executable, "-m", "sfsd", *argv]
     _refuse_if_active(run)
     run.clear_cancel()
@@ -41,6 +43,7 @@ def launch(run: Run, argv: Sequence[str] | None = None, *, command: Sequence[str
 
 def cancel(run_id: str, root: Path | None = None) -> Run:
     """Ask the process working on a run to stop (it checks between trials and ends as cancelled)."""
+    require_writable("cancel a run")
     run = Run.open(run_id, root)
     status = run.status()
     if not run.is_active():

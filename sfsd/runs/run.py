@@ -16,6 +16,7 @@ Folder layout (format 1), `<runs_dir>/<run_id>/`:
     lock               flock target of the process working on the run (holds its pid)
     cancel             present while a cancel is requested
     log.txt            stdout and stderr of a launched run
+    imported.json      only in an imported run: where and when it was computed (sfsd.runs.transfer)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ STATUS_DEFAULTS: dict[str, Any] = {
 CONFIG, STATUS, TRACE, SNAPSHOTS = "config.json", "status.json", "trace.jsonl", "snapshots.jsonl"
 SPECTRA, RESULT, EVALUATIONS = "spectra.parquet", "result.json", "evaluations.jsonl"
 LOCK, CANCEL, LOG = "lock", "cancel", "log.txt"
+IMPORTED = "imported.json"  # where and when an imported run was computed (sfsd.runs.transfer)
 
 
 class Run:
@@ -162,12 +164,16 @@ class Run:
         if stored == "running" and not lock_held(self._path / LOCK):
             status.update(state="interrupted", eta_s=None,
                           message=f"stopped before finishing (process {pid}): resume with the same command")
-        elif stored == "pending" and pid and not (pid_alive(pid) or lock_held(self._path / LOCK)):
+        elif stored == "pending" and pid and not (self._local_pid_alive(pid) or lock_held(self._path / LOCK)):
             status.update(state="failed", eta_s=None,
                           message=f"process {pid} exited before starting: see {self.log_path}")
         elif stored == "done" and not (self._path / RESULT).exists():
             status.update(state="interrupted", message="finished without a result: resume with the same command")
         return status
+
+    def _local_pid_alive(self, pid: int) -> bool:
+        """Whether `pid` is a live process of this machine (an imported run's pids are another machine's)."""
+        return not (self._path / IMPORTED).exists() and pid_alive(pid)
 
     def is_active(self) -> bool:
         """Whether a process is working on this run (running, or launched and starting)."""

@@ -14,9 +14,11 @@ from sfsd.runs._files import try_exclusive
 from sfsd.runs.frames import _frame
 from sfsd.runs.ids import is_run_id, metric_name, metric_tolerance
 from sfsd.runs.run import LOCK, Run
+from sfsd.runs.transfer import imported_origin, origin_line
 
 RUN_COLUMNS = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "layers_done", "layers_total",
-               "progress", "eta_s", "created", "updated", "overall_budget", "message", "pid"]
+               "progress", "eta_s", "created", "updated", "overall_budget", "message", "pid",
+               "origin"]
 _RUN_DTYPES = {"tolerance": "float64", "layers_done": "Int64", "layers_total": "Int64", "progress": "float64",
                "eta_s": "float64", "created": "time", "updated": "time", "overall_budget": "float64", "pid": "Int64"}
 
@@ -67,7 +69,7 @@ class RunStore:
             "eta_s": status.get("eta_s"), "created": config.get("created"),
             "updated": status.get("updated") or config.get("created"),
             "overall_budget": (result or {}).get("overall_budget"), "message": status.get("message"),
-            "pid": status.get("pid"),
+            "pid": status.get("pid"), "origin": origin_line(imported_origin(run)),
         }
 
     def delete(self, run_id: str) -> None:
