@@ -103,9 +103,11 @@ if not readable.empty:
         budget = (view.result or {}).get("overall_budget")
         cols[3].metric("Overall budget", "-" if budget is None else f"{100 * budget:.1f}%")
         final, base = (view.result or {}).get("final_metric"), status.get("base_metric")
-        cols[4].metric("Metric (base)", "-" if final is None else f"{final:.4g}",
+        cols[4].metric("Final metric", "-" if final is None else f"{final:.4g}",
                        None if final is None or base is None else f"{final - base:+.3g} vs base {base:.4g}",
-                       delta_color="off")
+                       delta_color="off", help=view.metric_label)
+        if view.heldout:
+            st.caption(f"Held-out check ({view.metric_label.replace(' (search split)', '')}): {view.heldout}")
         if status.get("message"):
             st.caption(status["message"])
 

@@ -84,6 +84,10 @@ widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases, ref
 if percent:
     st.caption("Error bars: 95% Wilson intervals over the n documents of each snapshot (the table's n column); "
                "dotted lines: the rates of always giving the commonest answer and of guessing.")
+heldout = [f"{view.label}: {view.heldout}" for view in views if view.heldout]
+if heldout:
+    st.caption("Held-out check, the searched metric's change on the search split vs the eval split it never saw: "
+               + "; ".join(heldout) + ".")
 if skipped:
     st.caption(f"Not shown (no such series): {', '.join(skipped)}. Task accuracies need "
                "`--snapshot-tasks` on the search.")

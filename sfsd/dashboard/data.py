@@ -162,6 +162,15 @@ class RunView:
         return self.metric_name or "metric"
 
     @property
+    def heldout(self) -> str:
+        """Search-split vs eval-split change of a finished search ("" when not a finished search)."""
+        if self.kind != "search" or not self.result:
+            return ""
+        from sfsd.search.heldout import describe_heldout
+
+        return describe_heldout(self.result)
+
+    @property
     def tolerance(self) -> Any:
         metric = self.config.get("metric")
         return metric.get("tolerance") if isinstance(metric, dict) else self.config.get("tolerance")

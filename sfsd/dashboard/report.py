@@ -98,6 +98,8 @@ def build_report(view: RunView, spectra: pd.DataFrame, uniform_rows: pd.DataFram
             value = result[key]
             facts.append((key, f"{100 * value:.2f}%" if key == "overall_budget" else
                           f"{value:,}" if isinstance(value, int) else f"{value:.6g}"))
+    if view.heldout:
+        facts.append(("held-out check (search vs eval split)", view.heldout))
     out.facts(facts)
 
     if view.kind == "search":
