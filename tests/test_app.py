@@ -156,7 +156,10 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     at.selectbox(key="runs-detail").select(env["feature"]).run()
     no_exception(at)
     assert len(charts(at)) == 1  # the search trace
-    assert {m.label for m in at.metric} >= {"State", "Layers decided", "Overall budget"}
+    assert {m.label for m in at.metric} >= {"State", "Layers decided", "Overall budget", "Final metric"}
+    # The held-out check: the searched metric's change on the search split next to the eval split's.
+    assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d% "
+                     r"\(16,384 tokens\)", texts(at))
 
 
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
@@ -173,6 +176,7 @@ def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     assert heat["type"] == "heatmap" and len(heat["z"]) == 3 and len(heat["x"]) == 7
     assert all(text.endswith("%") for row in heat["text"] for text in row)
     assert layer in json.loads(figures[1].proto.spec)["layout"]["title"]["text"]
+    assert "eval split" in spec["layout"]["title"]["text"]  # the held-out check in the title
     at.radio(key="heatmap-mode").set_value("average over runs").run()
     no_exception(at)
     assert "Average over 2 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
@@ -353,6 +357,7 @@ def test_report_is_one_self_contained_html_file(env):
     for heading in ("Budget per layer", "Metric versus parameters", "Spectra per role", "Layers", "Config"):
         assert heading in document
     assert "acc:piqa % [95% CI]" in document and "majority class" in document  # snapshot accuracies
+    assert "held-out check (search vs eval split)" in document
 
 
 # ---- empty and broken stores ---------------------------------------------------------------------------
