@@ -80,8 +80,33 @@ def apply_ranks(
     return originals
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decompositions_verified(folder: str | Path) -> bool:
+    """True if `folder` holds complete decompositions whose file matches the checksum written with it."""
+    import json
+
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / "checksum.json").read_text())["sha256"]
+        return recorded == _sha256(folder / "decompositions.safetensors")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str | Path) -> None:
-    """All factorisations in one safetensors file plus a JSON index (no executable serialisation)."""
+    """All factorisations in one safetensors file plus a JSON index (no executable serialisation).
+
+    The folder appears complete or not at all, with the file's sha256, so a resumed run can trust it.
+    """
     tensors, index = {}, {}
     for i, (name, dec) in enumerate(decompositions.items()):
         key = f"l{i}"
@@ -93,6 +118,7 @@ def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str
     with atomic_dir(folder, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "decompositions.safetensors"))
         write_json(tmp / "index.json", index)
+        write_json(tmp / "checksum.json", {"sha256": _sha256(tmp / "decompositions.safetensors")})
 
 
 def load_decompositions(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, Decomposition]:
@@ -122,6 +148,7 @@ __all__ = [
     "apply_ranks",
     "check_beta",
     "decompose_layer",
+    "decompositions_verified",
     "fit_decompositions",
     "full_rank",
     "get_method",
