@@ -39,6 +39,44 @@ BUNDLED = {
 }
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def parse_dtype(name: str | torch.dtype | None, allow_auto: bool = True) -> torch.dtype | None:
+    """A --dtype value as a torch dtype; None for `auto` (decided when the model and device are known)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto") and allow_auto:
+        return None
+    if name not in DTYPES:
+        choices = ", ".join(DTYPE_CHOICES if allow_auto else DTYPES)
+        raise SfsdError(f"unknown dtype {name!r}: choose one of {choices}")
+    return DTYPES[name]
+
+
+def checkpoint_dtype(source: str) -> torch.dtype:
+    """The dtype a model folder or hub id records in its config (float32 when it records none)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception:  # noqa: BLE001  the loader reports unreadable models in one line later
+        return torch.float32
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = DTYPES.get(recorded.removeprefix("torch."))
+    return recorded if isinstance(recorded, torch.dtype) else torch.float32
+
+
+def resolve_dtype(name: str | torch.dtype | None, source: str, device: torch.device) -> torch.dtype:
+    """`auto`: the checkpoint's dtype on CUDA, float32 on CPU (where bf16/fp16 matmuls are slow or missing)."""
+    dtype = parse_dtype(name)
+    if dtype is None:
+        return checkpoint_dtype(source) if device.type == "cuda" else torch.float32
+    return dtype
+
+
 def pick_device(device: str | None = None) -> torch.device:
     """The requested device, else CUDA when available, else CPU."""
     if device:
@@ -116,15 +154,24 @@ def _load_error(name: str, exc: Exception) -> SfsdError:
 
 
 def load_model(
-    name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto",
+    compute_device: str | torch.device | None = None,
 ) -> tuple[nn.Module, object]:
-    """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`)."""
+    """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`).
+
+    `dtype` is a torch dtype or a --dtype name (`auto`: the checkpoint's on CUDA, float32 on CPU, judged
+    by `compute_device`, default `device`): a model streamed block by block may sit on the host while
+    its blocks run on the GPU.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import sfsd  # noqa: F401  registers the compressed model classes
 
+    parse_dtype(dtype)  # an unknown name fails before anything is read
     source = resolve_model(name_or_path)
     dev = device if isinstance(device, torch.device) else pick_device(device)
+    compute = dev if compute_device is None else pick_device(str(compute_device))
+    dtype = resolve_dtype(dtype, source, compute)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(source)

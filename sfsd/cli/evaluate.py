@@ -6,6 +6,7 @@ import argparse
 
 import pandas as pd
 
+from sfsd.cli.common import add_dtype_flag
 from sfsd.models import DEFAULT_MODEL
 
 
@@ -20,6 +21,7 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_flag(parser)
     parser.add_argument(
         "--model-key",
         default=None,
@@ -73,15 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dis.add_argument("--metric", default="acc", choices=["acc", "acc_norm"], help="which prediction to compare")
     dis.add_argument("--show", type=int, default=5, help="flipped examples to print per task (default: 5)")
     dis.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_flag(dis)
     dis.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
     dis.set_defaults(func=cmd_disagree)
 
 
-def _load(name: str, device: str | None):
+def _load(name: str, device: str | None, dtype: str = "auto"):
     from sfsd.models import load_model
 
     print(f"loading {name} ...", flush=True)
-    return load_model(name, device)
+    return load_model(name, device, dtype)
 
 
 def _table(frame: pd.DataFrame, columns: list[str]) -> str:
@@ -110,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if check_suite(args.suite) == "paper":
         require_hub()  # fail before loading the model
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     results = _tasks(args, model, tokenizer, args.model_key)
     columns = ["task", "split", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "cached"]
     print(_table(results.summary, columns))
@@ -122,7 +125,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     """Perplexity over non-overlapping windows of the concatenated wiki text of a split."""
     from sfsd.evaluate import perplexity
 
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     result = perplexity(
         model,
         tokenizer,
@@ -145,7 +148,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
     """StereoSet: language-model score, stereotype score (50 is unbiased) and ICAT per bias type."""
     from sfsd.evaluate import stereoset
 
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     result = stereoset(
         model,
         tokenizer,
@@ -165,7 +168,7 @@ def cmd_disagree(args: argparse.Namespace) -> int:
 
     records = []
     for name in (args.model_a, args.model_b):
-        model, tokenizer = _load(name, args.device)
+        model, tokenizer = _load(name, args.device, args.dtype)
         records.append(_tasks(args, model, tokenizer, None).records)
         del model
     table = disagreement(records[0], records[1], metric=args.metric)
