@@ -107,3 +107,15 @@ def test_peak_memory_grows_with_depth_by_the_extra_weights_only(capsys, tmp_path
     extra_weights = (deep - shallow) * block_bytes
     # Holding every block's statistics (the old in-memory pass) would add (deep - shallow) * stats_bytes more.
     assert growth < extra_weights + stats_bytes, (growth / 2**20, extra_weights / 2**20, stats_bytes / 2**20)
+
+
+def test_run_form_dtype_reaches_the_run_and_auto_keeps_old_ids():
+    from sfsd.cli.search import config_from_argv
+    from sfsd.dashboard import jobs
+    from sfsd.runs.ids import run_id_for
+
+    auto = config_from_argv(jobs.search_argv("smollm2-135m")[1:])
+    bf16 = config_from_argv(jobs.search_argv("smollm2-135m", dtype="bfloat16")[1:])
+    assert (auto.dtype, bf16.dtype) == ("auto", "bfloat16")
+    assert "dtype" not in auto.to_dict() and bf16.to_dict()["dtype"] == "bfloat16"
+    assert run_id_for(auto.to_dict()) != run_id_for(bf16.to_dict())
