@@ -119,3 +119,13 @@ def test_run_form_dtype_reaches_the_run_and_auto_keeps_old_ids():
     assert (auto.dtype, bf16.dtype) == ("auto", "bfloat16")
     assert "dtype" not in auto.to_dict() and bf16.to_dict()["dtype"] == "bfloat16"
     assert run_id_for(auto.to_dict()) != run_id_for(bf16.to_dict())
+
+
+def test_an_op_missing_in_a_dtype_is_a_one_line_hint():
+    from sfsd.cli import dtype_op_missing
+
+    with pytest.raises(RuntimeError) as caught:  # a real op torch lacks on CPU in float16
+        torch.linalg.eigh(torch.eye(3, dtype=torch.float16))
+    hint = dtype_op_missing(caught.value)
+    assert hint is not None and "--dtype float32" in hint and "\n" not in hint
+    assert dtype_op_missing(RuntimeError("shape mismatch")) is None
