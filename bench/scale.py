@@ -10,17 +10,20 @@ LLaMA-7B (32 blocks), 13B (40) and 70B (80) adds the target's weights to the ove
     python -m bench.scale                                  # 1, 2, 4 blocks; float32 and bfloat16
     python -m bench.scale --blocks 1,2 --dtypes float32    # a shorter measurement
     python -m bench.scale --quick                          # tiny widths (smoke test)
+    python -m bench.scale --blocks 4 --name scale-4        # one more depth, in its own results file
+    python -m bench.scale --combine scale,scale-4          # one table from stored results, nothing rerun
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import QUICK_NOTE, init, machine_line, md_table, parser, write_result
+from bench.common import QUICK_NOTE, RESULTS_DIR, init, machine_line, md_table, parser, write_result
 
 GIB = 2**30
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -110,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--name", default="scale", help="results file bench/results/NAME.json (default: %(default)s)")
+    p.add_argument("--combine", help="comma-separated results names: tabulate their cases together, run nothing")
     args = p.parse_args(argv)
     started = init(args)
     shape = ({"hidden": 256, "intermediate": 688, "heads": 8, "kv_heads": 8} if args.quick else
@@ -119,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     depths = [int(b) for b in args.blocks.split(",")]
     dtypes = [d.strip() for d in args.dtypes.split(",")]
     cases = []
-    with tempfile.TemporaryDirectory(prefix="sfsd-scale-") as tmp:
-        for dtype in dtypes:
-            for blocks in depths:
-                cases.append(run_case(shape, blocks, dtype, args, Path(tmp)))
+    if args.combine:  # the cases of earlier invocations (each ran alone), nothing measured now
+        for name in args.combine.split(","):
+            cases += json.loads((RESULTS_DIR / f"{name.strip()}.json").read_text())["cases"]
+        dtypes = list(dict.fromkeys(c["dtype"] for c in cases))
+        cases.sort(key=lambda c: (dtypes.index(c["dtype"]), c["blocks"]))
+    else:
+        with tempfile.TemporaryDirectory(prefix="sfsd-scale-") as tmp:
+            for dtype in dtypes:
+                for blocks in depths:
+                    cases.append(run_case(shape, blocks, dtype, args, Path(tmp)))
     gib = lambda v: None if v is None else v / GIB  # noqa: E731
     measured = md_table(["blocks", "dtype", "peak RSS (GiB)", "CUDA peak (GiB)", "compress (s)", "s per block"],
                         [[c["blocks"], c["dtype"], gib(c.get("peak_rss_bytes")), gib(c.get("cuda_peak_bytes")),
@@ -146,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine_line()} (shared with other developers' jobs while it ran).",
     ]
     markdown = measured + "\n\n" + projection + "\n\n" + "\n".join(f"- {n}" for n in notes)
-    write_result("scale", args, {"title": "Scale: compress memory and time per block", "shape": shape,
+    if args.combine:
+        notes.append(f"Combined from the stored results {args.combine} (each measured by its own invocation).")
+        markdown = measured + "\n\n" + projection + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    write_result(args.name, args, {"title": "Scale: compress memory and time per block", "shape": shape,
                                  "cases": cases, "projection": projected,
                                  "note": QUICK_NOTE if args.quick else None}, markdown, started)
     return 0

@@ -34,6 +34,7 @@ from sfsd.decompose import (
 )
 from sfsd.errors import SfsdError
 from sfsd.hf_classes import mark_compressed
+from sfsd.offload import execution_device, is_dispatched
 from sfsd.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -159,16 +160,25 @@ def _to_host(dec: Decomposition) -> Decomposition:
 
 
 def _compute_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
-    return torch.device(device) if device is not None else next(model.parameters()).device
+    if device is not None and not is_dispatched(model):
+        return torch.device(device)
+    return execution_device(model)
 
 
 def _block_device(adapter: ModelAdapter, block: int, device: torch.device | str | None) -> torch.device:
-    return torch.device(device) if device is not None else next(adapter.blocks[block].parameters()).device
+    module = adapter.blocks[block]
+    return torch.device(device) if device is not None and not is_dispatched(module) else execution_device(module)
 
 
 def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn.Module, torch.device], Any]):
-    """Run `work(block module, device)` with the block on the compute device, then put it back."""
+    """Run `work(block module, device)` with the block on the compute device, then put it back.
+
+    A block that accelerate dispatched (device map, offload) stays where it is: its hooks bring its
+    weights in for each forward pass and `fit_decompositions` onloads them itself.
+    """
     module = adapter.blocks[block]
+    if is_dispatched(module):
+        return work(module, execution_device(module))
     home = next(module.parameters()).device
     compute = torch.device(device) if device is not None else home
     module.to(compute)

@@ -122,7 +122,7 @@ def _move_outside_blocks(model: nn.Module, adapter: ModelAdapter, device: torch.
             return
         for table in (module._parameters, module._buffers):
             for key, tensor in table.items():
-                if tensor is not None and tensor.device != target:
+                if tensor is not None and tensor.device not in (target, torch.device("meta")):
                     moved.append((table, key, tensor.device))
                     tensor.data = tensor.data.to(target)
         for child in module.children():

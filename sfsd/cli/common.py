@@ -17,6 +17,14 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     add_dtype_flag(parser)
 
 
+def add_dispatch_flags(parser: argparse.ArgumentParser) -> None:
+    """accelerate's big-model loading, for models larger than the device."""
+    parser.add_argument("--device-map", default=None, choices=["auto", "sequential", "balanced"],
+                        help="spread the model over the GPUs, the CPU and disk with accelerate")
+    parser.add_argument("--max-memory", default=None, help="with --device-map: e.g. 0=20GiB,cpu=60GiB")
+    parser.add_argument("--offload-dir", default=None, help="with --device-map: folder for weights put on disk")
+
+
 def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto",
                         help="auto, float32, bfloat16 or float16 (default: auto = the checkpoint's dtype on CUDA, "

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from sfsd.cli.common import add_calibration_flags, add_dtype_flag, add_model_flags, fmt_int, read_ranks
+from sfsd.cli.common import (
+    add_calibration_flags,
+    add_dispatch_flags,
+    add_dtype_flag,
+    add_model_flags,
+    fmt_int,
+    read_ranks,
+)
 from sfsd.decompose import METHODS
 
 
@@ -16,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compress", help="decompose a model's linear layers and save it",
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
+    add_dispatch_flags(p)
     p.add_argument("--method", default="feature", choices=list(METHODS), help="decomposition (default: feature)")
     p.add_argument("--beta", type=float, help="per-layer parameter budget in (0, 1] (Eq. 3)")
     p.add_argument("--last-blocks", type=int, help="compress the last N blocks (default: all)")
@@ -52,7 +60,13 @@ def run_compress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).
     compute = pick_device(args.device)
-    model, tokenizer = load_model(args.model, "cpu", args.dtype, compute_device=compute)
+    if args.device_map:  # accelerate places the blocks; each is compressed where its hooks run it
+        model, tokenizer = load_model(args.model, compute, args.dtype, device_map=args.device_map,
+                                      max_memory=args.max_memory, offload_dir=args.offload_dir)
+        compute = None
+    else:
+        model, tokenizer = load_model(args.model, "cpu", args.dtype, compute_device=compute,
+                                      max_memory=args.max_memory, offload_dir=args.offload_dir)
     compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
              calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute)
     save_compressed(model, tokenizer, out, overwrite=args.overwrite)

@@ -27,6 +27,7 @@ from sfsd.decompose.budget import (
 from sfsd.decompose.lowrank import LowRankLinear
 from sfsd.decompose.methods import METHODS, Decomposition, decompose_layer, get_method
 from sfsd.errors import SfsdError
+from sfsd.offload import like_tensor, onloaded
 
 
 def fit_decompositions(
@@ -42,12 +43,13 @@ def fit_decompositions(
     result = {}
     for layer in tqdm(layers, desc=f"decompose ({method})", unit="layer", disable=not progress):
         module = adapter.model.get_submodule(layer.name)
-        weight, bias = adapter.weight_and_bias(module)
-        layer_stats = stats[layer.input_group] if needs else None
-        device = layer_stats.sum_xxT.device if layer_stats is not None else weight.device
-        result[layer.name] = decompose_layer(
-            method, weight.to(device), None if bias is None else bias.to(device), layer_stats, weight.dtype
-        )
+        with onloaded(module):  # a disk- or CPU-offloaded layer's weights exist only inside this
+            weight, bias = adapter.weight_and_bias(module)
+            layer_stats = stats[layer.input_group] if needs else None
+            device = layer_stats.sum_xxT.device if layer_stats is not None else weight.device
+            result[layer.name] = decompose_layer(
+                method, weight.to(device), None if bias is None else bias.to(device), layer_stats, weight.dtype
+            )
     return result
 
 
@@ -75,7 +77,7 @@ def apply_ranks(
     originals = {}
     for name, rank in ranks.items():
         old = model.get_submodule(name)
-        like = next(old.parameters())
+        like = like_tensor(old)  # an offloaded layer's replacement lives on its execution device
         originals[name] = set_module(model, name, low_rank_module(decompositions[name], rank, like))
     return originals
 
