@@ -10,6 +10,7 @@ LLaMA-7B (32 blocks), 13B (40) and 70B (80) adds the target's weights to the ove
     python -m bench.scale                                  # 1, 2, 4 blocks; float32 and bfloat16
     python -m bench.scale --blocks 1,2 --dtypes float32    # a shorter measurement
     python -m bench.scale --quick                          # tiny widths (smoke test)
+    python -m bench.scale --hidden 1024 --intermediate 2752 --heads 8   # a quarter of 7B's width
     python -m bench.scale --blocks 4 --name scale-4        # one more depth, in its own results file
     python -m bench.scale --combine scale,scale-4          # one table from stored results, nothing rerun
 """
@@ -97,8 +98,10 @@ def projections(shape: dict, dtype: str, cases: list[dict]) -> list[list]:
         weights = (blocks * block_params(hidden, inter, heads, kv) + 2 * 32000 * hidden + hidden) * BYTES[dtype]
         scaled = overhead - own_stats + block_stats_bytes(hidden, inter)
         device_block = block_params(hidden, inter, heads, kv) * BYTES[dtype] + block_stats_bytes(hidden, inter)
+        # Eigendecompositions and SVDs dominate at large widths and grow with the cube of the width.
+        width_ratio = ((hidden * inter) / (shape["hidden"] * shape["intermediate"])) ** 1.5
         rows.append([name, dtype, blocks, weights / GIB, (weights + scaled) / GIB, device_block / GIB,
-                     per_second * blocks * (hidden * inter) / (shape["hidden"] * shape["intermediate"]) / 3600])
+                     per_second * blocks * width_ratio / 3600])
     rows.append(["(measured per block)", dtype, 1, block_params(shape["hidden"], shape["intermediate"],
                  shape["heads"], shape["kv_heads"]) * BYTES[dtype] / GIB, per_block_measured / GIB, None, None])
     return rows
@@ -113,12 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=4096, help="width (default: LLaMA-7B's %(default)s)")
+    p.add_argument("--intermediate", type=int, default=11008, help="default: %(default)s")
+    p.add_argument("--heads", type=int, default=32, help="default: %(default)s (head dim 128)")
     p.add_argument("--name", default="scale", help="results file bench/results/NAME.json (default: %(default)s)")
     p.add_argument("--combine", help="comma-separated results names: tabulate their cases together, run nothing")
     args = p.parse_args(argv)
     started = init(args)
     shape = ({"hidden": 256, "intermediate": 688, "heads": 8, "kv_heads": 8} if args.quick else
-             {"hidden": 4096, "intermediate": 11008, "heads": 32, "kv_heads": 32})
+             {"hidden": args.hidden, "intermediate": args.intermediate, "heads": args.heads, "kv_heads": args.heads})
     if args.quick:
         args.calib_samples, args.calib_seq_len = 8, 32
     depths = [int(b) for b in args.blocks.split(",")]
@@ -126,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     if args.combine:  # the cases of earlier invocations (each ran alone), nothing measured now
         for name in args.combine.split(","):
-            cases += json.loads((RESULTS_DIR / f"{name.strip()}.json").read_text())["cases"]
+            stored = json.loads((RESULTS_DIR / f"{name.strip()}.json").read_text())
+            cases += stored["cases"]
+            shape = stored["shape"]
         dtypes = list(dict.fromkeys(c["dtype"] for c in cases))
         cases.sort(key=lambda c: (dtypes.index(c["dtype"]), c["blocks"]))
     else:
@@ -152,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "saving). CUDA peak: torch.cuda.max_memory_allocated, only where CUDA is present.",
         "Projection: the target's weights (vocabulary 32000) in the dtype + the overhead measured at the "
         "smallest depth (runtime, calibration states, one block's statistics, rescaled to the target's "
-        "statistics size); hours: the measured seconds per block scaled by hidden x intermediate (a rough "
-        "guide: the eigendecompositions grow faster).",
+        "statistics size); hours: the measured seconds per block scaled by the cube of the width ratio "
+        "((hidden x intermediate)^1.5: the eigendecompositions dominate), on this CPU; a rough guide only.",
         f"Machine: {machine_line()} (shared with other developers' jobs while it ran).",
     ]
     markdown = measured + "\n\n" + projection + "\n\n" + "\n".join(f"- {n}" for n in notes)
