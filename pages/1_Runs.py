@@ -10,6 +10,7 @@ from sfsd.compress import CalibrationSpec
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import CALIBRATION_SOURCES, OFFLINE_TASKS
 from sfsd.decompose import METHODS
+from sfsd.models import DTYPE_CHOICES
 from sfsd.runs.readonly import readonly
 from sfsd.search import METRICS, STRATEGIES
 
@@ -74,15 +75,18 @@ if not readonly():  # read-only mode: nothing is started from this page
                                       value=max(0, (blocks or 3) - 3), key="new-first-block",
                                       help="blocks below it are never touched"
                                       + (f" (model has {blocks})" if blocks else ""))
-        c1, c2, c3 = st.columns([2, 2, 1])
+        c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
         roles = c1.multiselect("Roles (none = all)", [r for r in ROLE_ORDER if r not in ("qkv", "gate_up")],
                                key="new-roles")
         snapshot_tasks = c2.multiselect("Tasks evaluated at each snapshot", list(OFFLINE_TASKS), key="new-snap-tasks",
                                         help="eval-split accuracy for the accuracy-versus-parameters page (slower)")
         snapshot_every = c3.number_input("Snapshot every (layers)", min_value=1, value=7, key="new-snap-every")
+        dtype = c4.selectbox("Dtype", list(DTYPE_CHOICES), key="new-dtype",
+                             help="auto: the checkpoint's dtype on CUDA, float32 on CPU")
         argv = jobs.search_argv(model, method, metric, float(tolerance), task, int(limit or 0) or None, acc_norm,
                                 int(samples), int(seq_len), strategy, int(first_block), roles, calib_source,
-                                int(calib_samples), int(calib_seq_len), int(snapshot_every), snapshot_tasks)
+                                int(calib_samples), int(calib_seq_len), int(snapshot_every), snapshot_tasks,
+                                dtype=dtype)
         st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
         if st.button("Start search", key="new-start", type="primary", icon=":material/play_arrow:"):
             widgets.launch_and_report(argv)

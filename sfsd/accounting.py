@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sfsd.adapters import LinearLayer
 from sfsd.decompose import layer_beta, overall_budget
+from sfsd.offload import execution_device
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -26,7 +27,7 @@ def layer_params(layer: LinearLayer, rank: int | None, has_bias: bool) -> int:
 
 def measure_macs(model: nn.Module, seq_len: int = 128, batch: int = 1) -> int:
     """Multiply-accumulates of one forward pass over `batch` x `seq_len` tokens, by torch's flop counter."""
-    device = next(model.parameters()).device
+    device = execution_device(model)  # not meta, for a model whose first weights accelerate offloaded
     vocab = getattr(model.config, "vocab_size", 1000)
     ids = torch.randint(0, vocab, (batch, seq_len), device=device, generator=None)
     counter = FlopCounterMode(display=False)

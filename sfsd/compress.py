@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,21 +16,28 @@ import torch
 from torch import nn
 
 from sfsd.accounting import count_parameters, layer_table, measure_macs
-from sfsd.adapters import ModelAdapter, adapter_for
+from sfsd.adapters import LinearLayer, ModelAdapter, adapter_for
 from sfsd.atomic import atomic_dir
-from sfsd.calibration import InputStatistics, collect_statistics
+from sfsd.calibration import InputStatistics, capture_block_inputs, collect_statistics, run_block
 from sfsd.decompose import (
     Decomposition,
     apply_ranks,
     check_beta,
+    decompositions_verified,
     fit_decompositions,
     get_method,
+    load_decompositions,
     overall_budget,
+    save_decompositions,
     uniform_ranks,
     validate_ranks,
 )
 from sfsd.errors import SfsdError
 from sfsd.hf_classes import mark_compressed
+from sfsd.offload import execution_device, is_dispatched
+from sfsd.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,6 +66,153 @@ def calibration_tokens(tokenizer, spec: CalibrationSpec, vocab_size: int) -> tup
     return data.input_ids, data.attention_mask
 
 
+BlockCallback = Callable[[int, dict[str, Decomposition]], None]
+
+
+def _block_folder(folder: Path, block: int) -> Path:
+    return folder / f"block-{block:04d}"
+
+
+def stream_decompositions(
+    model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration: CalibrationSpec,
+    folder: str | Path | None = None, batch_size: int = 16, device: torch.device | str | None = None,
+    progress: bool = True, on_block: BlockCallback | None = None, timings: dict | None = None,
+) -> dict[str, Decomposition]:
+    """Decompose `layers` one block at a time (the block-streaming engine behind compress, uniform, search).
+
+    The calibration states entering block 0 are captured once, on the host. Then, block by block: the
+    block moves to `device` (default: where it is), the states run through it with the statistics hooks,
+    its layers are decomposed, the decompositions are written to `folder/block-NNNN` (atomically, with a
+    checksum), the statistics are freed, the block's intact outputs become the next block's inputs, then
+    `on_block(block, decompositions)` runs (compress swaps the layers there) and the block goes back.
+    Blocks already in `folder` with a valid checksum are reused (resume). Without `on_block` the
+    decompositions of all blocks are returned, on the host; with it, nothing is kept.
+    """
+    from tqdm.auto import tqdm
+
+    adapter = adapter_for(model)
+    needs = get_method(method).needs_calibration
+    by_block: dict[int, list[LinearLayer]] = {}
+    for layer in layers:
+        by_block.setdefault(layer.block, []).append(layer)
+    folder = None if folder is None else Path(folder)
+    done = {b for b in by_block if folder is not None and decompositions_verified(_block_folder(folder, b))}
+    todo = sorted(set(by_block) - done)
+    kept: dict[str, Decomposition] = {}
+    timings = {} if timings is None else timings
+    timings.setdefault("blocks", {})
+
+    def finish(block: int, decs: dict[str, Decomposition]) -> None:
+        if on_block is not None:
+            on_block(block, decs)
+        else:
+            kept.update({name: _to_host(dec) for name, dec in decs.items()})
+
+    start = time.perf_counter()
+    batches = None
+    if needs and todo:
+        ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
+        compute = _compute_device(model, device)
+        batches = capture_block_inputs(model, adapter, ids, mask, batch_size, compute)
+        timings["capture_s"] = time.perf_counter() - start
+    last = max(todo) if batches is not None else -1  # the last block whose inputs are needed
+
+    def forward(module: nn.Module, dev: torch.device, block: int) -> None:
+        run_block(module, block, batches, dev)
+
+    for block in tqdm(range(adapter.num_blocks), desc=f"blocks ({method})", unit="block", disable=not progress):
+        passes_on = block < last  # a later block needs this block's outputs
+        if block in done:
+            decs = load_decompositions(_block_folder(folder, block), _block_device(adapter, block, device))
+            if passes_on:
+                _with_block_on(adapter, block, device, lambda m, dev, b=block: forward(m, dev, b))
+            finish(block, decs)
+        elif block in by_block:
+            began = time.perf_counter()
+            _with_block_on(adapter, block, device,
+                           lambda m, dev, b=block: _decompose_block(m, dev, b, model, adapter, by_block[b], method,
+                                                                    batches, folder, finish))
+            timings["blocks"][block] = time.perf_counter() - began
+            log.info("block %d decomposed in %.1f s", block, timings["blocks"][block])
+        elif passes_on:
+            _with_block_on(adapter, block, device, lambda m, dev, b=block: forward(m, dev, b))
+    return {layer.name: kept[layer.name] for layer in layers if layer.name in kept}  # in forward order
+
+
+def _decompose_block(module: nn.Module, device: torch.device, block: int, model: nn.Module, adapter: ModelAdapter,
+                     layers: list[LinearLayer], method: str, batches, folder: Path | None,
+                     finish: BlockCallback) -> None:
+    """Statistics of one block's layers (its outputs passed on), their decompositions, saved, then freed."""
+    stats = run_block(module, block, batches, device, layers, model) if batches is not None else None
+    decs = fit_decompositions(adapter, layers, method, stats, progress=False)
+    del stats  # the statistics of one block are all that is ever held
+    if folder is not None:
+        save_decompositions(decs, _block_folder(folder, block))
+    finish(block, decs)
+
+
+def _to_host(dec: Decomposition) -> Decomposition:
+    for name in ("basis", "coeffs", "spectrum", "bias", "mean_shift"):
+        value = getattr(dec, name)
+        if value is not None:
+            setattr(dec, name, value.cpu())
+    return dec
+
+
+def _compute_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    if device is not None and not is_dispatched(model):
+        return torch.device(device)
+    return execution_device(model)
+
+
+def _block_device(adapter: ModelAdapter, block: int, device: torch.device | str | None) -> torch.device:
+    module = adapter.blocks[block]
+    return torch.device(device) if device is not None and not is_dispatched(module) else execution_device(module)
+
+
+def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn.Module, torch.device], Any]):
+    """Run `work(block module, device)` with the block on the compute device, then put it back.
+
+    A block that accelerate dispatched (device map, offload) stays where it is: its hooks bring its
+    weights in for each forward pass and `fit_decompositions` onloads them itself.
+    """
+    module = adapter.blocks[block]
+    if is_dispatched(module):
+        return work(module, execution_device(module))
+    home = next(module.parameters()).device
+    compute = torch.device(device) if device is not None else home
+    module.to(compute)
+    try:
+        return work(module, compute)
+    finally:
+        module.to(home)
+        if compute.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str]) -> Path:
+    """Where the streamed decompositions of these layers of this model are kept (and resumed from).
+
+    The key covers the model's folder and its weight files (size and time), dtype, method, calibration
+    and layers; a model with no folder is keyed by its weights' bytes.
+    """
+    source = str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "")
+    folder = Path(source) if source else None
+    if folder is not None and folder.is_dir():
+        weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors"))
+        identity: Any = {"folder": str(folder.resolve()), "weights": weights}
+    else:
+        digest = hashlib.sha256()
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        identity = {"weights": digest.hexdigest()}
+    dtype = str(next(model.parameters()).dtype)
+    key = hashlib.sha256(json.dumps({"model": identity, "dtype": dtype, "method": method, "layers": names,
+                                     "calibration": asdict(calibration)}, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "decompositions" / f"{method}-{key}"
+
+
 def low_rank_specs(model: nn.Module, names) -> dict[str, dict[str, Any]]:
     """What config.json records of each swapped layer, read from the modules themselves."""
     specs = {}
@@ -80,6 +236,8 @@ class Compressor:
     layer_names: list[str] | None = None  # restrict to these layers (after blocks and roles)
     batch_size: int = 16
     progress: bool = True
+    folder: Path | None = None  # streamed decompositions are written (and resumed from) here
+    device: torch.device | str | None = None  # where each block runs (default: where the model is)
 
     def __post_init__(self):
         get_method(self.method)
@@ -104,11 +262,17 @@ class Compressor:
         return self.stats or {}
 
     def decompose(self) -> dict[str, Decomposition]:
+        """Every chosen layer's full decomposition: streamed block by block, or from `collect()`'s statistics."""
         todo = [layer for layer in self.layers if layer.name not in self.decompositions]
-        if todo:
-            stats = self.collect()
+        if todo and self.stats is None:
             start = time.perf_counter()
-            self.decompositions.update(fit_decompositions(self.adapter, todo, self.method, stats, self.progress))
+            self.decompositions.update(stream_decompositions(
+                self.model, self.tokenizer, todo, self.method, self.calibration, self.folder, self.batch_size,
+                self.device, self.progress, timings=self.timings))
+            self.timings["decompose_s"] = time.perf_counter() - start
+        elif todo:
+            start = time.perf_counter()
+            self.decompositions.update(fit_decompositions(self.adapter, todo, self.method, self.stats, self.progress))
             self.timings["decompose_s"] = time.perf_counter() - start
         return self.decompositions
 
@@ -153,10 +317,15 @@ def compress(
     batch_size: int = 16,
     seq_len: int = 128,
     progress: bool = True,
+    device: torch.device | str | None = None,
+    timings: dict | None = None,
 ) -> nn.Module:
     """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks.
 
     The base model's parameters and MACs at `seq_len` are measured first and recorded in the config.
+    Blocks stream through `device` one at a time (see `stream_decompositions`); each block's layers are
+    swapped as soon as its decompositions exist, so no full set of decompositions is ever held, and a
+    rerun after an interruption resumes from the decompositions already in the cache.
     """
     if (beta is None) == (ranks is None):
         raise SfsdError("give either a budget (--beta with --last-blocks) or explicit --ranks, not both")
@@ -169,10 +338,18 @@ def compress(
     else:
         ranks = validate_ranks(adapter.layers(), dict(ranks))
         description = {"protocol": "ranks"}
-    layers = [layer.name for layer in adapter.layers() if layer.name in ranks]
-    compressor = Compressor(model, tokenizer, method, calibration or CalibrationSpec(), layer_names=layers,
-                            batch_size=batch_size, progress=progress)
-    return compressor.apply(ranks, {**description, "base": base})
+    chosen = [layer for layer in adapter.layers() if layer.name in ranks]
+    calibration = calibration or CalibrationSpec()
+    folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen])
+
+    def swap(_block: int, decs: dict[str, Decomposition]) -> None:  # the block's outputs are already passed on
+        apply_ranks(model, decs, {name: ranks[name] for name in decs})
+
+    stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
+                          on_block=swap, timings=timings)
+    extra = {"overall_budget": overall_budget(adapter.layers(), ranks), "calibration": asdict(calibration),
+             **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    return mark_compressed(model, method, low_rank_specs(model, ranks), extra)
 
 
 def save_compressed(model: nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:

@@ -39,6 +39,44 @@ BUNDLED = {
 }
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def parse_dtype(name: str | torch.dtype | None, allow_auto: bool = True) -> torch.dtype | None:
+    """A --dtype value as a torch dtype; None for `auto` (decided when the model and device are known)."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name in (None, "auto") and allow_auto:
+        return None
+    if name not in DTYPES:
+        choices = ", ".join(DTYPE_CHOICES if allow_auto else DTYPES)
+        raise SfsdError(f"unknown dtype {name!r}: choose one of {choices}")
+    return DTYPES[name]
+
+
+def checkpoint_dtype(source: str) -> torch.dtype:
+    """The dtype a model folder or hub id records in its config (float32 when it records none)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception:  # noqa: BLE001  the loader reports unreadable models in one line later
+        return torch.float32
+    recorded = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(recorded, str):
+        recorded = DTYPES.get(recorded.removeprefix("torch."))
+    return recorded if isinstance(recorded, torch.dtype) else torch.float32
+
+
+def resolve_dtype(name: str | torch.dtype | None, source: str, device: torch.device) -> torch.dtype:
+    """`auto`: the checkpoint's dtype on CUDA, float32 on CPU (where bf16/fp16 matmuls are slow or missing)."""
+    dtype = parse_dtype(name)
+    if dtype is None:
+        return checkpoint_dtype(source) if device.type == "cuda" else torch.float32
+    return dtype
+
+
 def pick_device(device: str | None = None) -> torch.device:
     """The requested device, else CUDA when available, else CPU."""
     if device:
@@ -105,6 +143,10 @@ def resolve_model(name_or_path: str) -> str:
 
 
 def _load_error(name: str, exc: Exception) -> SfsdError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "offload" in str(exc).lower():  # the device map put weights on disk and no folder was given
+        return SfsdError(f"model {name!r} does not fit --max-memory ({first[:160]}): raise --max-memory or "
+                         "pass --offload-dir DIR for the weights that do not fit")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = (
         f"the hub is unreachable here; use the offline default --model {DEFAULT_MODEL} or a local folder"
@@ -115,18 +157,69 @@ def _load_error(name: str, exc: Exception) -> SfsdError:
     return SfsdError(f"cannot load model {name!r} ({first[:160]}): {hint}")
 
 
+DEVICE_MAPS = ("auto", "sequential", "balanced")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """`0=20GiB,cpu=60GiB` as accelerate's max_memory ({0: "20GiB", "cpu": "60GiB"}), devices checked."""
+    if not text:
+        return None
+    limits: dict = {}
+    for part in text.split(","):
+        device, sep, amount = part.strip().partition("=")
+        if not sep or not amount:
+            raise SfsdError(f"--max-memory {text!r}: write DEVICE=AMOUNT pairs, e.g. 0=20GiB,cpu=60GiB")
+        if device.isdigit():
+            if int(device) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+                raise SfsdError(f"--max-memory names GPU {device}, which this machine does not have: "
+                                "use cpu=... (and disk via --offload-dir) or an existing GPU index")
+            limits[int(device)] = amount
+        elif device in ("cpu", "disk"):
+            limits[device] = amount
+        else:
+            raise SfsdError(f"--max-memory: unknown device {device!r}: use a GPU index, cpu or disk")
+    return limits
+
+
+def _dispatch_kwargs(device_map: str | dict | None, max_memory: str | dict | None, offload_dir: str | None) -> dict:
+    if device_map is None:
+        if max_memory or offload_dir:
+            raise SfsdError("--max-memory and --offload-dir need --device-map auto|sequential|balanced")
+        return {}
+    if not isinstance(device_map, dict) and device_map not in DEVICE_MAPS:
+        raise SfsdError(f"unknown --device-map {device_map!r}: choose one of {', '.join(DEVICE_MAPS)}")
+    limits = parse_max_memory(max_memory) if isinstance(max_memory, str) or max_memory is None else max_memory
+    kwargs = {"device_map": device_map}
+    if limits:
+        kwargs["max_memory"] = limits
+    if offload_dir:
+        kwargs["offload_folder"] = str(offload_dir)
+    return kwargs
+
+
 def load_model(
-    name_or_path: str, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32
+    name_or_path: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto",
+    compute_device: str | torch.device | None = None, device_map: str | dict | None = None,
+    max_memory: str | dict | None = None, offload_dir: str | None = None,
 ) -> tuple[nn.Module, object]:
-    """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`)."""
+    """Load a causal LM and its tokenizer; sfsd-compressed folders load too (after `import sfsd`).
+
+    `dtype` is a torch dtype or a --dtype name (`auto`: the checkpoint's on CUDA, float32 on CPU, judged
+    by `compute_device`, default `device`): a model streamed block by block may sit on the host while
+    its blocks run on the GPU.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import sfsd  # noqa: F401  registers the compressed model classes
 
+    parse_dtype(dtype)  # an unknown name fails before anything is read
+    dispatch = _dispatch_kwargs(device_map, max_memory, offload_dir)
     source = resolve_model(name_or_path)
     dev = device if isinstance(device, torch.device) else pick_device(device)
+    compute = dev if compute_device is None else pick_device(str(compute_device))
+    dtype = resolve_dtype(dtype, source, compute)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **dispatch)
         tokenizer = AutoTokenizer.from_pretrained(source)
     except SfsdError:
         raise
@@ -134,5 +227,6 @@ def load_model(
         raise _load_error(name_or_path, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(dev).eval()
-    return model, tokenizer
+    if not dispatch:  # a dispatched model stays where accelerate put it
+        model.to(dev)
+    return model.eval(), tokenizer

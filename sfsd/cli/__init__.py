@@ -13,6 +13,7 @@ from sfsd.runtime import keep_freed_memory
 # Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
 COMMAND_MODULES = [
     "sfsd.cli.prepare", "sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate", "sfsd.cli.search", "sfsd.cli.runs",
+    "sfsd.cli.synth",
 ]
 
 
@@ -42,9 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     except SfsdError as exc:
         print(f"sfsd: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        missing = dtype_op_missing(exc)
+        if missing is None:
+            raise
+        print(f"sfsd: error: {missing}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("sfsd: interrupted; finished results are kept, partial ones were discarded", file=sys.stderr)
         return 130
+
+
+def dtype_op_missing(exc: RuntimeError) -> str | None:
+    """torch's "X not implemented for 'Half'" (an op this device lacks in that dtype) as a one-line hint."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "not implemented for" not in first:
+        return None
+    return f"{first[:160]}: this device has no such operation in that dtype; use --dtype float32 (or run on CUDA)"
 
 
 def _quiet_libraries(verbose: bool) -> None:

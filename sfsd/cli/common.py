@@ -14,6 +14,21 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"short name ({DEFAULT_MODEL}), local folder or hub id (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_flag(parser)
+
+
+def add_dispatch_flags(parser: argparse.ArgumentParser) -> None:
+    """accelerate's big-model loading, for models larger than the device."""
+    parser.add_argument("--device-map", default=None, choices=["auto", "sequential", "balanced"],
+                        help="spread the model over the GPUs, the CPU and disk with accelerate")
+    parser.add_argument("--max-memory", default=None, help="with --device-map: e.g. 0=20GiB,cpu=60GiB")
+    parser.add_argument("--offload-dir", default=None, help="with --device-map: folder for weights put on disk")
+
+
+def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", default="auto",
+                        help="auto, float32, bfloat16 or float16 (default: auto = the checkpoint's dtype on CUDA, "
+                             "float32 on CPU)")
 
 
 def add_calibration_flags(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from sfsd.cli.common import add_calibration_flags, add_model_flags, fmt_int, read_ranks
+from sfsd.cli.common import (
+    add_calibration_flags,
+    add_dispatch_flags,
+    add_dtype_flag,
+    add_model_flags,
+    fmt_int,
+    read_ranks,
+)
 from sfsd.decompose import METHODS
 
 
@@ -16,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("compress", help="decompose a model's linear layers and save it",
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
+    add_dispatch_flags(p)
     p.add_argument("--method", default="feature", choices=list(METHODS), help="decomposition (default: feature)")
     p.add_argument("--beta", type=float, help="per-layer parameter budget in (0, 1] (Eq. 3)")
     p.add_argument("--last-blocks", type=int, help="compress the last N blocks (default: all)")
@@ -31,14 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
     q.add_argument("--layers", action="store_true", help="print the per-layer table")
     q.add_argument("--device", default=None)
+    add_dtype_flag(q)
     q.set_defaults(func=run_info)
 
 
 def run_compress(args: argparse.Namespace) -> int:
     from sfsd.compress import CalibrationSpec, check_compress_request, compress, save_compressed
     from sfsd.errors import SfsdError
-    from sfsd.models import load_model
+    from sfsd.models import load_model, parse_dtype, pick_device
 
+    parse_dtype(args.dtype)
     if (args.beta is None) == (args.ranks is None):
         raise SfsdError("give either --beta (with --last-blocks) or --ranks FILE")
     ranks = read_ranks(args.ranks) if args.ranks else None
@@ -48,9 +58,17 @@ def run_compress(args: argparse.Namespace) -> int:
     calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
     check_compress_request(args.method, args.beta, calibration)
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model, args.device)
+    # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).
+    compute = pick_device(args.device)
+    if args.device_map:  # accelerate places the blocks; each is compressed where its hooks run it
+        model, tokenizer = load_model(args.model, compute, args.dtype, device_map=args.device_map,
+                                      max_memory=args.max_memory, offload_dir=args.offload_dir)
+        compute = None
+    else:
+        model, tokenizer = load_model(args.model, "cpu", args.dtype, compute_device=compute,
+                                      max_memory=args.max_memory, offload_dir=args.offload_dir)
     compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
-             calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len)
+             calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute)
     save_compressed(model, tokenizer, out, overwrite=args.overwrite)
     print(f"saved {out} in {time.perf_counter() - start:.1f} s")
     _print_info(model, args.seq_len, layers=False)
@@ -60,7 +78,7 @@ def run_compress(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     from sfsd.models import load_model
 
-    model, _ = load_model(args.model, args.device)
+    model, _ = load_model(args.model, args.device, args.dtype)
     _print_info(model, args.seq_len, args.layers)
     return 0
 

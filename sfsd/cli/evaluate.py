@@ -6,6 +6,7 @@ import argparse
 
 import pandas as pd
 
+from sfsd.cli.common import add_dtype_flag
 from sfsd.models import DEFAULT_MODEL
 
 
@@ -20,6 +21,7 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_flag(parser)
     parser.add_argument(
         "--model-key",
         default=None,
@@ -83,15 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dis.add_argument("--metric", default="acc", choices=["acc", "acc_norm"], help="which prediction to compare")
     dis.add_argument("--show", type=int, default=5, help="flipped examples to print per task (default: 5)")
     dis.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    add_dtype_flag(dis)
     dis.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
     dis.set_defaults(func=cmd_disagree)
 
 
-def _load(name: str, device: str | None):
+def _load(name: str, device: str | None, dtype: str = "auto"):
     from sfsd.models import load_model
 
     print(f"loading {name} ...", flush=True)
-    return load_model(name, device)
+    return load_model(name, device, dtype)
 
 
 def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -138,7 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _refuse_task_leaks(args.model, args)
     if args.suite == "paper":
         require_paper_data(args.tasks)  # fail before loading the model
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     results = _tasks(args, model, tokenizer, args.model_key)
     print(accuracy_table(results.summary).to_string(index=False))
     print(f"lm-eval {results.summary['lm_eval_version'].iloc[0]}, suite {args.suite}, zero-shot; "
@@ -158,7 +161,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     refuse_folder_leaks(args.model, [(f"sfsd ppl --dataset {args.dataset} --split {split}",
                                       ppl_eval_rows(args.dataset, split))])
     require_dataset(args.dataset)  # fail before loading the model
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     result = perplexity(
         model,
         tokenizer,
@@ -184,7 +187,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
     from sfsd.evaluate import stereoset
     from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, display_table, thin_cells
 
-    model, tokenizer = _load(args.model, args.device)
+    model, tokenizer = _load(args.model, args.device, args.dtype)
     result = stereoset(
         model,
         tokenizer,
@@ -215,7 +218,7 @@ def cmd_disagree(args: argparse.Namespace) -> int:
         _refuse_task_leaks(name, args)
     records = []
     for name in (args.model_a, args.model_b):
-        model, tokenizer = _load(name, args.device)
+        model, tokenizer = _load(name, args.device, args.dtype)
         records.append(_tasks(args, model, tokenizer, None).records)
         del model
     table = disagreement(records[0], records[1], metric=args.metric)

@@ -60,7 +60,7 @@ def config_from_args(args: argparse.Namespace):
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     return SearchConfig(args.model, args.method, metric, args.strategy, args.first_block,
                         split(args.roles) if args.roles else None, calibration, args.snapshot_every,
-                        split(args.snapshot_tasks), args.snapshot_limit, args.engine)
+                        split(args.snapshot_tasks), args.snapshot_limit, args.engine, args.dtype)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +124,7 @@ def uniform_config_from_args(args: argparse.Namespace):
     seq_lens = [int(s) for s in args.ppl_seq_lens.split(",") if s.strip()]
     return UniformConfig(args.model, args.method, args.beta, args.last_blocks,
                          CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed),
-                         tasks, args.limit, seq_lens, args.ppl_tokens)
+                         tasks, args.limit, seq_lens, args.ppl_tokens, args.dtype)
 
 
 def run_uniform_command(args: argparse.Namespace) -> int:

@@ -57,8 +57,9 @@ def search_argv(model: str, method: str = "feature", metric: str = "ppl", tolera
                 search_samples: int = 8, search_seq_len: int = 128, strategy: str = "linear",
                 first_block: int = 0, roles: list[str] | None = None, calib_source: str = "mix",
                 calib_samples: int = 512, calib_seq_len: int = 128, snapshot_every: int = 10,
-                snapshot_tasks: list[str] | None = None, snapshot_limit: int = 100) -> list[str]:
-    """The `sfsd search ...` argv of the Runs page's form (flags at their defaults are still written)."""
+                snapshot_tasks: list[str] | None = None, snapshot_limit: int = 100, dtype: str = "auto") -> list[str]:
+    """The `sfsd search ...` argv of the Runs page's form (flags at their defaults are still written;
+    --dtype only when not auto, so the ids of runs made before it existed still match)."""
     argv = ["search", "--model", model, "--method", method, "--metric", metric, "--tolerance", f"{tolerance:g}"]
     if metric == "task":
         argv += ["--task", str(task)]
@@ -75,6 +76,8 @@ def search_argv(model: str, method: str = "feature", metric: str = "ppl", tolera
              "--calib-seq-len", str(int(calib_seq_len)), "--snapshot-every", str(int(snapshot_every))]
     if snapshot_tasks:
         argv += ["--snapshot-tasks", ",".join(snapshot_tasks), "--snapshot-limit", str(int(snapshot_limit))]
+    if dtype != "auto":
+        argv += ["--dtype", dtype]
     return argv
 
 

@@ -27,6 +27,7 @@ from sfsd.decompose.budget import (
 from sfsd.decompose.lowrank import LowRankLinear
 from sfsd.decompose.methods import METHODS, Decomposition, decompose_layer, get_method
 from sfsd.errors import SfsdError
+from sfsd.offload import like_tensor, onloaded
 
 # Bump when the maths of a method or the stored fields change: cached decompositions of another
 # format are never reused (the search's cache key includes it). 2: feature-paper/feature-official.
@@ -46,12 +47,13 @@ def fit_decompositions(
     result = {}
     for layer in tqdm(layers, desc=f"decompose ({method})", unit="layer", disable=not progress):
         module = adapter.model.get_submodule(layer.name)
-        weight, bias = adapter.weight_and_bias(module)
-        layer_stats = stats[layer.input_group] if needs else None
-        device = layer_stats.sum_xxT.device if layer_stats is not None else weight.device
-        result[layer.name] = decompose_layer(
-            method, weight.to(device), None if bias is None else bias.to(device), layer_stats, weight.dtype
-        )
+        with onloaded(module):  # a disk- or CPU-offloaded layer's weights exist only inside this
+            weight, bias = adapter.weight_and_bias(module)
+            layer_stats = stats[layer.input_group] if needs else None
+            device = layer_stats.sum_xxT.device if layer_stats is not None else weight.device
+            result[layer.name] = decompose_layer(
+                method, weight.to(device), None if bias is None else bias.to(device), layer_stats, weight.dtype
+            )
     return result
 
 
@@ -79,13 +81,38 @@ def apply_ranks(
     originals = {}
     for name, rank in ranks.items():
         old = model.get_submodule(name)
-        like = next(old.parameters())
+        like = like_tensor(old)  # an offloaded layer's replacement lives on its execution device
         originals[name] = set_module(model, name, low_rank_module(decompositions[name], rank, like))
     return originals
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decompositions_verified(folder: str | Path) -> bool:
+    """True if `folder` holds complete decompositions whose file matches the checksum written with it."""
+    import json
+
+    folder = Path(folder)
+    try:
+        recorded = json.loads((folder / "checksum.json").read_text())["sha256"]
+        return recorded == _sha256(folder / "decompositions.safetensors")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str | Path) -> None:
-    """All factorisations in one safetensors file plus a JSON index (no executable serialisation)."""
+    """All factorisations in one safetensors file plus a JSON index (no executable serialisation).
+
+    The folder appears complete or not at all, with the file's sha256, so a resumed run can trust it.
+    """
     tensors, index = {}, {}
     for i, (name, dec) in enumerate(decompositions.items()):
         key = f"l{i}"
@@ -97,6 +124,7 @@ def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str
     with atomic_dir(folder, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "decompositions.safetensors"))
         write_json(tmp / "index.json", index)
+        write_json(tmp / "checksum.json", {"sha256": _sha256(tmp / "decompositions.safetensors")})
 
 
 def load_decompositions(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, Decomposition]:
@@ -127,6 +155,7 @@ __all__ = [
     "apply_ranks",
     "check_beta",
     "decompose_layer",
+    "decompositions_verified",
     "fit_decompositions",
     "full_rank",
     "get_method",

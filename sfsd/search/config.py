@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from sfsd.compress import CalibrationSpec
 from sfsd.decompose import get_method
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL
+from sfsd.models import DEFAULT_MODEL, parse_dtype
 from sfsd.search.metrics import MetricSpec
 from sfsd.search.strategies import STRATEGIES
 
@@ -25,9 +25,11 @@ class SearchConfig:
     snapshot_tasks: list[str] = field(default_factory=list)  # evaluated on the eval split at each snapshot
     snapshot_limit: int | None = 100
     engine: str = "fast"  # "fast" (prefix cache) or "reference" (full model per trial)
+    dtype: str = "auto"  # the model's dtype (--dtype); materialize and snapshot-eval load in it too
 
     def __post_init__(self):
         get_method(self.method)
+        parse_dtype(self.dtype)
         if self.strategy not in STRATEGIES:
             raise SfsdError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if self.engine not in ("fast", "reference"):
@@ -50,6 +52,8 @@ class SearchConfig:
             from sfsd.data.paper_tasks import search_rows_description
 
             data["search_rows"] = search_rows_description(self.metric.task)  # which rows, stated in the run
+        if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
+            del data["dtype"]
         return data
 
     @classmethod

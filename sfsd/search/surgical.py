@@ -22,11 +22,9 @@ from sfsd.decompose import (
     BETA_GRID,
     DECOMPOSITION_FORMAT,
     Decomposition,
-    load_decompositions,
     low_rank_module,
     overall_budget,
     rank_for_budget,
-    save_decompositions,
     set_module,
 )
 from sfsd.errors import SfsdError
@@ -74,7 +72,7 @@ def versions() -> dict[str, str]:
 
 def create_run(config: SearchConfig, root: Path | None = None, device: str | None = None):
     """Load the model, list the layers and create (or find) the run of `config`: (run, model, tokenizer)."""
-    model, tokenizer = load_model(config.model, device)
+    model, tokenizer = load_model(config.model, device, config.dtype)
     layers = search_layers(model, config)
     record = {**config.to_dict(), "versions": versions(),
               "layers": [{"name": l.name, "block": l.block, "role": l.role, "d_in": l.d_in, "d_out": l.d_out}
@@ -93,16 +91,13 @@ def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig
     names = [layer.name for layer in layers]
     key = hashlib.sha256(json.dumps({
         "model": resolve_model(config.model), "weights": model_fingerprint(model), "format": DECOMPOSITION_FORMAT,
-        "method": config.method, "calibration": asdict(config.calibration), "layers": names,
+        "method": config.method, "dtype": str(next(model.parameters()).dtype),
+        "calibration": asdict(config.calibration), "layers": names,
     }, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "decompositions" / f"{config.method}-{key}"
-    device = next(model.parameters()).device
-    if (folder / "index.json").exists():
-        return load_decompositions(folder, device)
-    decs = Compressor(model, tokenizer, config.method, config.calibration, layer_names=names,
-                      progress=progress).decompose()
-    save_decompositions(decs, folder)
-    return decs
+    # Streamed block by block; blocks already in the folder (checksum verified) are reused.
+    return Compressor(model, tokenizer, config.method, config.calibration, layer_names=names, progress=progress,
+                      folder=folder).decompose()
 
 
 class SurgicalSearch:
@@ -324,7 +319,7 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     if not 0 <= step <= len(decided):
         raise SfsdError(f"run {run.id} has {len(decided)} decided layers: choose a step between 0 and {len(decided)}")
     config = SearchConfig.from_dict(run.config)
-    model, tokenizer = load_model(config.model, device)
+    model, tokenizer = load_model(config.model, device, config.dtype)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
     ranks = {d["layer"]: d["rank"] for d in decided[:step] if d["rank"] is not None}
     for name, rank in ranks.items():

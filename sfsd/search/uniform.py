@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sfsd.compress import CalibrationSpec, check_compress_request, compress, describe
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL, load_model
+from sfsd.models import DEFAULT_MODEL, load_model, parse_dtype
 from sfsd.runs import Run
 
 
@@ -27,8 +27,10 @@ class UniformConfig:
     limit: int | None = 100  # documents per task of the eval split
     ppl_seq_lens: list[int] = field(default_factory=lambda: [128])
     ppl_tokens: int | None = 16384  # first tokens of the wiki eval split
+    dtype: str = "auto"  # the model's dtype (--dtype)
 
     def __post_init__(self):
+        parse_dtype(self.dtype)
         if self.method != "none":
             check_compress_request(self.method, self.beta, self.calibration)
         from sfsd.data import OFFLINE_TASKS
@@ -38,7 +40,10 @@ class UniformConfig:
             raise SfsdError(f"unknown task {unknown[0]!r}: choose from {', '.join(OFFLINE_TASKS)}")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "kind": "uniform"}
+        data = {**asdict(self), "kind": "uniform"}
+        if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
+            del data["dtype"]
+        return data
 
 
 def run_uniform(config: UniformConfig, root: Path | None = None, device: str | None = None,
@@ -51,7 +56,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         return run
     with run.lock():
         run.mark_running(layers_total=1, layers_done=0)
-        model, tokenizer = load_model(config.model, device)
+        model, tokenizer = load_model(config.model, device, config.dtype)
         start = time.perf_counter()
         if config.method != "none":
             compress(model, tokenizer, config.method, beta=config.beta, last_blocks=config.last_blocks,

@@ -1,0 +1,59 @@
+"""accelerate's big-model loading: a model with blocks offloaded to disk compresses like an in-memory one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import save_tiny_llama
+from transformers import AutoModelForCausalLM
+
+from sfsd.cli import main
+from sfsd.compress import CalibrationSpec, compress, save_compressed
+from sfsd.models import load_model
+
+CALIB = CalibrationSpec("random", samples=8, seq_len=32)
+DISK_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+            "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, default_model_dir):
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_dir, 3)
+
+
+def _ppl(model, tokenizer, key):
+    from sfsd.evaluate import perplexity
+
+    # An explicit key: the weight fingerprint cannot read weights that sit on disk.
+    return perplexity(model, tokenizer, split="eval", seq_len=64, max_tokens=2048, model_key=key, use_cache=False,
+                      progress=False)["ppl"]
+
+
+def test_disk_offloaded_model_compresses_to_the_same_model(tiny_folder, tmp_path):
+    model, tokenizer = load_model(tiny_folder, "cpu", "float32")
+    compress(model, tokenizer, "feature", beta=0.5, calibration=CALIB, progress=False)
+    expected = _ppl(model, tokenizer, "in-memory")
+
+    offloaded, tokenizer = load_model(tiny_folder, "cpu", "float32", device_map=DISK_MAP,
+                                      offload_dir=tmp_path / "offload")
+    assert offloaded.model.layers[2].mlp.down_proj.weight.device.type == "meta"  # really on disk
+    compress(offloaded, tokenizer, "feature", beta=0.5, calibration=CALIB, progress=False)
+    assert _ppl(offloaded, tokenizer, "offloaded") == pytest.approx(expected, rel=1e-5)
+
+    save_compressed(offloaded, tokenizer, tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved").eval()  # plain, no device map
+    assert _ppl(reloaded, tokenizer, "reloaded") == pytest.approx(expected, rel=1e-5)
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--max-memory", "0=20GiB"], "--max-memory and --offload-dir need --device-map"),
+    (["--device-map", "auto", "--max-memory", "7=20GiB"], "names GPU 7"),
+    (["--device-map", "auto", "--max-memory", "cpu"], "DEVICE=AMOUNT"),
+])
+def test_dispatch_bad_input_is_one_line(capsys, tiny_folder, tmp_path, argv, fragment):
+    code = main(["compress", "--model", str(tiny_folder), "--beta", "0.5", "--out", str(tmp_path / "never"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
+    assert not (tmp_path / "never").exists()
