@@ -179,3 +179,43 @@ def test_old_configs_load_and_keep_their_ids():
     old = _config("m", "linear", None).to_dict()
     assert "target_budget" not in old
     assert SearchConfig.from_dict(old).target_budget is None
+
+
+def test_killed_frontier_resumes_and_reuses_finished_points(cache, tiny_dir, capsys):
+    from sfsd.cli import main
+    from sfsd.runs.frontier import frontier_frame
+    from sfsd.search.frontier import run_frontier
+
+    base = SearchConfig(model=str(tiny_dir), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
+                        calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
+    said: list[str] = []
+    runs = run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048,
+                        progress=False, say=said.append)
+    assert sum("new run" in line for line in said) == 4
+    frame = frontier_frame()
+    assert len(frame) == 5 and set(frame["strategy"]) == {"base", "uniform", "spectrum"}
+    assert frame[["ppl@32", "ppl@64"]].notna().all().all()
+    # Kill one point mid-way (its process gone while running, no result, its last evaluation lost) and
+    # lose another entirely; then start the same frontier again from the command line.
+    killed, lost = runs[1], runs[2]
+    killed.file("result.json").unlink()
+    lines = killed.file("evaluations.jsonl").read_text().splitlines()
+    killed.file("evaluations.jsonl").write_text(lines[0] + "\n")
+    killed.write_status(state="running", pid=2**22 + 1)
+    assert killed.status()["state"] == "interrupted"
+    RunStore().delete(lost.id)
+    capsys.readouterr()
+    assert main(["frontier", "--model", str(tiny_dir), "--strategies", "uniform,spectrum", "--budgets", "0.8,0.6",
+                 "--search-samples", "4", "--search-seq-len", "32", "--ppl-seq-lens", "32,64", "--ppl-tokens", "2048",
+                 "--calib-source", "wiki", "--calib-samples", "16", "--calib-seq-len", "32", "--quiet",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing run") == 2 and "resuming run" in out and "new run" in out
+    again = frontier_frame()
+    assert len(again) == 5 and again[["ppl@32", "ppl@64"]].notna().all().all()
+    for run in runs:
+        kinds = [(e["kind"], e["metrics"]["seq_len"]) for e in Run.open(run.id).read_evaluations()]
+        assert sorted(kinds) == [("ppl", 32), ("ppl", 64)]  # nothing evaluated twice
+    merged = again.set_index("run_id").loc[[r.id for r in runs if r.id != lost.id]]
+    before = frame.set_index("run_id").loc[merged.index]
+    assert (merged["ppl@64"] - before["ppl@64"]).abs().max() < 1e-9  # the resumed point gives the same numbers

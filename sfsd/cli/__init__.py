@@ -13,6 +13,7 @@ from sfsd.runtime import keep_freed_memory
 # Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
 COMMAND_MODULES = [
     "sfsd.cli.prepare", "sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate", "sfsd.cli.search", "sfsd.cli.runs",
+    "sfsd.cli.frontier",
 ]
 
 
