@@ -77,8 +77,8 @@ def test_uniform_uses_one_beta_for_every_layer(cache, tiny_dir):
     from sfsd.decompose import rank_for_budget
 
     layers = layers_frame(Run.open(run_search(_config(tiny_dir, "uniform", 0.6), progress=False).id))
-    for row in layers.itertuples():
-        assert row.rank == rank_for_budget(beta, row.d_in, row.d_out)
+    for row in layers.itertuples():  # Eq. 3's rank at that beta, or one more (rounding to reach B)
+        assert row.rank - rank_for_budget(beta, row.d_in, row.d_out) in (0, 1)
 
 
 def _brute_force(costs, weights, low, high):

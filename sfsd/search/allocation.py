@@ -25,7 +25,7 @@ from sfsd.errors import SfsdError
 BUDGET_TOLERANCE = 0.005  # a strategy's overall budget must lie within B * (1 -/+ this)
 
 ALLOCATIONS: dict[str, str] = {
-    "uniform": "one beta (any rank) for every searched layer, bisected to reach B",
+    "uniform": "one beta (any rank) for every searched layer, solved exactly for B",
     "spectrum": "greedy on the normalised spectra: keep directions with the most energy per parameter",
     "sensitivity": "per-layer metric change at each grid beta, then an exact multiple-choice knapsack (HiGHS)",
     "alg1": "Algorithm 1 with its tolerance bisected until it reaches B, stopped when it does",
@@ -66,35 +66,33 @@ def check_reachable(strategy: str, target: float, all_layers: Sequence[LinearLay
                         f"({low:.4f}: the lowest rank everywhere): choose --target-budget >= {floor}")
 
 
-def _layer_ranks(layers: Sequence[LinearLayer], beta: float) -> dict[str, int]:
-    ranks = {}
-    for layer in layers:
-        rank = rank_for_budget(beta, layer.d_in, layer.d_out)
-        if saves_parameters(rank, layer.d_in, layer.d_out):
-            ranks[layer.name] = rank
-    return ranks
-
-
 def uniform_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
                        target: float) -> tuple[float, dict[str, int]]:
-    """One beta for every searched layer (Eq. 3 ranks, not only the 0.1 grid): (beta, ranks).
+    """One beta for every searched layer, any rank: (beta, ranks).
 
-    The overall budget is a non-decreasing step function of beta; bisection finds the step where it
-    crosses B, and the side of the step closer to B wins."""
-    def budget(beta: float) -> float:
-        return overall_budget(all_layers, _layer_ranks(searched, beta))
-
-    low, high = 1e-9, 1.0
-    if budget(high) <= target:
-        return high, _layer_ranks(searched, high)
-    for _ in range(60):
-        middle = (low + high) / 2
-        if budget(middle) >= target:
-            high = middle
-        else:
-            low = middle
-    beta = min((low, high), key=lambda b: (abs(budget(b) - target), b))
-    return beta, _layer_ranks(searched, beta)
+    The overall budget is linear in a common real-valued beta, so beta = (B total - fixed) / searched is
+    exact; each layer's real rank beta d1 d2 / (d1 + d2) (Eq. 3 without the floor) is rounded down, then
+    rounded up one layer at a time, largest fractional part first, while that brings the budget closer to
+    B. Every layer thus keeps beta of its parameters up to one rank (Eq. 3's floor alone could miss B by
+    a whole rank on every layer at once)."""
+    total = sum(layer.params for layer in all_layers)
+    searched_total = sum(layer.params for layer in searched)
+    fixed = total - searched_total
+    beta = min(1.0, (target * total - fixed) / searched_total) if searched_total else 1.0
+    if beta >= 1.0:
+        return 1.0, {}
+    real = {layer.name: beta * layer.params / (layer.d_in + layer.d_out) for layer in searched}
+    ranks = {name: max(1, math.floor(value + 1e-9)) for name, value in real.items()}
+    goal = target * total
+    kept = fixed + sum(ranks[layer.name] * (layer.d_in + layer.d_out) for layer in searched)
+    for layer in sorted(searched, key=lambda layer: ranks[layer.name] - real[layer.name]):
+        step = layer.d_in + layer.d_out
+        if abs(kept + step - goal) < abs(kept - goal):
+            ranks[layer.name] += 1
+            kept += step
+    by_name = {layer.name: layer for layer in searched}
+    return beta, {name: rank for name, rank in ranks.items()
+                  if saves_parameters(rank, by_name[name].d_in, by_name[name].d_out)}
 
 
 def _increments(layer: LinearLayer, spectrum: Sequence[float]) -> list[tuple[float, int, int | None]]:
