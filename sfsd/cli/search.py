@@ -72,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {run_.id}: {status['state']}")
     if result:
         if "target_budget" in result:
+            inner = result["allocation"].get("trials_in_runs")
+            trials = f"{result['trials']} trials" if inner is None else f"{inner} trials in its Algorithm 1 runs"
             print(f"strategy {result['strategy']}: target {result['target_budget']}, allocated in "
-                  f"{result['allocation_seconds']:.1f} s with {result['trials']} trials")
+                  f"{result['allocation_seconds']:.1f} s with {trials}")
         print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "
               f"{result['base_params']:,}, metric {result['final_metric']:.4f} (base {result['base_metric']:.4f})")
         print(f"held-out check: {describe_heldout(result)}")

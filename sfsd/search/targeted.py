@@ -197,8 +197,10 @@ class AllocationSearch(SurgicalSearch):
 
         high, best = bisect_tolerance(budget_at, target, step, cap, ALG1_BISECTIONS)
         ranks, stopped = truncate_at_target(self.all_layers, best.decisions(), target)
+        runs = {t["run_id"] for t in tried}
+        trials = sum(len(Run.open(run_id, self.root).trials()) for run_id in runs)
         return ranks, {"tolerance": round(high, 6), "run_id": best.id, "stopped_at": stopped, "tolerances": tried,
-                       "trials_reused": "each tolerance is a stored search run, reused by id"}
+                       "trials_in_runs": trials, "trials_reused": "each tolerance is a stored search run, reused by id"}
 
     # ---- storing ---------------------------------------------------------------------------------------
 
