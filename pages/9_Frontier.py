@@ -24,3 +24,16 @@ if not columns:
 column = c2.radio("Perplexity at", columns, horizontal=True, key="frontier-ppl")
 widgets.chart(frontier.frontier_figure(frame, column), key="frontier-chart")
 widgets.table(frontier.display_table(frame), "frontier", key="frontier")
+
+st.subheader("Where does each strategy put the ranks?")
+runs = frame[frame["strategy"] != "base"]
+c1, c2, c3 = st.columns(3)
+target = c1.selectbox("Target budget", sorted(runs["target"].unique(), reverse=True), key="frontier-target")
+at_target = runs[runs["target"] == target]
+labels = {f"{row.strategy} ({row.method})": row.run_id for row in at_target.itertuples()}
+names = list(labels)
+left = c2.selectbox("Left", names, index=0, key="frontier-left")
+right = c3.selectbox("Right", names, index=min(1, len(names) - 1), key="frontier-right")
+for side, column_, name in zip(("left", "right"), st.columns(2), (left, right), strict=True):
+    with column_:
+        widgets.chart(frontier.heatmap_of(labels[name], f"{name} at {target:g}"), key=f"frontier-heatmap-{side}")

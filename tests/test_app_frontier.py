@@ -46,7 +46,9 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert at.radio(key="frontier-ppl").options == ["ppl@32", "ppl@64"]
     import json
 
-    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    figures = at.get("plotly_chart")
+    assert len(figures) == 3  # the frontier and two budget heatmaps side by side
+    figure = json.loads(figures[0].proto.spec)
     lines = {trace["name"]: trace for trace in figure["data"]}
     assert set(lines) == {"uniform (feature)", "spectrum (feature)"}
     assert all(len(trace["x"]) == 2 and all(y > 0 for y in trace["y"]) for trace in lines.values())
@@ -54,8 +56,12 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert any("base model" in shape.get("text", "") for shape in figure["layout"].get("annotations", []))
     table = at.dataframe[0].value
     assert len(table) == 5 and set(table["strategy"]) == {"base", "uniform", "spectrum"}
+    heatmaps = [json.loads(f.proto.spec) for f in figures[1:]]
+    assert [h["layout"]["title"]["text"] for h in heatmaps] == ["spectrum (feature) at 0.8", "uniform (feature) at 0.8"]
+    assert all(h["data"] for h in heatmaps)
     at.radio(key="frontier-ppl").set_value("ppl@64").run()
-    assert not at.exception
+    at.selectbox(key="frontier-target").select(0.6).run()
+    assert not at.exception and "at 0.6" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
     assert at.get("download_button")
 
 
