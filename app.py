@@ -81,6 +81,7 @@ pages = [("pages/1_Runs.py", "Runs: watch, move between machines" if readonly() 
          ("pages/5_Weight_vs_feature.py", "Weight vs feature (Table 1)", ":material/table_chart:"),
          ("pages/6_Disagreement.py", "Prediction disagreement (Table 3)", ":material/compare_arrows:"),
          ("pages/7_Bias.py", "Bias: StereoSet (Table 2)", ":material/balance:"),
-         ("pages/8_Report.py", "HTML report of a run", ":material/description:")]
+         ("pages/8_Report.py", "HTML report of a run", ":material/description:"),
+         ("pages/9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 for i, (path, label, icon) in enumerate(pages):
     widgets.page_link(path, label, icon, container=cols[i % 4])

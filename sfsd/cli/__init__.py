@@ -14,6 +14,7 @@ from sfsd.runtime import keep_freed_memory
 COMMAND_MODULES = [
     "sfsd.cli.prepare", "sfsd.cli.compress", "sfsd.cli.data", "sfsd.cli.evaluate", "sfsd.cli.search", "sfsd.cli.runs",
     "sfsd.cli.synth",
+    "sfsd.cli.frontier",
 ]
 
 

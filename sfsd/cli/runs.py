@@ -74,7 +74,7 @@ def run_show(args: argparse.Namespace) -> int:
         if status.get(key) is not None:
             rows.append((key, metric_text(run.config, status[key]) if key == "base_metric" else str(status[key])))
     result = run.result() if status["state"] == "done" else None
-    for key in ("overall_budget", "params", "final_metric"):
+    for key in ("target_budget", "overall_budget", "params", "final_metric"):
         if result and result.get(key) is not None:
             rows.append((key, metric_text(run.config, result[key]) if key == "final_metric" else str(result[key])))
     if run.log_path.exists():

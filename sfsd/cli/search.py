@@ -29,7 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--search-samples", type=int, default=8, help="ppl metric: windows of search text (default: 8)")
     p.add_argument("--search-seq-len", type=int, default=128, help="ppl metric: tokens per window (default: 128)")
     p.add_argument("--search-batch-size", type=int, default=8)
-    p.add_argument("--strategy", default="linear", help="linear (the paper) or bisect (default: linear)")
+    p.add_argument("--strategy", default=None,
+                   help="per-layer walk: linear (the paper, default) or bisect; with --target-budget: uniform, "
+                        "spectrum (default), sensitivity or alg1")
+    p.add_argument("--target-budget", type=float, default=None,
+                   help="overall budget B in (0, 1] to reach (within 0.5%%) with an allocation --strategy")
     p.add_argument("--engine", default="fast", help="fast (prefix cache) or reference (full model per trial)")
     p.add_argument("--first-block", type=int, default=0, help="blocks below this one are never touched")
     p.add_argument("--roles", help="comma-separated roles to search (default: all)")
@@ -58,9 +62,11 @@ def config_from_args(args: argparse.Namespace):
                         args.search_samples, args.search_seq_len, args.search_batch_size, args.suite)
     calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
-    return SearchConfig(args.model, args.method, metric, args.strategy, args.first_block,
+    strategy = args.strategy or ("linear" if args.target_budget is None else "spectrum")
+    return SearchConfig(args.model, args.method, metric, strategy, args.first_block,
                         split(args.roles) if args.roles else None, calibration, args.snapshot_every,
-                        split(args.snapshot_tasks), args.snapshot_limit, args.engine, args.dtype)
+                        split(args.snapshot_tasks), args.snapshot_limit, args.engine, args.dtype,
+                        args.target_budget)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
     status, result = run_.status(), run_.result()
     print(f"run {run_.id}: {status['state']}")
     if result:
+        if "target_budget" in result:
+            inner = result["allocation"].get("trials_in_runs")
+            trials = f"{result['trials']} trials" if inner is None else f"{inner} trials in its Algorithm 1 runs"
+            print(f"strategy {result['strategy']}: target {result['target_budget']}, allocated in "
+                  f"{result['allocation_seconds']:.1f} s with {trials}")
         from sfsd.cli.runs import metric_text
 
         print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "

@@ -8,6 +8,7 @@ from sfsd.compress import CalibrationSpec
 from sfsd.decompose import get_method
 from sfsd.errors import SfsdError
 from sfsd.models import DEFAULT_MODEL, parse_dtype
+from sfsd.search.allocation import ALLOCATIONS, check_target
 from sfsd.search.metrics import MetricSpec
 from sfsd.search.strategies import STRATEGIES
 
@@ -26,12 +27,22 @@ class SearchConfig:
     snapshot_limit: int | None = 100
     engine: str = "fast"  # "fast" (prefix cache) or "reference" (full model per trial)
     dtype: str = "auto"  # the model's dtype (--dtype); materialize and snapshot-eval load in it too
+    # With a target budget, `strategy` names an allocation (ALLOCATIONS) instead of a per-layer walk.
+    # Left out of the stored config when None, so runs without one keep their ids.
+    target_budget: float | None = None
 
     def __post_init__(self):
         get_method(self.method)
         parse_dtype(self.dtype)
-        if self.strategy not in STRATEGIES:
-            raise SfsdError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.target_budget is not None:
+            self.target_budget = check_target(self.target_budget)
+            if self.strategy not in ALLOCATIONS:
+                raise SfsdError(f"strategy {self.strategy!r} does not allocate a target budget: choose one of "
+                                f"{', '.join(ALLOCATIONS)}")
+        elif self.strategy not in STRATEGIES:
+            hint = " (with --target-budget)" if self.strategy in ALLOCATIONS else ""
+            raise SfsdError(f"unknown strategy {self.strategy!r}{hint}: choose one of {', '.join(STRATEGIES)}, "
+                            f"or {', '.join(ALLOCATIONS)} with --target-budget")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:
@@ -54,6 +65,8 @@ class SearchConfig:
             data["search_rows"] = search_rows_description(self.metric.task)  # which rows, stated in the run
         if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
             del data["dtype"]
+        if data["target_budget"] is None:
+            del data["target_budget"]
         return data
 
     @classmethod

@@ -73,11 +73,14 @@ def versions() -> dict[str, str]:
 def create_run(config: SearchConfig, root: Path | None = None, device: str | None = None):
     """Load the model, list the layers and create (or find) the run of `config`: (run, model, tokenizer)."""
     model, tokenizer = load_model(config.model, device, config.dtype)
-    layers = search_layers(model, config)
-    record = {**config.to_dict(), "versions": versions(),
-              "layers": [{"name": l.name, "block": l.block, "role": l.role, "d_in": l.d_in, "d_out": l.d_out}
-                         for l in layers]}  # noqa: E741
-    return Run.create(record, root), model, tokenizer
+    return Run.create(run_record(config, search_layers(model, config)), root), model, tokenizer
+
+
+def run_record(config: SearchConfig, layers: list[LinearLayer]) -> dict:
+    """The stored config of a search run: the request, library versions and the searched layers."""
+    return {**config.to_dict(), "versions": versions(),
+            "layers": [{"name": l.name, "block": l.block, "role": l.role, "d_in": l.d_in, "d_out": l.d_out}
+                       for l in layers]}  # noqa: E741
 
 
 def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig, layers: list[LinearLayer],
@@ -111,7 +114,7 @@ class SurgicalSearch:
         self.all_layers = self.adapter.layers()
         self.device = next(model.parameters()).device
         self.metric: SearchMetric = METRICS[config.metric.name](config.metric, tokenizer, model)
-        self.strategy = STRATEGIES[config.strategy]
+        self.strategy = STRATEGIES.get(config.strategy)  # None for a target-budget allocation
         self.ranks: dict[str, int] = {}
         self.trials = 0
 
@@ -279,7 +282,9 @@ class SurgicalSearch:
 
 def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
                progress: bool = True) -> Run:
-    """Run (or resume, or simply return a finished) search; the run's id is derived from `config`."""
+    """Run (or resume, or simply return a finished) search; the run's id is derived from `config`.
+
+    A config with a target budget runs an allocation strategy (`sfsd.search.targeted`)."""
     from sfsd.compress import check_compress_request
 
     check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
@@ -289,6 +294,10 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
 
         require_hub_split(PAPER_TRAIN[config.metric.task], f"search on --suite paper {config.metric.task}",
                           "use --suite offline, the pack's search split")
+    if config.target_budget is not None:
+        from sfsd.search.targeted import run_allocation
+
+        return run_allocation(config, root, device, progress)
     run, model, tokenizer = create_run(config, root, device)
     if run.status()["state"] == "done":
         return run

@@ -1,0 +1,39 @@
+"""The budget-quality frontier: eval perplexity against overall budget for each allocation strategy."""
+
+import streamlit as st
+
+from sfsd.dashboard import frontier, widgets
+
+widgets.page_setup("Budget-quality frontier", "Each point is a run of `sfsd frontier` (or `sfsd search "
+                   "--target-budget B --strategy S`): ranks allocated to reach B, the final model evaluated on the "
+                   "eval split. Lower is better; the dashed line is the base model.")
+
+points = frontier.points()
+if points.empty:
+    st.info("No frontier yet. Run e.g. `sfsd frontier --strategies uniform,spectrum,sensitivity,alg1 "
+            "--budgets 0.9,0.8,0.6`; its points appear here as they finish.")
+    st.stop()
+
+c1, c2 = st.columns([2, 1])
+model = c1.selectbox("Model", sorted(points["model"].unique()), key="frontier-model")
+frame = frontier.points(model)
+columns = frontier.ppl_columns(frame)
+if not columns:
+    st.info("These runs have no eval-split perplexity yet: run `sfsd frontier` with the same flags to evaluate them.")
+    st.stop()
+column = c2.radio("Perplexity at", columns, horizontal=True, key="frontier-ppl")
+widgets.chart(frontier.frontier_figure(frame, column), key="frontier-chart")
+widgets.table(frontier.display_table(frame), "frontier", key="frontier")
+
+st.subheader("Where does each strategy put the ranks?")
+runs = frame[frame["strategy"] != "base"]
+c1, c2, c3 = st.columns(3)
+target = c1.selectbox("Target budget", sorted(runs["target"].unique(), reverse=True), key="frontier-target")
+at_target = runs[runs["target"] == target]
+labels = {f"{row.strategy} ({row.method})": row.run_id for row in at_target.itertuples()}
+names = list(labels)
+left = c2.selectbox("Left", names, index=0, key="frontier-left")
+right = c3.selectbox("Right", names, index=min(1, len(names) - 1), key="frontier-right")
+for side, column_, name in zip(("left", "right"), st.columns(2), (left, right), strict=True):
+    with column_:
+        widgets.chart(frontier.heatmap_of(labels[name], f"{name} at {target:g}"), key=f"frontier-heatmap-{side}")

@@ -1,0 +1,58 @@
+"""The budget-quality frontier as a table: one row per finished target-budget run (and per base model run).
+
+Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from sfsd.errors import SfsdError
+from sfsd.runs.frames import _frame
+from sfsd.runs.store import RunStore
+
+FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "overall_budget", "params", "ppl@128", "ppl@2048",
+                    "run_id"]
+_DTYPES = {"target": "float64", "overall_budget": "float64", "params": "Int64", "ppl@128": "float64",
+           "ppl@2048": "float64"}
+
+
+def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.DataFrame:
+    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths and `acc:<task>`, `n:<task>` columns),
+    sorted by model, strategy, method and budget. Runs that are not done, or cannot be read, are left out."""
+    store = RunStore(root)
+    rows = []
+    for run_id in store.ids():
+        try:
+            run = store.run(run_id)
+            row = _point(run)
+        except SfsdError:
+            continue
+        if row is not None and (model is None or row["model"] == model):
+            rows.append(row)
+    frame = _frame(rows, FRONTIER_COLUMNS, _DTYPES)
+    return frame.sort_values(["model", "strategy", "method", "overall_budget"], kind="stable").reset_index(drop=True)
+
+
+def _point(run) -> dict | None:
+    config = run.config
+    is_target = config.get("kind") == "search" and config.get("target_budget") is not None
+    is_base = config.get("kind") == "uniform" and config.get("method") == "none"
+    if not (is_target or is_base) or run.status()["state"] != "done":
+        return None
+    result = run.result() or {}
+    row = {"model": config["model"], "strategy": config["strategy"] if is_target else "base",
+           "method": config["method"], "target": config.get("target_budget", 1.0),
+           "overall_budget": result.get("overall_budget", 1.0), "params": result.get("params"), "run_id": run.id}
+    for record in run.read_evaluations():
+        if record.get("split") != "eval":
+            continue
+        metrics = record.get("metrics") or {}
+        if record.get("kind") == "ppl":
+            row[f"ppl@{metrics.get('seq_len')}"] = metrics.get("ppl")
+        elif record.get("kind") == "task":
+            row[f"acc:{record['task']}"] = metrics.get("acc")
+            row[f"n:{record['task']}"] = metrics.get("n")
+    return row

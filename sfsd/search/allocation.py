@@ -1,0 +1,254 @@
+"""Rank allocation at a target overall budget: how to spend parameters across layers.
+
+Algorithm 1 answers "how small can the model get within a tolerance?"; these strategies answer "which
+ranks give the best model at the budget B I need?". They are a different kind of thing from the per-layer
+beta walks of `sfsd.search.strategies` (linear, bisect), hence their own registry, ALLOCATIONS. This
+module holds the maths only (no model, no run); `sfsd.search.targeted` drives them on a model and
+stores the result as a run.
+
+Every strategy lands within BUDGET_TOLERANCE (relative) of B in the overall budget of Appendix B, counted
+over *all* decomposable layers of the model (layers outside the search stay intact at beta 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from sfsd.adapters import LinearLayer
+from sfsd.decompose.budget import BETA_GRID, layer_beta, overall_budget, rank_for_budget, saves_parameters
+from sfsd.errors import SfsdError
+
+BUDGET_TOLERANCE = 0.005  # a strategy's overall budget must lie within B * (1 -/+ this)
+
+ALLOCATIONS: dict[str, str] = {
+    "uniform": "one beta (any rank) for every searched layer, solved exactly for B",
+    "spectrum": "greedy on the normalised spectra: keep directions with the most energy per parameter",
+    "sensitivity": "per-layer metric change at each grid beta, then an exact multiple-choice knapsack (HiGHS)",
+    "alg1": "Algorithm 1 with its tolerance bisected until it reaches B, stopped when it does",
+}
+
+
+def budget_band(target: float) -> tuple[float, float]:
+    """The overall budgets accepted for a target B: B (1 -/+ BUDGET_TOLERANCE), at most 1."""
+    return target * (1 - BUDGET_TOLERANCE), min(1.0, target * (1 + BUDGET_TOLERANCE))
+
+
+def check_target(target: float) -> float:
+    if not (isinstance(target, (int, float)) and not isinstance(target, bool) and 0.0 < target <= 1.0):
+        raise SfsdError(f"--target-budget must be in (0, 1], got {target}: pass e.g. --target-budget 0.8")
+    return float(target)
+
+
+def lowest_rank(strategy: str, layer: LinearLayer) -> int:
+    """The smallest rank a strategy gives a layer: rank 1, or the rank of the lowest grid beta."""
+    if strategy in ("sensitivity", "alg1"):
+        return rank_for_budget(BETA_GRID[0], layer.d_in, layer.d_out)
+    return 1
+
+
+def minimum_budget(strategy: str, all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer]) -> float:
+    """The smallest overall budget a strategy can reach: the lowest rank on every searched layer."""
+    ranks = {layer.name: lowest_rank(strategy, layer) for layer in searched}
+    return overall_budget(all_layers, ranks)
+
+
+def check_reachable(strategy: str, target: float, all_layers: Sequence[LinearLayer],
+                    searched: Sequence[LinearLayer]) -> None:
+    """SfsdError (one line, before anything is written) when B is below what the strategy can reach."""
+    low = minimum_budget(strategy, all_layers, searched)
+    if budget_band(target)[1] < low:
+        floor = math.ceil(low * 1000) / 1000
+        raise SfsdError(f"target budget {target} is below what {strategy!r} can reach on these layers "
+                        f"({low:.4f}: the lowest rank everywhere): choose --target-budget >= {floor}")
+
+
+def uniform_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                       target: float) -> tuple[float, dict[str, int]]:
+    """One beta for every searched layer, any rank: (beta, ranks).
+
+    The overall budget is linear in a common real-valued beta, so beta = (B total - fixed) / searched is
+    exact; each layer's real rank beta d1 d2 / (d1 + d2) (Eq. 3 without the floor) is rounded down, then
+    rounded up one layer at a time, largest fractional part first, while that brings the budget closer to
+    B. Every layer thus keeps beta of its parameters up to one rank (Eq. 3's floor alone could miss B by
+    a whole rank on every layer at once)."""
+    total = sum(layer.params for layer in all_layers)
+    searched_total = sum(layer.params for layer in searched)
+    fixed = total - searched_total
+    beta = min(1.0, (target * total - fixed) / searched_total) if searched_total else 1.0
+    if beta >= 1.0:
+        return 1.0, {}
+    real = {layer.name: beta * layer.params / (layer.d_in + layer.d_out) for layer in searched}
+    ranks = {name: max(1, math.floor(value + 1e-9)) for name, value in real.items()}
+    goal = target * total
+    kept = fixed + sum(ranks[layer.name] * (layer.d_in + layer.d_out) for layer in searched)
+    for layer in sorted(searched, key=lambda layer: ranks[layer.name] - real[layer.name]):
+        step = layer.d_in + layer.d_out
+        if abs(kept + step - goal) < abs(kept - goal):
+            ranks[layer.name] += 1
+            kept += step
+    by_name = {layer.name: layer for layer in searched}
+    return beta, {name: rank for name, rank in ranks.items()
+                  if saves_parameters(rank, by_name[name].d_in, by_name[name].d_out)}
+
+
+def _increments(layer: LinearLayer, spectrum: Sequence[float]) -> list[tuple[float, int, int | None]]:
+    """The steps from rank 1 up to intact of one layer: (energy recovered, parameters spent, new rank).
+
+    The last step replaces the largest rank that still saves parameters by the intact layer."""
+    total = float(sum(spectrum))
+    energy = [float(value) / total if total > 0 else 0.0 for value in spectrum]
+    width = layer.d_in + layer.d_out
+    top = max(1, min(len(energy), (layer.params - 1) // width))  # largest rank with r (d1 + d2) < d1 d2
+    steps = [(energy[rank] if rank < len(energy) else 0.0, width, rank + 1) for rank in range(1, top)]
+    steps.append((sum(energy[top:]), layer.params - top * width, None))
+    return steps
+
+
+def spectrum_order(searched: Sequence[LinearLayer],
+                   spectra: Mapping[str, Sequence[float]]) -> list[tuple[str, int, int | None]]:
+    """Every rank increment of every layer, most energy per parameter first: (layer, parameters, new rank).
+
+    Each layer's spectrum is divided by its total energy, so a step's energy is the relative output error
+    it removes from its own layer: layers of very different scale (q against down) become comparable.
+    Within a layer the priority is the running minimum of energy per parameter, so a layer's steps
+    always come in order (rank r before r + 1) and every budget's allocation is a prefix of one list:
+    the ranks are monotone in the budget."""
+    items = []
+    for position, layer in enumerate(searched):
+        priority = math.inf
+        for step, (gain, cost, rank) in enumerate(_increments(layer, spectra[layer.name])):
+            priority = min(priority, gain / cost)
+            items.append((-priority, position, step, layer.name, cost, rank))
+    items.sort(key=lambda item: item[:3])
+    return [(name, cost, rank) for *_, name, cost, rank in items]
+
+
+def spectrum_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                        spectra: Mapping[str, Sequence[float]], target: float) -> dict[str, int]:
+    """Rank 1 everywhere, then the increments of `spectrum_order` until the budget is closest to B."""
+    total = sum(layer.params for layer in all_layers)
+    searched_names = {layer.name for layer in searched}
+    fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
+    spent = fixed + sum(layer.d_in + layer.d_out for layer in searched)
+    available = target * total - spent
+    order = spectrum_order(searched, spectra)
+    cumulative = np.concatenate([[0.0], np.cumsum([cost for _, cost, _ in order])])
+    count = int(np.searchsorted(cumulative, available, side="right")) - 1  # last prefix within `available`
+    if count + 1 < len(cumulative) and abs(cumulative[count + 1] - available) < abs(available - cumulative[count]):
+        count += 1
+    ranks: dict[str, int | None] = {layer.name: 1 for layer in searched}
+    for name, _, rank in order[:max(count, 0)]:
+        ranks[name] = rank
+    return {name: rank for name, rank in ranks.items() if rank is not None}
+
+
+def solve_choices(costs: Sequence[Sequence[float]], weights: Sequence[Sequence[float]], low: float,
+                  high: float) -> list[int]:
+    """Multiple-choice knapsack, solved exactly (scipy.optimize.milp, HiGHS): one choice per group,
+    minimising the summed cost with the summed weight in [low, high]. Returns the chosen index per group."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    sizes = [len(group) for group in costs]
+    c = np.concatenate([np.asarray(group, dtype=float) for group in costs])
+    w = np.concatenate([np.asarray(group, dtype=float) for group in weights])
+    one_each = np.zeros((len(sizes), len(c)))
+    start = 0
+    for group, size in enumerate(sizes):
+        one_each[group, start:start + size] = 1.0
+        start += size
+    constraints = [LinearConstraint(one_each, 1, 1), LinearConstraint(w[None, :], low, high)]
+    result = milp(c, constraints=constraints, integrality=np.ones_like(c), bounds=Bounds(0, 1))
+    if result.status != 0 or result.x is None:
+        raise SfsdError(f"no combination of the grid betas lands within the budget band ({result.message}): "
+                        "choose another --target-budget or the spectrum strategy")
+    chosen, start = [], 0
+    for size in sizes:
+        chosen.append(int(np.argmax(result.x[start:start + size])))
+        start += size
+    return chosen
+
+
+def sensitivity_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                           table: Mapping[str, Mapping[str, float]], target: float) -> dict[str, int]:
+    """The per-layer grid betas (or intact) minimising the summed metric change at budget B.
+
+    `table[layer][str(beta)]` is the metric change with only that layer at beta (intact: 0)."""
+    total = sum(layer.params for layer in all_layers)
+    searched_names = {layer.name for layer in searched}
+    fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
+    costs, weights, ranks_of = [], [], []
+    for layer in searched:
+        ranks = [rank_for_budget(beta, layer.d_in, layer.d_out) for beta in BETA_GRID]
+        costs.append([table[layer.name][str(beta)] for beta in BETA_GRID] + [0.0])
+        weights.append([rank * (layer.d_in + layer.d_out) for rank in ranks] + [layer.params])
+        ranks_of.append([*ranks, None])
+    low, high = budget_band(target)
+    chosen = solve_choices(costs, weights, low * total - fixed, high * total - fixed)
+    return {layer.name: options[pick] for layer, options, pick in zip(searched, ranks_of, chosen, strict=True)
+            if options[pick] is not None}
+
+
+def truncate_at_target(all_layers: Sequence[LinearLayer], decisions: Sequence[Mapping],
+                       target: float) -> tuple[dict[str, int], int]:
+    """Algorithm 1's decisions, stopped at the first one that brings the budget to B or below.
+
+    The layer where it stops gets the rank between its Algorithm 1 rank and intact whose budget is
+    closest to B (any rank), the layers after it stay intact. Returns (ranks, index of that decision)."""
+    by_name = {layer.name: layer for layer in all_layers}
+    ranks: dict[str, int] = {}
+    for index, decision in enumerate(decisions):
+        if decision.get("rank") is None:
+            continue
+        ranks[decision["layer"]] = decision["rank"]
+        if overall_budget(all_layers, ranks) > target:
+            continue
+        layer = by_name[decision["layer"]]
+        options = [r for r in range(decision["rank"], min(layer.d_in, layer.d_out) + 1)
+                   if saves_parameters(r, layer.d_in, layer.d_out)]
+        best, best_gap = None, math.inf
+        for rank in [*options, None]:
+            trial = {**ranks}
+            if rank is None:
+                trial.pop(layer.name)
+            else:
+                trial[layer.name] = rank
+            gap = abs(overall_budget(all_layers, trial) - target)
+            if gap < best_gap:
+                best, best_gap = rank, gap
+        if best is None:
+            ranks.pop(layer.name)
+        else:
+            ranks[layer.name] = best
+        return ranks, index
+    return ranks, len(decisions) - 1
+
+
+def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: float, step: float, cap: float,
+                     halvings: int) -> tuple[float, Any]:
+    """The smallest tolerance (found by doubling from `step`, then `halvings` bisections) whose Algorithm 1
+    run reaches B: (tolerance, what `budget_at` returned with the budget). SfsdError if `cap` does not."""
+    low, high = None, 0.0
+    budget, best = budget_at(high)
+    while budget > target:
+        if high >= cap:
+            raise SfsdError(f"Algorithm 1 does not reach budget {target} even with tolerance {cap}: "
+                            "choose a higher --target-budget or another strategy")
+        low, high = high, min(cap, max(step, high * 2))
+        budget, best = budget_at(high)
+    for _ in range(halvings if low is not None else 0):
+        middle = (low + high) / 2
+        budget, found = budget_at(middle)
+        if budget <= target:
+            high, best = middle, found
+        else:
+            low = middle
+    return high, best
+
+
+def layer_budget(rank: int | None, layer: LinearLayer) -> float | None:
+    """The decision record's `beta` of an allocation: the layer's actual budget (None when intact)."""
+    return None if rank is None else layer_beta(rank, layer.d_in, layer.d_out)

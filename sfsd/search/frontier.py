@@ -1,0 +1,88 @@
+"""The budget-quality frontier: one target-budget run per (strategy, budget), each final model evaluated
+on the eval split, and the base model as a `uniform` run of method "none".
+
+Every point is a run, so a killed frontier started again continues where it stopped: finished runs are
+reused (and said so), interrupted ones resume, evaluations already stored are not repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from sfsd.accounting import count_parameters
+from sfsd.errors import SfsdError
+from sfsd.runs import Run, run_id_for
+from sfsd.search.config import SearchConfig
+from sfsd.search.surgical import compressed_model_key, model_at_step, run_search
+from sfsd.search.uniform import UniformConfig, run_uniform
+
+
+def frontier_configs(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float]) -> list[SearchConfig]:
+    """One config per point; every request is checked before any run starts."""
+    if not strategies or not budgets:
+        raise SfsdError("a frontier needs at least one strategy and one budget: e.g. --strategies spectrum "
+                        "--budgets 0.9,0.8")
+    return [replace(base, strategy=strategy, target_budget=budget) for strategy in strategies for budget in budgets]
+
+
+def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float],
+                 seq_lens: Sequence[int] = (128, 2048), ppl_tokens: int | None = 16384,
+                 tasks: Sequence[str] = (), limit: int | None = 100, root: Path | None = None,
+                 device: str | None = None, progress: bool = True, say: Callable[[str], None] = print) -> list[Run]:
+    """Run (or reuse) every point and the base model, evaluate them; the runs in request order."""
+    configs = frontier_configs(base, strategies, budgets)
+    base_run = run_uniform(UniformConfig(base.model, "none", 1.0, 0, base.calibration, list(tasks), limit,
+                                         list(seq_lens), ppl_tokens), root, device, progress)
+    say(f"base model: run {base_run.id}")
+    runs = []
+    for config in configs:
+        point = f"{config.strategy} @ {config.target_budget}"
+        run_id = run_id_for(config.to_dict())
+        folder = (Path(root) if root is not None else None)
+        try:
+            existing = Run.open(run_id, folder).status()["state"]
+        except SfsdError:
+            existing = None
+        if existing == "done":
+            say(f"{point}: reusing run {run_id}")
+        elif existing is not None:
+            say(f"{point}: resuming run {run_id} ({existing})")
+        else:
+            say(f"{point}: new run {run_id}")
+        run = run_search(config, root, device, progress)
+        evaluate_point(run, seq_lens, ppl_tokens, tasks, limit, device, progress)
+        result = run.result()
+        say(f"{point}: overall budget {result['overall_budget']:.4f}, "
+            + ", ".join(f"ppl@{e['metrics']['seq_len']} {e['metrics']['ppl']:.2f}"
+                        for e in run.read_evaluations() if e.get("kind") == "ppl"))
+        runs.append(run)
+    return runs
+
+
+def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, tasks: Sequence[str],
+                   limit: int | None, device: str | None = None, progress: bool = True) -> None:
+    """Eval-split perplexity (and tasks) of a finished run's final model, each stored once in the run."""
+    from sfsd.evaluate import evaluate_tasks, perplexity
+
+    done = {(e.get("kind"), e.get("task"), e.get("limit"), (e.get("metrics") or {}).get("seq_len"))
+            for e in run.read_evaluations() if e.get("split") == "eval"}
+    todo_ppl = [n for n in seq_lens if ("ppl", "wiki", ppl_tokens, n) not in done]
+    todo_tasks = [t for t in tasks if ("task", t, limit, None) not in done]
+    if not todo_ppl and not todo_tasks:
+        return
+    step = len(run.decisions())
+    model, tokenizer, ranks = model_at_step(run, step, device)
+    key, params = compressed_model_key(run.config, ranks), count_parameters(model)
+    for seq_len in todo_ppl:
+        res = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=ppl_tokens, model_key=key,
+                         progress=progress)
+        run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": ppl_tokens, "step": step,
+                               "params": params,
+                               "metrics": {"ppl": res["ppl"], "seq_len": seq_len, "n_tokens": res["n_tokens"]}})
+    for task in todo_tasks:
+        row = evaluate_tasks(model, tokenizer, [task], split="eval", limit=limit, model_key=key).summary.iloc[0]
+        run.append_evaluation({"kind": "task", "task": task, "split": "eval", "limit": limit, "step": step,
+                               "params": params, "lm_eval_version": row["lm_eval_version"],
+                               "metrics": {"acc": row["acc"], "acc_norm": row["acc_norm"], "n": int(row["n"])}})

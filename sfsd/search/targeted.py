@@ -1,0 +1,227 @@
+"""A search at a target budget: run an allocation strategy on a model and store it as a run.
+
+The run looks like any search run (config, spectra, snapshots at step 0 and at the end, one decision
+per searched layer in search order, result with ranks and the held-out check), so `materialize`, the
+budget heatmap and `sfsd runs show` read it unchanged. A decision's `beta` is the layer's actual budget
+rank (d_in + d_out) / (d_in d_out), since ranks need not come from the 0.1 grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sfsd.accounting import count_parameters
+from sfsd.adapters import LinearLayer, adapter_for
+from sfsd.atomic import write_json
+from sfsd.decompose import BETA_GRID, DECOMPOSITION_FORMAT, Decomposition, low_rank_module, overall_budget, set_module
+from sfsd.decompose import rank_for_budget as grid_rank
+from sfsd.errors import SfsdError
+from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.models import load_model, resolve_model
+from sfsd.paths import cache_dir
+from sfsd.runs import Run
+from sfsd.search.allocation import (
+    bisect_tolerance,
+    budget_band,
+    check_reachable,
+    layer_budget,
+    sensitivity_allocation,
+    spectrum_allocation,
+    truncate_at_target,
+    uniform_allocation,
+)
+from sfsd.search.config import SearchConfig
+from sfsd.search.replay import PrefixCache
+from sfsd.search.surgical import SurgicalSearch, cached_decompositions, run_record, run_search, search_layers
+
+ALG1_BISECTIONS = 5
+SENSITIVITY_FILE = "sensitivity.json"
+
+
+def run_allocation(config: SearchConfig, root: Path | None = None, device: str | None = None,
+                   progress: bool = True) -> Run:
+    """Run (or resume, or return a finished) target-budget search. A budget the strategy cannot reach is
+    refused before the run folder is created."""
+    model, tokenizer = load_model(config.model, device, config.dtype)
+    layers = search_layers(model, config)
+    check_reachable(config.strategy, config.target_budget, adapter_for(model).layers(), layers)
+    run = Run.create(run_record(config, layers), root)
+    if run.status()["state"] == "done":
+        return run
+    with run.lock():
+        run.mark_running()
+        AllocationSearch(config, run, model, tokenizer, progress, root, device).run()
+    return run
+
+
+class AllocationSearch(SurgicalSearch):
+    """Allocate ranks for `config.target_budget` with `config.strategy`, apply them, measure, store."""
+
+    def __init__(self, config: SearchConfig, run: Run, model: Any, tokenizer: Any, progress: bool = True,
+                 root: Path | None = None, device: str | None = None):
+        super().__init__(config, run, model, tokenizer, progress)
+        self.root, self.device_name = root, device
+
+    def run(self) -> dict:
+        run, target = self.run_store, self.config.target_budget
+        decs = cached_decompositions(self.model, self.tokenizer, self.config, self.layers, self.progress)
+        if not run.file("spectra.parquet").exists():
+            self.write_spectra(decs)
+        base_value = run.stored_status().get("base_metric")
+        if base_value is None:
+            base_value = self.evaluate(0)
+            if not run.read_snapshots():
+                run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
+                                     "metric": base_value, "evals": {}})
+        base_params = count_parameters(self.model)
+        heldout_base = self.heldout(base=True)
+        run.write_status(base_metric=base_value, base_params=base_params, layers_total=len(self.layers),
+                         layers_done=len(run.decisions()))
+        start = time.perf_counter()
+        allocated = self.allocate(decs, base_value)
+        if allocated is None:
+            run.mark_cancelled(layers_done=len(run.decisions()))
+            return {"state": "cancelled"}
+        ranks, details = allocated
+        seconds = time.perf_counter() - start
+        budget = overall_budget(self.all_layers, ranks)
+        low, high = budget_band(target)
+        if not low <= budget <= high:  # only when single rank steps are large against the whole model
+            raise SfsdError(f"{self.config.strategy} ends at budget {budget:.4f}, outside [{low:.4f}, {high:.4f}]: "
+                            "the layers are too coarse for this target; choose another --target-budget")
+        self.apply(decs, ranks)
+        self.write_decisions(ranks)
+        value = self.evaluate(0)
+        self.snapshot(len(self.layers), value)
+        result = {"ranks": self.ranks, "overall_budget": budget, "target_budget": target,
+                  "strategy": self.config.strategy, "allocation_seconds": seconds, "allocation": details,
+                  "params": count_parameters(self.model), "base_params": base_params, "base_metric": base_value,
+                  "final_metric": value, "trials": self.trials,
+                  "heldout": {"metric": self.config.metric.name, "higher_is_better": self.metric.higher_is_better,
+                              "base": heldout_base, "final": self.heldout(base=False)}}
+        run.mark_done(result, layers_done=len(self.layers))
+        return result
+
+    # ---- the strategies --------------------------------------------------------------------------------
+
+    def allocate(self, decs: dict[str, Decomposition], base_value: float) -> tuple[dict, dict] | None:
+        """(ranks of the searched layers that are factorised, details for the result); None if cancelled."""
+        strategy, target = self.config.strategy, self.config.target_budget
+        if strategy == "uniform":
+            beta, ranks = uniform_allocation(self.all_layers, self.layers, target)
+            return ranks, {"beta": beta}
+        if strategy == "spectrum":
+            spectra = {name: dec.spectrum.double().cpu().tolist() for name, dec in decs.items()}
+            return spectrum_allocation(self.all_layers, self.layers, spectra, target), {"normalised": "total energy"}
+        if strategy == "sensitivity":
+            table = self.sensitivities(decs, base_value)
+            if table is None:
+                return None
+            return sensitivity_allocation(self.all_layers, self.layers, table, target), {"file": SENSITIVITY_FILE}
+        if strategy == "alg1":
+            return self.algorithm1()
+        raise SfsdError(f"unknown allocation strategy {strategy!r}")
+
+    def sensitivity_path(self) -> Path:
+        """The table's place in the cache: one per model weights, method, calibration, metric and layers."""
+        metric = {k: v for k, v in asdict(self.config.metric).items() if k not in ("tolerance", "compounding")}
+        key = hashlib.sha256(json.dumps({
+            "model": resolve_model(self.config.model), "weights": model_fingerprint(self.model),
+            "format": DECOMPOSITION_FORMAT, "method": self.config.method,
+            "calibration": asdict(self.config.calibration), "metric": metric,
+            "layers": [layer.name for layer in self.layers], "grid": list(BETA_GRID),
+        }, sort_keys=True).encode()).hexdigest()[:16]
+        return cache_dir() / "sensitivity" / f"{self.config.method}-{self.config.metric.name}-{key}.json"
+
+    def sensitivities(self, decs: dict[str, Decomposition], base_value: float) -> dict | None:
+        """Metric change with only one layer compressed, for every layer and grid beta (ppl: relative
+        increase; accuracy: drop). Saved after each layer, so a killed pass continues; None if cancelled."""
+        path = self.sensitivity_path()
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        table: dict[str, dict[str, float]] = stored.get("table", {})
+        todo = [layer for layer in self.layers if layer.name not in table]
+        if todo and self.config.engine == "fast":
+            self.prefix = PrefixCache(self.run_store.path / "prefix", self.metric.batches)
+            self.prefix.build(self.model, self.adapter)
+        for layer in tqdm(todo, desc="sensitivity", unit="layer", disable=not self.progress):
+            if self.run_store.cancel_requested():
+                return None
+            table[layer.name] = self.layer_sensitivity(layer, decs[layer.name], base_value)
+            write_json(path, {"base_metric": base_value, "metric": self.config.metric.name,
+                              "higher_is_better": self.metric.higher_is_better, "table": table})
+            self.run_store.write_status(trials_done=self.trials, current_layer=layer.name)
+        shutil.rmtree(self.run_store.path / "prefix", ignore_errors=True)
+        write_json(self.run_store.file(SENSITIVITY_FILE), json.loads(path.read_text()))
+        return table
+
+    def layer_sensitivity(self, layer: LinearLayer, dec: Decomposition, base_value: float) -> dict[str, float]:
+        original = self.model.get_submodule(layer.name)
+        like = next(original.parameters())
+        changes = {}
+        try:
+            for beta in BETA_GRID:
+                set_module(self.model, layer.name, low_rank_module(dec, grid_rank(beta, layer.d_in, layer.d_out), like))
+                value = self.evaluate(layer.block)
+                self.trials += 1
+                changes[str(beta)] = base_value - value if self.metric.higher_is_better else value / base_value - 1
+        finally:
+            set_module(self.model, layer.name, original)
+        return changes
+
+    def algorithm1(self) -> tuple[dict, dict]:
+        """Algorithm 1 runs (each a stored search run, reused by any later target that tries the same
+        tolerance) with the tolerance doubled until the search reaches B, then bisected; the smallest
+        tolerance that reaches B is stopped at B (`truncate_at_target`)."""
+        target, tried = self.config.target_budget, []
+        higher = self.metric.higher_is_better
+        step, cap = (0.01, 1.0) if higher else (0.05, 1000.0)
+
+        def budget_at(tolerance: float) -> tuple[float, Run]:
+            metric = replace(self.config.metric, tolerance=round(tolerance, 6))
+            inner = replace(self.config, strategy="linear", target_budget=None, metric=metric)
+            run = run_search(inner, self.root, self.device_name, progress=False)
+            result = run.result()
+            if result is None:
+                raise SfsdError(f"Algorithm 1 run {run.id} did not finish: resume it, then this search")
+            tried.append({"tolerance": metric.tolerance, "overall_budget": result["overall_budget"], "run_id": run.id})
+            self.run_store.write_status(message=f"alg1: tolerance {metric.tolerance} -> {result['overall_budget']:.4f}")
+            return result["overall_budget"], run
+
+        high, best = bisect_tolerance(budget_at, target, step, cap, ALG1_BISECTIONS)
+        ranks, stopped = truncate_at_target(self.all_layers, best.decisions(), target)
+        runs = {t["run_id"] for t in tried}
+        trials = sum(len(Run.open(run_id, self.root).trials()) for run_id in runs)
+        return ranks, {"tolerance": round(high, 6), "run_id": best.id, "stopped_at": stopped, "tolerances": tried,
+                       "trials_in_runs": trials, "trials_reused": "each tolerance is a stored search run, reused by id"}
+
+    # ---- storing ---------------------------------------------------------------------------------------
+
+    def apply(self, decs: dict[str, Decomposition], ranks: dict[str, int]) -> None:
+        for name, rank in ranks.items():
+            like = next(self.model.get_submodule(name).parameters())
+            set_module(self.model, name, low_rank_module(decs[name], rank, like))
+        self.ranks = dict(ranks)
+
+    def write_decisions(self, ranks: dict[str, int]) -> None:
+        """One decision per searched layer, in search order; a resumed run checks and completes them."""
+        written = self.run_store.decisions()
+        for index, layer in enumerate(self.layers):
+            rank = ranks.get(layer.name)
+            if index < len(written):
+                if (written[index]["layer"], written[index]["rank"]) != (layer.name, rank):
+                    raise SfsdError(f"the trace of run {self.run_store.id} does not match this allocation: delete "
+                                    f"the run with `sfsd runs delete {self.run_store.id}`")
+                continue
+            self.run_store.append_trace({
+                "kind": "decision", "index": index, **self._layer_fields(layer), "beta": layer_budget(rank, layer),
+                "rank": rank, "params_kept": layer.params if rank is None else rank * (layer.d_in + layer.d_out),
+                "params_full": layer.params, "value": None,
+            })

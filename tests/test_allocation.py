@@ -1,0 +1,221 @@
+"""Rank allocation at a target budget on a tiny real model: every strategy lands on the budget, the
+knapsack is exact, spectrum ranks grow with the budget, and a killed frontier resumes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+from conftest import save_tiny_llama
+
+from sfsd.adapters import LinearLayer
+from sfsd.compress import CalibrationSpec
+from sfsd.errors import SfsdError
+from sfsd.paths import data_dir
+from sfsd.runs import Run, RunStore, layers_frame
+from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
+from sfsd.search.allocation import bisect_tolerance, budget_band, solve_choices, spectrum_allocation
+
+STRATEGIES = ["uniform", "spectrum", "sensitivity", "alg1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, default_model_dir):
+    return save_tiny_llama(tmp_path_factory.mktemp("alloc") / "tiny-llama", default_model_dir, 3)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    """A private cache (runs, decompositions) that shares the real data pack."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / "data").symlink_to(data_dir())
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
+    return root
+
+
+def _config(model, strategy, target, **extra):
+    metric = MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
+    return SearchConfig(model=str(model), metric=metric, calibration=CalibrationSpec("wiki", 16, 32),
+                        strategy=strategy, target_budget=target, **extra)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_dir, tmp_path, strategy):
+    target = 0.7
+    run = run_search(_config(tiny_dir, strategy, target), progress=False)
+    result = run.result()
+    low, high = budget_band(target)
+    assert low <= result["overall_budget"] <= high
+    assert abs(result["overall_budget"] / target - 1) <= 0.005
+    assert result["strategy"] == strategy and result["params"] < result["base_params"]
+    layers = layers_frame(run)
+    assert layers["decided"].all() and len(layers) == 21
+    factorised = layers[~layers["intact"]]
+    # The decision's beta is the layer's actual budget, rank (d_in + d_out) / (d_in d_out).
+    d_in, d_out = factorised["d_in"], factorised["d_out"]
+    expected = factorised["rank"] * (d_in + d_out) / (d_in * d_out)
+    assert (factorised["beta"] - expected).abs().max() < 1e-12
+    assert run.status()["state"] == "done" and result["heldout"]["final"]["value"] > 0
+    out = materialize(run, tmp_path / "model")
+    assert (out / "config.json").exists()
+    if strategy == "alg1":
+        tried = result["allocation"]["tolerances"]
+        assert tried[0]["tolerance"] == 0.0 and all(Run.open(t["run_id"]).result() for t in tried)
+    if strategy == "sensitivity":
+        table = json.loads(run.file("sensitivity.json").read_text())["table"]
+        assert len(table) == 21 and all(len(row) == 9 for row in table.values())
+        # A second target reuses the stored sensitivities: no trial at all.
+        again = run_search(_config(tiny_dir, strategy, 0.5), progress=False).result()
+        assert again["trials"] == 0 and abs(again["overall_budget"] / 0.5 - 1) <= 0.005
+
+
+def test_uniform_uses_one_beta_for_every_layer(cache, tiny_dir):
+    result = run_search(_config(tiny_dir, "uniform", 0.6), progress=False).result()
+    beta = result["allocation"]["beta"]
+    from sfsd.decompose import rank_for_budget
+
+    layers = layers_frame(Run.open(run_search(_config(tiny_dir, "uniform", 0.6), progress=False).id))
+    for row in layers.itertuples():  # Eq. 3's rank at that beta, or one more (rounding to reach B)
+        assert row.rank - rank_for_budget(beta, row.d_in, row.d_out) in (0, 1)
+
+
+def _brute_force(costs, weights, low, high):
+    best = None
+    for pick in itertools.product(*(range(len(group)) for group in costs)):
+        weight = sum(weights[g][i] for g, i in enumerate(pick))
+        if low <= weight <= high:
+            cost = sum(costs[g][i] for g, i in enumerate(pick))
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_knapsack_equals_brute_force():
+    # 4 layers x 3 choices (two betas and intact), hand-made sensitivities; several budget bands.
+    costs = [[0.30, 0.10, 0.0], [0.05, 0.02, 0.0], [0.50, 0.20, 0.0], [0.08, 0.07, 0.0]]
+    weights = [[20, 50, 100], [10, 30, 60], [40, 80, 160], [15, 25, 50]]
+    for low, high in [(100, 120), (150, 200), (250, 260), (300, 370), (85, 95)]:
+        chosen = solve_choices(costs, weights, low, high)
+        weight = sum(weights[g][i] for g, i in enumerate(chosen))
+        assert low <= weight <= high
+        assert sum(costs[g][i] for g, i in enumerate(chosen)) == pytest.approx(_brute_force(costs, weights, low, high))
+    with pytest.raises(SfsdError, match="budget band"):
+        solve_choices(costs, weights, 1, 5)
+
+
+def test_sensitivity_on_a_tiny_model_equals_brute_force(cache, tiny_dir):
+    # Search only the last block's k and v (2 layers x 10 choices): enumerate every combination.
+    from sfsd.decompose import BETA_GRID, overall_budget, rank_for_budget
+
+    run = run_search(_config(tiny_dir, "sensitivity", 0.99, first_block=2, roles=["k", "v"]), progress=False)
+    table = json.loads(run.file("sensitivity.json").read_text())["table"]
+    layers = [LinearLayer(s["name"], s["block"], s["role"], s["d_in"], s["d_out"], "") for s in run.config["layers"]]
+    from sfsd.adapters import adapter_for
+    from sfsd.models import load_model
+
+    all_layers = adapter_for(load_model(str(tiny_dir), "cpu")[0]).layers()
+    low, high = budget_band(0.99)
+    best = None
+    for pick in itertools.product([*BETA_GRID, None], repeat=len(layers)):
+        ranks = {ly.name: rank_for_budget(b, ly.d_in, ly.d_out) for ly, b in zip(layers, pick, strict=True) if b}
+        if low <= overall_budget(all_layers, ranks) <= high:
+            cost = sum(table[ly.name][str(b)] for ly, b in zip(layers, pick, strict=True) if b)
+            best = cost if best is None else min(best, cost)
+    chosen = run.result()["ranks"]
+    by_rank = {ly.name: {rank_for_budget(b, ly.d_in, ly.d_out): str(b) for b in BETA_GRID} for ly in layers}
+    cost = sum(table[name][by_rank[name][rank]] for name, rank in chosen.items())
+    assert cost == pytest.approx(best)
+
+
+def test_spectrum_ranks_are_monotone_in_the_budget():
+    layers = [LinearLayer(f"ly{i}", i, "q", d_in, d_out, "") for i, (d_in, d_out) in
+              enumerate([(256, 256), (256, 128), (384, 256), (256, 384)] * 2)]
+    import torch
+
+    torch.manual_seed(0)
+    spectra = {ly.name: sorted(torch.rand(min(ly.d_in, ly.d_out)).pow(1 + i % 4).tolist(), reverse=True)
+               for i, ly in enumerate(layers)}
+    previous = None
+    for target in [0.1, 0.2, 0.35, 0.5, 0.6, 0.75, 0.9, 0.97, 1.0]:
+        ranks = spectrum_allocation(layers, layers, spectra, target)
+        from sfsd.decompose import overall_budget
+
+        assert abs(overall_budget(layers, ranks) / target - 1) <= 0.005
+        full = {ly.name: ranks.get(ly.name, 10**9) for ly in layers}  # intact above every rank
+        if previous:
+            assert all(full[name] >= previous[name] for name in full)
+        previous = full
+
+
+def test_bad_targets_are_one_line_errors_and_write_nothing(cache, tiny_dir):
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(SfsdError, match="target-budget"):
+            _config(tiny_dir, "spectrum", bad)
+    with pytest.raises(SfsdError, match="with --target-budget"):
+        SearchConfig(model=str(tiny_dir), strategy="spectrum")
+    with pytest.raises(SfsdError, match="does not allocate"):
+        _config(tiny_dir, "linear", 0.8)
+    with pytest.raises(SfsdError, match="below what"):
+        run_search(_config(tiny_dir, "sensitivity", 0.05), progress=False)
+    assert RunStore().ids() == []
+
+
+def test_alg1_tolerance_bisection_finds_the_smallest_tolerance_that_reaches_the_target():
+    calls = []
+
+    def budget_at(tolerance):  # a monotone step function, like Algorithm 1's final budget
+        calls.append(tolerance)
+        return 1.0 - 0.01 * int(tolerance * 100), f"run@{tolerance}"
+
+    tolerance, run = bisect_tolerance(budget_at, 0.65, 0.05, 1000.0, 8)
+    assert 0.35 <= tolerance < 0.35 + 0.2 / 2**8 and run == f"run@{tolerance}"
+    assert calls[:5] == [0.0, 0.05, 0.1, 0.2, 0.4]
+    with pytest.raises(SfsdError, match="does not reach"):
+        bisect_tolerance(lambda t: (0.9, None), 0.5, 0.05, 1.0, 3)
+
+
+def test_old_configs_load_and_keep_their_ids():
+    old = _config("m", "linear", None).to_dict()
+    assert "target_budget" not in old
+    assert SearchConfig.from_dict(old).target_budget is None
+
+
+def test_killed_frontier_resumes_and_reuses_finished_points(cache, tiny_dir, capsys):
+    from sfsd.cli import main
+    from sfsd.runs.frontier import frontier_frame
+    from sfsd.search.frontier import run_frontier
+
+    base = SearchConfig(model=str(tiny_dir), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
+                        calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
+    said: list[str] = []
+    runs = run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048,
+                        progress=False, say=said.append)
+    assert sum("new run" in line for line in said) == 4
+    frame = frontier_frame()
+    assert len(frame) == 5 and set(frame["strategy"]) == {"base", "uniform", "spectrum"}
+    assert frame[["ppl@32", "ppl@64"]].notna().all().all()
+    # Kill one point mid-way (its process gone while running, no result, its last evaluation lost) and
+    # lose another entirely; then start the same frontier again from the command line.
+    killed, lost = runs[1], runs[2]
+    killed.file("result.json").unlink()
+    lines = killed.file("evaluations.jsonl").read_text().splitlines()
+    killed.file("evaluations.jsonl").write_text(lines[0] + "\n")
+    killed.write_status(state="running", pid=2**22 + 1)
+    assert killed.status()["state"] == "interrupted"
+    RunStore().delete(lost.id)
+    capsys.readouterr()
+    assert main(["frontier", "--model", str(tiny_dir), "--strategies", "uniform,spectrum", "--budgets", "0.8,0.6",
+                 "--search-samples", "4", "--search-seq-len", "32", "--ppl-seq-lens", "32,64", "--ppl-tokens", "2048",
+                 "--calib-source", "wiki", "--calib-samples", "16", "--calib-seq-len", "32", "--quiet",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing run") == 2 and "resuming run" in out and "new run" in out
+    again = frontier_frame()
+    assert len(again) == 5 and again[["ppl@32", "ppl@64"]].notna().all().all()
+    for run in runs:
+        kinds = [(e["kind"], e["metrics"]["seq_len"]) for e in Run.open(run.id).read_evaluations()]
+        assert sorted(kinds) == [("ppl", 32), ("ppl", 64)]  # nothing evaluated twice
+    merged = again.set_index("run_id").loc[[r.id for r in runs if r.id != lost.id]]
+    before = frame.set_index("run_id").loc[merged.index]
+    assert (merged["ppl@64"] - before["ppl@64"]).abs().max() < 1e-9  # the resumed point gives the same numbers
