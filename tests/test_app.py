@@ -140,6 +140,9 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert len(at.dataframe) >= 2  # roles, runs
     runs = at.dataframe[1].value
     assert {env["feature"], env["weight"], *env["uniform"].values()} <= set(runs["run_id"])
+    cells = runs.drop(columns="progress").astype(str)
+    assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
+    assert (runs.loc[runs["kind"] == "uniform", "tolerance"] == "—").all()
     demo = at.button(key="start-demo")
     assert "first-block 0" in demo.help and env["model"] in demo.help  # last 3 of 3 blocks
     assert "No run in progress" in texts(at)
@@ -200,6 +203,8 @@ def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
     no_exception(at)
     grid = json.loads(charts(at)[1].proto.spec)
     assert {a["text"] for a in grid["layout"]["annotations"]} >= {"block 0", "block 1", "block 2"}
+    yaxes = [axis for name, axis in grid["layout"].items() if name.startswith("yaxis")]
+    assert yaxes and all(axis["dtick"] == 25 for axis in yaxes)  # round ticks: 0, 25, ..., 100
 
 
 def test_accuracy_page_overlays_runs_with_the_base_line(env):
@@ -343,8 +348,22 @@ def test_bias_page_scores_stereoset(env):
 
 
 def test_report_is_one_self_contained_html_file(env):
-    at = open_page("report")
-    no_exception(at)
+    from sfsd.runs import Run
+    from sfsd.search import SearchConfig
+
+    unstarted = Run.create(SearchConfig(model=env["model"], strategy="bisect").to_dict())  # newest, never run
+    try:
+        at = open_page("report")
+        no_exception(at)
+        from sfsd.runs import RunStore
+
+        runs = RunStore().list_runs()
+        latest_done = runs.loc[runs["state"] == "done"].sort_values("created", ascending=False)["run_id"].iloc[0]
+        assert at.selectbox(key="report-run").value == latest_done != unstarted.id  # the latest finished run
+    finally:
+        import shutil
+
+        shutil.rmtree(unstarted._path)
     at.selectbox(key="report-run").select(env["feature"]).run()
     no_exception(at)
     assert at.get("download_button")
@@ -440,7 +459,8 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     try:
         assert first.launched and second.pid == first.pid
         queued = Run.open(second.run_id).status()
-        assert queued["state"] == "pending" and queued["message"].startswith("queued")
+        assert queued["state"] == "pending" and queued["message"] == f"queued 2 of 2: starts after {first.run_id}"
+        assert jobs.queue_place(queued["message"]) == 2
         data.clear()
         assert set(data.active_runs()["run_id"]) == {first.run_id, second.run_id}
         assert all(not s.launched for s in jobs.start_all(argvs))  # already running: nothing started twice

@@ -485,6 +485,30 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame[[*first, *measured, *rest, *last]]
 
 
+def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table as shown: overall budget and tolerance as text, counts as integers, progress a fraction
+    (0 where unknown), every empty cell "—" (never "None" or "<NA>")."""
+    out = runs.copy()
+
+    def _number(value: Any) -> float | None:  # numpy numbers included; NA, None and text are empty
+        return float(value) if pd.api.types.is_number(value) and not pd.isna(value) else None
+
+    if "progress" in out:
+        out["progress"] = pd.to_numeric(out["progress"], errors="coerce").fillna(0.0)
+    if "overall_budget" in out:
+        out["overall_budget"] = [EMPTY if _number(v) is None else f"{100 * _number(v):.1f}"
+                                 for v in out["overall_budget"]]
+    if "tolerance" in out:
+        out["tolerance"] = [EMPTY if _number(v) is None else f"{_number(v):g}" for v in out["tolerance"]]
+    for column in ("layers_done", "layers_total", "pid"):
+        if column in out:
+            out[column] = [EMPTY if _number(v) is None else f"{_number(v):.0f}" for v in out[column]]
+    text = [c for c in out.columns if c != "progress"]
+    out[text] = out[text].astype(object).where(out[text].notna(), EMPTY)
+    out[text] = out[text].map(lambda v: EMPTY if v in ("", "None", "<NA>", "nan") else v)
+    return out
+
+
 def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
     """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %; empty cells "—"."""
     out = evaluations.copy()

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -197,11 +198,17 @@ def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]
     chain = [sys.executable, "-m", "sfsd.dashboard.chain", json.dumps([argv for _, argv in todo])]
     pid = launch(first, command=chain)
     results.append(Started(first.id, pid, f"started run {first.id} (process {pid})"))
-    for run, _ in todo[1:]:
+    for place, ((run, _), (previous, _)) in enumerate(zip(todo[1:], todo, strict=False), start=2):
         run.write_status(state="pending", pid=pid, launched=timestamp(), finished=None, eta_s=None,
-                         message=f"queued: starts after {first.id}")
-        results.append(Started(run.id, pid, f"queued run {run.id} after {first.id}"))
+                         message=f"queued {place} of {len(todo)}: starts after {previous.id}")
+        results.append(Started(run.id, pid, f"queued run {run.id} ({place} of {len(todo)}) after {previous.id}"))
     return results
+
+
+def queue_place(message: str | None) -> int:
+    """A queued run's place in its chain ("queued 3 of 5: ..." -> 3); 1 for any other (the running one)."""
+    match = re.match(r"queued (\d+) of \d+", str(message or ""))
+    return int(match.group(1)) if match else 1
 
 
 def spawn(argv: list[str]) -> int:

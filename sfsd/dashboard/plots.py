@@ -302,7 +302,7 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     cols = max(1, min(columns, len(blocks)))
     rows = math.ceil(len(blocks) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"block {b}" for b in blocks],
-                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
+                        horizontal_spacing=0.055, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
                         shared_xaxes=True)
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     for i, block in enumerate(blocks):
@@ -322,8 +322,13 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
         rank = (ranks or {}).get(block)
         if rank is not None and not pd.isna(rank):
             fig.add_vline(x=int(rank), line=dict(color=method_color(method), width=1.5), row=row, col=col)
-        if not cumulative:
-            fig.update_yaxes(type="log", exponentformat="power", row=row, col=col)
+        # round ticks, few enough not to collide in a small panel: decades on the log scale, quarters of energy
+        if cumulative:
+            fig.update_yaxes(range=[0, 102], tick0=0, dtick=25, row=row, col=col)
+        else:
+            block_values = spectra.loc[spectra["block"] == block, "value"].to_numpy(dtype="float64")
+            fig.update_yaxes(type="log", exponentformat="power", dtick=_decade_step(block_values), row=row, col=col)
+        fig.update_xaxes(nticks=4, row=row, col=col)
         if col == 1:
             fig.update_yaxes(title="energy (%)" if cumulative else "value (log)", row=row, col=col)
         if row == rows:
@@ -331,6 +336,15 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     fig.update_annotations(font_size=11)
     fig = _layout(fig, title, height=max(340, 210 * rows + 110), legend="bottom")
     return fig.update_layout(legend=dict(y=-0.3 / rows))
+
+
+def _decade_step(values: np.ndarray) -> int:
+    """dtick of a log axis (in decades) that puts at most 4 round powers of ten on it."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return 1
+    decades = math.log10(positive.max()) - math.log10(positive.min())
+    return max(1, math.ceil(decades / 4))
 
 
 # ---- metric versus parameters (Figures 1-2) ------------------------------------------------------------

@@ -30,7 +30,7 @@ def page_setup(title: str, caption: str | None = None) -> None:
 
 def duration(seconds) -> str:
     if seconds is None or pd.isna(seconds) or not math.isfinite(float(seconds)):
-        return "-"
+        return data.EMPTY
     minutes, secs = divmod(int(round(float(seconds))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -66,8 +66,10 @@ def chart(fig, key: str, **kwargs):
 # ---- picking runs --------------------------------------------------------------------------------------
 
 
-def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None) -> str | None:
-    """A selectbox over `runs` (newest first) that starts at the run last picked on any page."""
+def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None,
+             starts_among: Sequence[str] | None = None) -> str | None:
+    """A selectbox over `runs` (newest first) that starts at the run last picked on any page; with
+    `starts_among`, only one of those runs (the first of them, unless the last picked is one) is a start."""
     if runs.empty:
         return None
     ids = list(runs["run_id"])
@@ -79,7 +81,8 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None 
             labels[row.run_id] = data.run_label(row.run_id, view.config, row.state)
     if st.session_state.get(key) not in ids:
         wanted = st.session_state.get(SELECTED_RUN)
-        st.session_state[key] = wanted if wanted in ids else ids[0]
+        starts = [i for i in (starts_among or ids) if i in ids] or ids
+        st.session_state[key] = wanted if wanted in starts else starts[0]
     chosen = st.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
     st.session_state[SELECTED_RUN] = chosen
     origin_note([chosen])
@@ -94,9 +97,10 @@ def origin_note(run_ids: Sequence[str]) -> None:
             st.caption(f":material/move_to_inbox: `{run_id}`: {view.origin}")
 
 
-def pick_loaded_run(runs: pd.DataFrame, key: str) -> tuple[str | None, data.RunView | None]:
+def pick_loaded_run(runs: pd.DataFrame, key: str,
+                    starts_among: Sequence[str] | None = None) -> tuple[str | None, data.RunView | None]:
     """`pick_run`, then the chosen run's view; a run that cannot be read any more gets a warning and None."""
-    run_id = pick_run(runs, key=key)
+    run_id = pick_run(runs, key=key, starts_among=starts_among)
     view = data.load_run(run_id) if run_id else None
     if run_id and view is None:
         st.warning(f"Run {run_id} cannot be read any more.")
@@ -216,7 +220,8 @@ def progress_panel(key: str = "progress") -> None:
     if active.empty and not watched:
         st.caption("No run in progress.")
         return
-    for row in active.itertuples():
+    order = sorted(active.itertuples(), key=lambda row: (row.state != "running", jobs.queue_place(row.message)))
+    for row in order:  # the running run first, then the queued ones in the order they will run
         _progress_row(row.run_id, key)
     for run_id in watched:
         view = data.load_run(run_id)
@@ -248,8 +253,7 @@ def _progress_row(run_id: str, key: str) -> None:
     if status.get("state") == "pending" and message.startswith("queued"):
         text, value = f"{label}: {message}", 0.0
     elif view.kind != "search":
-        text = f"{label}: {'compressing and evaluating' if status.get('state') == 'running' else 'starting'}"
-        value = 0.0
+        text, value = _uniform_progress(view)
     elif status.get("state") == "pending" or not status.get("layers_total"):
         text = f"{label}: preparing (loading the model, calibrating, decomposing)"
         value = 0.0
@@ -266,6 +270,27 @@ def _progress_row(run_id: str, key: str) -> None:
         except SfsdError as exc:
             st.toast(str(exc))
         data.clear()
+
+
+def _uniform_progress(view: data.RunView) -> tuple[str, float]:
+    """A uniform run's progress: evaluations written of those configured (one per task and per perplexity
+    length), the one under way, and an ETA from the time spent so far per evaluation."""
+    config, status = view.config, view.status
+    steps = [*(f"task {t}" for t in config.get("tasks") or []),
+             *(f"perplexity @{n}" for n in config.get("ppl_seq_lens") or [])]
+    if status.get("state") != "running":
+        return f"{view.label}: starting", 0.0
+    done = min(len(view.evaluations), len(steps))
+    if not steps:
+        return f"{view.label}: compressing", 0.0
+    text = f"{view.label}: {done}/{len(steps)} evaluations"
+    if done < len(steps):
+        text += f" · now {steps[done]}" if done else f" · compressing, then {steps[0]}"
+    started = pd.to_datetime(status.get("started"), utc=True, errors="coerce")
+    if done and not pd.isna(started):
+        spent = (pd.Timestamp.now(tz="UTC") - started).total_seconds()
+        text += f" · ETA {duration(spent / done * (len(steps) - done))} (from the pace so far)"
+    return text, done / len(steps)
 
 
 def run_actions(run_id: str, view: data.RunView) -> None:
