@@ -221,7 +221,17 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
-    assert modes == ["lines+markers", "markers"]  # the feature search, the feature uniform run as a point
+    assert modes == ["markers", "lines+markers", "markers"]  # base model, the feature search, its uniform run
+    base, search, uniform = figure["data"]
+    # the base model at 100% of the parameters: no snapshot scored it, the Table 1 base run did
+    assert base["marker"]["symbol"] == "star" and base["x"][0] > max(search["x"])
+    assert env["uniform"]["none"] in base["text"][0] and base["error_y"]["array"]
+    assert uniform["marker"]["symbol"] == "diamond" and env["uniform"]["feature"] in uniform["text"][0]
+    assert env["feature"] in search["text"][0] and re.search(r"step \d+", search["text"][0])  # hover: run, step
+    assert figure["layout"]["xaxis"].get("range") is None  # everything fits
+    at.toggle(key="acc-zoom").set_value(True).run()
+    zoomed = json.loads(charts(at)[0].proto.spec)["layout"]["xaxis"]["range"]
+    assert zoomed[0] < min(search["x"]) <= max(search["x"]) < zoomed[1] < max(search["x"]) + 1
     assert all(trace["error_y"]["array"] for trace in figure["data"])  # 95% intervals on every point
     notes = [a["text"] for a in figure["layout"]["annotations"]]  # labels of the horizontal reference lines
     assert any(n.startswith("majority class") for n in notes) and "chance" in notes, notes
@@ -229,6 +239,45 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     table = at.dataframe[0].value
     assert re.fullmatch(r"\S+ \[\S+, \S+\]", table["acc:piqa % [95% CI]"].iloc[-1]) and "n:piqa" in table
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
+
+
+def test_accuracy_is_computed_for_a_finished_search_from_its_empty_state(store, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from sfsd.runs import Run
+
+    root = tmp_path / "cache"  # a store with only the weight search: snapshots without any task accuracy
+    shutil.copytree(Path(store["root"]) / "runs" / store["weight"], root / "runs" / store["weight"])
+    (root / "data").symlink_to(Path(store["root"]) / "data")
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
+    monkeypatch.setenv("SFSD_DEMO_MODEL", store["model"])
+    at = open_page("accuracy")
+    no_exception(at)
+    assert "No accuracy yet" in texts(at) and "--snapshot-tasks piqa" in texts(at)
+    assert at.selectbox(key="acc-compute-run").value == store["weight"]
+    at.number_input(key="acc-compute-limit").set_value(10).run()
+    assert f"sfsd snapshot-eval {store['weight']} --tasks piqa --limit 10" in [c.value for c in at.code]
+    at.button(key="acc-compute-start").click().run()
+    no_exception(at)
+    assert "started `sfsd snapshot-eval" in "\n".join(s.value for s in at.success)
+    run = Run.open(store["weight"], root / "runs")
+    steps = len({s["step"] for s in run.read_snapshots()})
+    deadline = time.monotonic() + 240
+    while len(run.read_evaluations()) < steps and time.monotonic() < deadline:  # the background process
+        time.sleep(1)
+    assert len(run.read_evaluations()) == steps, (root / "logs" / "dashboard.log").read_text()[-2000:]
+    time.sleep(2.5)  # the store reads are cached for 2 s
+    at = open_page("accuracy")
+    at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
+    no_exception(at)
+    curve = [t for t in json.loads(charts(at)[0].proto.spec)["data"] if t["mode"] == "lines+markers"][0]
+    assert len(curve["x"]) == steps and all(curve["error_y"]["array"])
+    assert "No accuracy yet" not in texts(at)
+    with monkeypatch.context() as readonly_env:  # read-only: the way to get accuracy is said, no button
+        readonly_env.setenv("SFSD_READONLY", "1")
+        at = open_page("accuracy")
+        assert not [b for b in at.button if b.key == "acc-compute-start"]
 
 
 def test_table1_page_lists_methods_and_offers_the_missing_ones(env):

@@ -361,14 +361,16 @@ class Curve:
     markers_only: bool = False
     text: Sequence[str] | None = None
     error_y: dict | None = None  # plotly error_y (e.g. `wilson_error_bars`) for accuracies
+    symbol: str | None = None  # marker symbol; default: circles on lines, diamonds for single points
 
 
 def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "parameters remaining (millions)",
                      baselines: Sequence[tuple[str, float]] = (), title: str | None = None,
-                     references: Mapping[str, float] | None = None) -> go.Figure:
+                     references: Mapping[str, float] | None = None,
+                     x_range: tuple[float, float] | None = None) -> go.Figure:
     """Metric against remaining parameters, one line per run (colour = method, dash = run within a method),
     95% error bars where curves carry them, the base model as a horizontal line and `references`
-    ({label: y}, e.g. the task's majority-class and chance rates) as dotted ones."""
+    ({label: y}, e.g. the task's majority-class and chance rates) as dotted ones; `x_range` zooms the x axis."""
     if not curves:
         return empty_figure("Nothing to plot: no snapshots for these runs")
     fig = go.Figure()
@@ -381,7 +383,8 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
             mode="markers" if curve.markers_only else "lines+markers",
             line=dict(color=method_color(curve.method), dash=dash),
             marker=dict(color=method_color(curve.method), size=11 if curve.markers_only else 7,
-                        symbol="diamond" if curve.markers_only else "circle"),
+                        symbol=curve.symbol or ("diamond" if curve.markers_only else "circle"),
+                        line=dict(color="white", width=1)),
             text=list(curve.text) if curve.text is not None else None, error_y=curve.error_y,
             hovertemplate="%{x:,.3f}<br>%{y:.4g}" + ("<br>%{text}" if curve.text is not None else "")
                           + "<extra>" + curve.name + "</extra>",
@@ -393,9 +396,19 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
                       annotation_text=name, annotation_position="top left" if i % 2 == 0 else "bottom left",
                       annotation_font=dict(color=METHOD_COLORS["base"], size=11))
     _reference_lines(fig, references or {})
-    fig.update_xaxes(title=x_title)
+    fig.update_xaxes(title=x_title, range=list(x_range) if x_range else None)
     fig.update_yaxes(title=y_title)
     return _layout(fig, title, height=480)
+
+
+def padded_range(values: Sequence[float], share: float = 0.04) -> tuple[float, float] | None:
+    """[min, max] of `values` widened by `share` of their span on each side (None without values)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    pad = (high - low) * share or abs(high) * 0.01 or 1.0
+    return low - pad, high + pad
 
 
 def search_trace(trials: pd.DataFrame, metric_title: str, title: str | None = None) -> go.Figure:

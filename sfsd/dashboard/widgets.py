@@ -205,6 +205,43 @@ def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
     st.success("\n\n".join(started.message for started in results))
 
 
+def has_accuracy(view: data.RunView | None) -> bool:
+    """Whether a search run's snapshots carry a task accuracy (their own or added by `sfsd snapshot-eval`)."""
+    return view is not None and any(c.startswith(("acc:", "acc_norm:")) for c in view.snapshots.columns)
+
+
+def accuracy_panel(runs: pd.DataFrame, key: str) -> None:
+    """How to get task accuracy for the accuracy-versus-parameters figure, and a button that computes it for a
+    finished search in the background (`sfsd snapshot-eval`: the eval split at each of its snapshots)."""
+    from sfsd.data import OFFLINE_TASKS
+
+    finished = [row.run_id for row in runs.itertuples() if row.state == "done"]
+    without = [run_id for run_id in finished if not has_accuracy(data.load_run(run_id))]
+    none_yet = not any(has_accuracy(data.load_run(run_id)) for run_id in runs["run_id"])
+    how = ("Accuracy needs tasks evaluated at the snapshots: start a search with `--snapshot-tasks piqa` (Runs page, "
+           "\"Tasks evaluated at each snapshot\"), or evaluate a finished search's snapshots afterwards with "
+           "`sfsd snapshot-eval RUN_ID --tasks piqa --limit 100`.")
+    if none_yet:
+        st.info(f"**No accuracy yet**, only the searches' own metric. {how}", icon=":material/info:")
+    if readonly() or not finished:
+        return
+    with st.expander("Compute accuracy for a finished search", expanded=none_yet, icon=":material/calculate:"):
+        c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+        choices = without + [run_id for run_id in finished if run_id not in without]
+        run_id = c1.selectbox("Finished search", choices, key=f"{key}-run",
+                              format_func=lambda i: data.run_label(i, (data.load_run(i) or data.empty_view()).config,
+                                                                   "done" if i in without else "has accuracy"))
+        task = c2.selectbox("Task", list(OFFLINE_TASKS), key=f"{key}-task", index=list(OFFLINE_TASKS).index("piqa"))
+        limit = c3.number_input("Documents", min_value=10, value=100, step=10, key=f"{key}-limit",
+                                help="per snapshot, first N of the eval split; fewer: faster, wider intervals")
+        argv = ["snapshot-eval", run_id, "--tasks", task, "--limit", str(int(limit))]
+        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+        if st.button("Compute accuracy", key=f"{key}-start", icon=":material/play_arrow:"):
+            if launch_and_report(argv):
+                st.caption("It runs in the background: each snapshot's accuracy appears here when it is evaluated "
+                           "(reload the page).")
+
+
 # ---- live progress ---------------------------------------------------------------------------------------
 
 
