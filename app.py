@@ -23,6 +23,12 @@ PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("7_Bias.py", "Bias: StereoSet (Table 2)", ":material/balance:"),
               ("8_Report.py", "HTML report of a run", ":material/description:")]
 
+# where the finished quick demo sends the reader: (file in pages/, label, icon)
+DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
+             ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
+             ("4_Accuracy_vs_parameters.py", "Accuracy vs parameters", ":material/trending_down:"),
+             ("5_Weight_vs_feature.py", "Table 1: uniform methods", ":material/table_chart:")]
+
 
 def home() -> None:
     widgets.page_setup("sfsd: Surgical Feature-Space Decomposition",
@@ -82,14 +88,23 @@ def model_panel(model: str) -> dict | None:
 
 
 def demo_panel(model: str, blocks: int | None) -> None:
-    """What the quick demo runs, its command line and its button."""
+    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took and
+    where to look."""
     st.subheader("Quick demo")
-    argv = jobs.demo_argv(model, blocks)
-    st.write(f"A surgical search (feature space, perplexity within 10% of the base model) over the last "
-             f"{jobs.DEMO_BLOCKS} blocks of **{data.model_display(model)}**: a few minutes on a laptop CPU. It "
-             "runs in a background process: closing the tab does not stop it.")
-    st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+    argvs = jobs.demo_argvs(model, blocks)
+    st.write(f"One background process runs two surgical searches over the last {jobs.DEMO_BLOCKS} blocks of "
+             f"**{data.model_display(model)}**, in feature space then in weight space (perplexity within 10% of "
+             f"the base model), each scoring {jobs.DEMO_TASK} on {jobs.DEMO_SNAPSHOT_LIMIT} documents at every "
+             "snapshot: about 5 minutes on a 2-core laptop CPU. Closing the tab does not stop it.")
+    st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
     widgets.demo_button(key="start-demo")
+    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)])
+    if summary:
+        st.success(summary, icon=":material/check_circle:")
+        st.caption("Where to look next:")
+        links = st.columns(2)
+        for i, (name, label, icon) in enumerate(DEMO_NEXT):
+            widgets.page_link(f"pages/{name}", label, icon, container=links[i % 2])
 
 
 @st.fragment(run_every=3)

@@ -144,7 +144,14 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
     assert (runs.loc[runs["kind"] == "uniform", "tolerance"] == "—").all()
     demo = at.button(key="start-demo")
-    assert "first-block 0" in demo.help and env["model"] in demo.help  # last 3 of 3 blocks
+    assert "first-block 0" in demo.help and env["model"] in demo.help  # the last 4 blocks: all 3 here
+    assert "--method feature" in demo.help and "--method weight" in demo.help and "--snapshot-tasks piqa" in demo.help
+    from sfsd.dashboard import data, widgets
+
+    summary = widgets.demo_summary([data.load_run(env["feature"]), data.load_run(env["weight"])])
+    assert re.fullmatch(r"The quick demo ran a feature-space search \(overall budget \d+\.\d%\); a weight-space "
+                        r"search \(overall budget \d+\.\d%\)\. It took \d+m\d\ds\.", summary), summary
+    assert widgets.demo_summary([data.load_run(env["feature"]), None]) is None  # not all done: nothing said
     assert "No run in progress" in texts(at)
 
 

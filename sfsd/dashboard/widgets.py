@@ -150,27 +150,43 @@ def search_runs_with(what: str = "layers") -> pd.DataFrame:
 
 def no_runs(what: str, key: str) -> None:
     """Say what is missing and how to get it, with the quick demo one click away."""
-    model = data.demo_model()
-    argv = jobs.demo_argv(model, data.model_blocks(model))
     if readonly():
         st.info(f"No {what} yet. This dashboard is read-only: compute runs on a full one (or `sfsd search`) and "
                 "import them there with `sfsd runs import`.", icon=":material/info:")
         return
-    st.info(f"No {what} yet. Start the quick demo search (about 3 minutes on a laptop CPU), start a search on "
-            f"the **Runs** page, or run it from a terminal:\n\n```\n{jobs.command_line(argv)}\n```",
+    model = data.demo_model()
+    commands = "\n".join(jobs.command_line(argv) for argv in jobs.demo_argvs(model, data.model_blocks(model)))
+    st.info(f"No {what} yet. Start the quick demo (a feature-space and a weight-space search, about 5 minutes on a "
+            f"laptop CPU), start a search on the **Runs** page, or run it from a terminal:\n\n```\n{commands}\n```",
             icon=":material/info:")
     demo_button(key=f"{key}-demo")
     progress_panel(key=f"{key}-progress")
 
 
 def demo_button(key: str = "demo") -> None:
+    """Start the quick demo: its searches one after the other in one background process."""
     if readonly():
         return
     model = data.demo_model()
-    argv = jobs.demo_argv(model, data.model_blocks(model))
+    argvs = jobs.demo_argvs(model, data.model_blocks(model))
     if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
-                 help=jobs.command_line(argv)):
-        launch_and_report(argv)
+                 help="\n\n".join(jobs.command_line(argv) for argv in argvs)):
+        launch_all_and_report(argvs)
+
+
+def demo_summary(views: Sequence[data.RunView]) -> str | None:
+    """What the finished quick demo ran and how long it took (None until all its runs are done)."""
+    if not views or any(view is None or view.state != "done" for view in views):
+        return None
+    started = min(pd.to_datetime(view.status.get("started"), utc=True, errors="coerce") for view in views)
+    finished = max(pd.to_datetime(view.status.get("finished"), utc=True, errors="coerce") for view in views)
+    parts = []
+    for view in views:
+        budget = (view.result or {}).get("overall_budget")
+        parts.append(f"a {view.method}-space search (overall budget "
+                     f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'})")
+    took = duration((finished - started).total_seconds()) if not (pd.isna(started) or pd.isna(finished)) else None
+    return "The quick demo ran " + "; ".join(parts) + (f". It took {took}." if took else ".")
 
 
 def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
