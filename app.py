@@ -118,7 +118,9 @@ def runs_table() -> None:
         return
     columns = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress", "overall_budget",
                "updated", "origin"]
-    widgets.table(data.runs_text(runs[columns]), "runs", key="start-runs", column_config={
+    shown = data.runs_text(runs[columns])
+    shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
+    widgets.table(shown, "runs", key="start-runs", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "overall_budget": "overall budget (%)",
     })

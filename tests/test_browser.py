@@ -230,7 +230,9 @@ def test_page_renders_its_charts(server, page, name):
     if name in SELECT:  # the accuracy curve: points with 95% error bars, majority-class and chance lines
         traces = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData.map(t => "
                                "[t.x.length, t.error_y && t.error_y.visible ? t.error_y.array.length : 0])")
-        assert traces and traces[0][0] >= 2 and all(points == bars for points, bars in traces), traces
+        # a curve of at least two snapshots (the base model's star and uniform runs are single points)
+        assert traces and max(points for points, _ in traces) >= 2, traces
+        assert all(points == bars for points, bars in traces), traces
         assert page.locator(".js-plotly-plot").first.get_by_text("chance").count() == 1
     if name == "report":  # the preview iframe holds the report's own Plotly figures
         frame = page.frame_locator("iframe").first
@@ -271,8 +273,8 @@ def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
     page.get_by_text(re.compile(r"started run search-tiny-llama-feature-ppl")).wait_for(timeout=30000)
     seen: list[str] = []
     # the demo's two searches, one after the other in one background process
-    feature_done = page.get_by_text(re.compile(r"search-tiny-llama-feature-ppl-\w+.*: done"))
-    weight_done = page.get_by_text(re.compile(r"search-tiny-llama-weight-ppl-\w+.*: done"))
+    feature_done = page.get_by_text(re.compile(r"search-tiny-llama-feature-ppl-[0-9a-f]+: done"))
+    weight_done = page.get_by_text(re.compile(r"search-tiny-llama-weight-ppl-[0-9a-f]+: done"))
     deadline = time.monotonic() + 300
     shot = False
     while time.monotonic() < deadline:
