@@ -102,9 +102,8 @@ def demo_panel(model: str, blocks: int | None) -> None:
     if summary:
         st.success(summary, icon=":material/check_circle:")
         st.caption("Where to look next:")
-        links = st.columns(2)
-        for i, (name, label, icon) in enumerate(DEMO_NEXT):
-            widgets.page_link(f"pages/{name}", label, icon, container=links[i % 2])
+        for name, label, icon in DEMO_NEXT:  # one per line: two columns cut the labels at 1400 px
+            widgets.page_link(f"pages/{name}", label, icon)
 
 
 @st.fragment(run_every=3)

@@ -502,6 +502,45 @@ def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
     assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
 
 
+def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store):
+    import time
+
+    from sfsd.dashboard import jobs
+    from sfsd.runs import Run
+
+    started = jobs.start_all(jobs.demo_argvs(store["model"], 3))  # what the button does, in one process
+    assert [s.run_id for s in started] == jobs.demo_run_ids(store["model"], 3)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(Run.open(s.run_id).status()["state"] != "done" for s in started):
+        time.sleep(2)
+    states = [Run.open(s.run_id).status()["state"] for s in started]
+    assert states == ["done", "done"], states
+    for run_id in jobs.demo_run_ids(store["model"], 3):  # piqa at every snapshot after step 0
+        snapshots = Run.open(run_id).read_snapshots()
+        assert len(snapshots) >= 3 and all("piqa" in s["evals"] for s in snapshots if s["step"] > 0)
+    time.sleep(2.5)  # the store reads are cached for 2 s
+    at = open_page()
+    no_exception(at)
+    summary = " ".join(s.value for s in at.success)
+    assert re.search(r"The quick demo ran a feature-space search .* a weight-space search .* It took \d+m\d\ds",
+                     summary), summary
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert {"Budget per layer: heatmap", "Spectra: feature vs weight", "Accuracy vs parameters",
+            "Table 1: uniform methods"} <= set(labels), labels
+    for run_id in jobs.demo_run_ids(store["model"], 3):  # the heatmap is coloured: cells below 100% in 2+ blocks
+        at = open_page("heatmap")
+        at.selectbox(key="heatmap-run").select(run_id).run()
+        no_exception(at)
+        heat = json.loads(charts(at)[0].proto.spec)["data"][0]
+        assert sum(any(v is not None and v < 100 for v in row) for row in heat["z"]) >= 2, heat["z"]
+    at = open_page("accuracy")  # two accuracy curves of at least two points
+    at.multiselect(key="acc-runs").set_value(jobs.demo_run_ids(store["model"], 3)).run()
+    at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
+    no_exception(at)
+    curves = [t for t in json.loads(charts(at)[0].proto.spec)["data"] if t["mode"] == "lines+markers"]
+    assert len(curves) == 2 and all(len(c["x"]) >= 2 for c in curves)
+
+
 def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env, store):
     import signal
     import time
