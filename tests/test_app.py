@@ -301,6 +301,7 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
     assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
+    assert ppl["layout"]["yaxis"]["dtick"] == "D2"  # close perplexities: round 1-2-5 labels only
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
         [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
     accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]

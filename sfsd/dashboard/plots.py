@@ -497,7 +497,10 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     # bars rise from a floor well under the smallest value, so that close perplexities stay visible
     span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
     fig.update_xaxes(title="perplexity window (wiki eval split)")
-    fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span)
+    # under two decades Plotly labels every minor tick (20k, 30k, ..., 110k): only the round 1-2-5 ones
+    narrow = span is not None and span[1] - span[0] < 2
+    fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span,
+                     dtick="D2" if narrow else None)
     return _layout(fig, title, height=420)
 
 
