@@ -1,7 +1,10 @@
-"""sfsd dashboard, first screen: the model, the runs in the cache, and a one-click quick demo.
+"""sfsd dashboard: the navigation (Home first, then the pages in pages/) and the Home page: the model, the runs
+in the cache, and a one-click quick demo.
 
-`make app` runs `streamlit run app.py --server.address 127.0.0.1`; the other pages live in pages/.
+`make app` runs `streamlit run app.py --server.address 127.0.0.1`.
 """
+
+from pathlib import Path
 
 import streamlit as st
 
@@ -9,79 +12,120 @@ from sfsd.dashboard import data, jobs, widgets
 from sfsd.errors import SfsdError
 from sfsd.runs.readonly import READONLY_ENV, readonly
 
-widgets.page_setup("sfsd: Surgical Feature-Space Decomposition",
-                   "Where is a language model low-rank? Compress its linear layers in weight space or feature "
-                   "space, search per-layer budgets, and compare accuracy, perplexity, flips and bias.")
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+# (file in pages/, label of its link on Home, icon); the sidebar names pages after their files
+PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
+              ("2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
+              ("3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
+              ("4_Accuracy_vs_parameters.py", "Accuracy vs params (Fig. 1-2)", ":material/trending_down:"),
+              ("5_Weight_vs_feature.py", "Weight vs feature (Table 1)", ":material/table_chart:"),
+              ("6_Disagreement.py", "Disagreement (Table 3)", ":material/compare_arrows:"),
+              ("7_Bias.py", "Bias: StereoSet (Table 2)", ":material/balance:"),
+              ("8_Report.py", "HTML report of a run", ":material/description:"),
+              ("9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 
-if readonly():
-    st.info(f"**Read-only presenting mode** ({READONLY_ENV}=1): the runs can be explored and downloaded, but nothing "
-            "can be started, cancelled, deleted, saved or imported from this dashboard.", icon=":material/lock:")
-model = data.demo_model()
-left, right = st.columns([3, 2], gap="large")
+# where the finished quick demo sends the reader: (file in pages/, label, icon)
+DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
+             ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
+             ("4_Accuracy_vs_parameters.py", "Accuracy vs parameters", ":material/trending_down:"),
+             ("5_Weight_vs_feature.py", "Table 1: uniform methods", ":material/table_chart:")]
 
-with left:
+
+def home() -> None:
+    widgets.page_setup("sfsd: Surgical Feature-Space Decomposition",
+                       "Where is a language model low-rank? Compress its linear layers in weight space or feature "
+                       "space, search per-layer budgets, and compare accuracy, perplexity, flips and bias.")
+    if readonly():
+        st.info(f"**Read-only presenting mode** ({READONLY_ENV}=1): the runs can be explored and downloaded, but "
+                "nothing can be started, cancelled, deleted, saved or imported from this dashboard.",
+                icon=":material/lock:")
+    model = data.demo_model()
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        info = model_panel(model)
+    with right:
+        if readonly():  # no demo to start: only what is running
+            st.subheader("In progress")
+        else:
+            demo_panel(model, info["blocks"] if info else data.model_blocks(model))
+        widgets.progress_panel(key="start-progress")
+
+    st.subheader("Runs in the cache")
+    runs_table()
+
+    st.subheader("Pages")
+    cols = st.columns(4)
+    for i, (name, label, icon) in enumerate(PAGE_LINKS):
+        if readonly() and name == "1_Runs.py":
+            label = "Runs: watch, move them"
+        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % 4])
+
+
+def model_panel(model: str) -> dict | None:
+    """The model's family, size and roles (None when it cannot be read)."""
     st.subheader(f"Model: {data.model_display(model)}")
     try:
         info = data.model_summary(model)
     except (SfsdError, OSError, ValueError) as exc:
-        st.warning(data.shown(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) first."))
-        info = None
-    if info is not None:
-        cols = st.columns(4)
-        cols[0].metric("Family", info["model_type"], help=info["architecture"])
-        cols[1].metric("Blocks", info["blocks"])
-        cols[2].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
-        cols[3].metric("Linear share", f"{100 * info['params_linear_full'] / info['params']:.0f}%",
-                       help="share of the parameters in the decomposable linear layers (the rest: embeddings, norms)")
-        st.caption(f"{info['architecture']} · roles: {', '.join(info['roles'])} · hidden size {info['hidden_size']} · "
-                   f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
-                   f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
-                   f"loaded from `{data.shown(info['source'])}`")
-        roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
-                                                    "params": "parameters (all blocks)"})
-        widgets.table(roles, "model-roles", key="start-roles",
-                      column_config={"share_of_linear_%": st.column_config.NumberColumn("share of linear (%)",
-                                                                                        format="%.1f")})
+        st.warning(data.shown(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) "
+                              "first."))
+        return None
+    cols = st.columns(4)
+    cols[0].metric("Family", info["model_type"], help=info["architecture"])
+    cols[1].metric("Blocks", info["blocks"])
+    cols[2].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
+    cols[3].metric("Linear share", f"{100 * info['params_linear_full'] / info['params']:.0f}%",
+                   help="share of the parameters in the decomposable linear layers (the rest: embeddings, norms)")
+    st.caption(f"{info['architecture']} · roles: {', '.join(info['roles'])} · hidden size {info['hidden_size']} · "
+               f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
+               f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
+               f"loaded from `{data.shown(info['source'])}`")
+    roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
+                                                "params": "parameters (all blocks)"})
+    widgets.table(roles, "model-roles", key="start-roles",
+                  column_config={"share_of_linear_%": st.column_config.NumberColumn("share of linear (%)",
+                                                                                    format="%.1f")})
+    return info
 
-with right:
-    if readonly():  # no demo to start: only what is running
-        st.subheader("In progress")
-    else:
-        st.subheader("Quick demo")
-        blocks = info["blocks"] if info else data.model_blocks(model)
-        argv = jobs.demo_argv(model, blocks)
-        st.write(f"A surgical search (feature space, perplexity within 10% of the base model) over the last "
-                 f"{jobs.DEMO_BLOCKS} blocks of **{data.model_display(model)}**: a few minutes on a laptop CPU. It "
-                 "runs in a background process: closing the tab does not stop it.")
-        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
-        widgets.demo_button(key="start-demo")
-    widgets.progress_panel(key="start-progress")
 
-st.subheader("Runs in the cache")
-runs = data.list_runs(readable=False)
-if runs.empty:
-    where = "the cache" if readonly() else f"`{data.store_root()}`"
-    st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs there.")
-else:
-    shown = runs[["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress",
-                  "overall_budget", "updated", "origin"]].copy()
-    shown["overall_budget"] = 100 * shown["overall_budget"]
+def demo_panel(model: str, blocks: int | None) -> None:
+    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took and
+    where to look."""
+    st.subheader("Quick demo")
+    argvs = jobs.demo_argvs(model, blocks)
+    st.write(f"One background process runs two surgical searches over the last {jobs.DEMO_BLOCKS} blocks of "
+             f"**{data.model_display(model)}**, in feature space then in weight space (perplexity within 10% of "
+             f"the base model), each scoring {jobs.DEMO_TASK} on {jobs.DEMO_SNAPSHOT_LIMIT} documents at every "
+             "snapshot: about 5 minutes on a 2-core laptop CPU. Closing the tab does not stop it.")
+    st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
+    widgets.demo_button(key="start-demo")
+    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)])
+    if summary:
+        st.success(summary, icon=":material/check_circle:")
+        st.caption("Where to look next:")
+        for name, label, icon in DEMO_NEXT:  # one per line: two columns cut the labels at 1400 px
+            widgets.page_link(f"pages/{name}", label, icon)
+
+
+@st.fragment(run_every=3)
+def runs_table() -> None:
+    """The runs of the store, refreshed every 3 s so that a running one's state and progress move."""
+    runs = data.list_runs(readable=False)
+    if runs.empty:
+        where = "the cache" if readonly() else f"`{data.store_root()}`"
+        st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs "
+                "there.")
+        return
+    columns = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress", "overall_budget",
+               "updated", "origin"]
+    shown = data.runs_text(runs[columns])
+    shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
     widgets.table(shown, "runs", key="start-runs", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
+        "overall_budget": "overall budget (%)",
     })
 
-st.subheader("Pages")
-cols = st.columns(4)
-pages = [("pages/1_Runs.py", "Runs: watch, move between machines" if readonly() else "Runs: start, watch, cancel",
-          ":material/list:"),
-         ("pages/2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
-         ("pages/3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
-         ("pages/4_Accuracy_vs_parameters.py", "Accuracy vs parameters (Fig. 1-2)", ":material/trending_down:"),
-         ("pages/5_Weight_vs_feature.py", "Weight vs feature (Table 1)", ":material/table_chart:"),
-         ("pages/6_Disagreement.py", "Prediction disagreement (Table 3)", ":material/compare_arrows:"),
-         ("pages/7_Bias.py", "Bias: StereoSet (Table 2)", ":material/balance:"),
-         ("pages/8_Report.py", "HTML report of a run", ":material/description:"),
-         ("pages/9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
-for i, (path, label, icon) in enumerate(pages):
-    widgets.page_link(path, label, icon, container=cols[i % 4])
+
+pages = [st.Page(home, title="Home", icon=":material/home:", default=True),
+         *(st.Page(str(PAGES_DIR / name)) for name, _, _ in PAGE_LINKS)]
+st.navigation(pages).run()

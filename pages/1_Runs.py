@@ -25,15 +25,14 @@ runs = data.list_runs(readable=False)
 if runs.empty:
     widgets.no_runs("runs", key="runs-empty")
 else:
-    shown = runs.copy()
-    shown["overall_budget"] = 100 * shown["overall_budget"]
-    shown["eta"] = [widgets.duration(eta) if state in data.ACTIVE_STATES else "-"
-                    for eta, state in zip(shown["eta_s"], shown["state"], strict=True)]
+    shown = data.runs_text(runs)
+    shown["eta"] = [widgets.duration(eta) if state in data.ACTIVE_STATES else data.EMPTY
+                    for eta, state in zip(runs["eta_s"], runs["state"], strict=True)]
     order = ["run_id", "kind", "method", "metric", "tolerance", "state", "progress", "eta", "overall_budget",
              "layers_done", "layers_total", "model", "updated", "created", "origin", "message", "pid"]
     widgets.table(shown[order], "runs", key="runs-all", column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "overall_budget": st.column_config.NumberColumn("overall budget (%)", format="%.1f"),
+        "overall_budget": "overall budget (%)",
     })
 
 with st.expander("Move runs between machines", icon=":material/move_to_inbox:", expanded=runs.empty):
@@ -105,9 +104,9 @@ if not readable.empty:
         cols[1].metric("Layers decided", f"{status.get('layers_done') or 0}/{total or '?'}")
         cols[2].metric("Trials", status.get("trials_done") or 0)
         budget = (view.result or {}).get("overall_budget")
-        cols[3].metric("Overall budget", "-" if budget is None else f"{100 * budget:.1f}%")
+        cols[3].metric("Overall budget", data.EMPTY if budget is None else f"{100 * budget:.1f}%")
         final, base = (view.result or {}).get("final_metric"), status.get("base_metric")
-        cols[4].metric("Final metric", "-" if final is None else f"{final:.4g}",
+        cols[4].metric("Final metric", data.EMPTY if final is None else f"{final:.4g}",
                        None if final is None or base is None else f"{final - base:+.3g} vs base {base:.4g}",
                        delta_color="off", help=view.metric_label)
         if view.heldout:

@@ -35,13 +35,17 @@ def series_of(view: data.RunView) -> dict[str, str]:
 options: dict[str, str] = {}
 for view in views:
     options.update(series_of(view))
-c1, c2 = st.columns([2, 1])
+c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
 y_label = c1.selectbox("y axis", list(options), key="acc-y")
 x_mode = c2.radio("x axis", ["parameters (M)", "overall budget (%)"], horizontal=True, key="acc-x")
+zoom = c3.toggle("Zoom to the searches", key="acc-zoom",
+                 help="x axis from the smallest to the largest model the searches visited (uniform runs may fall "
+                      "outside it); off: everything shown fits")
 column = options[y_label]
 percent = column != "metric"
+by_params = x_mode.startswith("parameters")
 
-curves, baselines, skipped, tables = [], [], [], []
+curves, bases, baselines, skipped, tables = [], {}, [], [], []
 for view in views:
     if series_of(view).get(y_label) != column:
         skipped.append(view.label)
@@ -50,29 +54,50 @@ for view in views:
     if frame.empty:
         skipped.append(view.label)
         continue
-    x = frame["params"] / 1e6 if x_mode.startswith("parameters") else 100 * frame["budget"]
+    x = frame["params"] / 1e6 if by_params else 100 * frame["budget"]
     y = frame[column] * (100 if percent else 1)
     errors = plots.wilson_error_bars(list(frame[column]), list(data.counts(frame, column))) if percent else None
     curves.append(plots.Curve(view.label, view.method, list(x), list(y), error_y=errors,
-                              text=[f"step {s} (layers decided)" for s in frame["step"]]))
-    base = frame[frame["step"] == 0][column]
-    if not base.empty:
-        baselines.append((f"base model ({Path(view.model).name})", float(base.iloc[0]) * (100 if percent else 1)))
+                              text=[f"{view.run_id}<br>step {s} ({s} layers decided)" for s in frame["step"]]))
+    base = frame["step"] == 0
+    if base.any():  # the uncompressed model: every parameter, the run's first snapshot
+        name = f"base model ({Path(view.model).name})"
+        bases.setdefault(name, plots.Curve(
+            name, "base", [float(x[base].iloc[0])], [float(y[base].iloc[0])], markers_only=True, symbol="star",
+            error_y=plots.wilson_error_bars([frame.loc[base, column].iloc[0]],
+                                            [data.counts(frame, column)[base].iloc[0]]) if percent else None,
+            text=[f"{view.run_id}<br>step 0 (nothing compressed)"]))
+        baselines.append((name, float(y[base].iloc[0])))
     tables.append(frame.assign(run_id=view.run_id, method=view.method))
+search_x = [value for curve in curves for value in curve.x]
+curves = [*bases.values(), *curves]
 
-# Uniform runs as single points, for the eval-split task accuracies they share with snapshots.
+# Uniform runs (Table 1) of the same models as single points, for the eval-split accuracies they share.
 if percent and column.startswith("acc:"):
     uniform = data.uniform_frame()
-    if not uniform.empty and column in uniform:
-        for row in uniform.dropna(subset=[column, "params"]).to_dict("records"):
-            if row["method"] == "base" or not x_mode.startswith("parameters"):
+    models = {view.model for view in views}
+    x_column = "params" if by_params else "overall_budget"
+    if not uniform.empty and column in uniform and x_column in uniform:
+        for row in uniform.dropna(subset=[column, x_column]).to_dict("records"):
+            if row["model"] not in models:
+                continue
+            x = row["params"] / 1e6 if by_params else 100 * row["overall_budget"]
+            if row["method"] == "base":  # the uncompressed model's accuracy, where no search snapshot has it
+                name = f"base model ({Path(row['model']).name})"
+                if name not in bases:
+                    n = row.get(data.n_column(column))
+                    bases[name] = plots.Curve(name, "base", [x], [100 * row[column]], markers_only=True,
+                                              symbol="star", text=[f"{row['run_id']}<br>Table 1 base run, n={n:.0f}"],
+                                              error_y=plots.wilson_error_bars([row[column]], [n]))
+                    curves.insert(0, bases[name])
                 continue
             curves.append(plots.Curve(f"uniform {row['method']} β{row['beta']} last {row['last_blocks']}",
-                                      row["method"], [row["params"] / 1e6], [100 * row[column]], markers_only=True,
+                                      row["method"], [x], [100 * row[column]], markers_only=True,
+                                      text=[f"{row['run_id']}<br>Table 1 protocol"],
                                       error_y=plots.wilson_error_bars([row[column]], [row.get(data.n_column(column))])))
 
 unique_bases = list(dict.fromkeys((name, round(value, 6)) for name, value in baselines))
-x_title = "parameters remaining (millions)" if x_mode.startswith("parameters") else \
+x_title = "parameters remaining (millions)" if by_params else \
     "overall budget (% of decomposable parameters kept)"
 y_title = y_label if not percent else y_label.replace(" (eval split, %)", " (%), eval split")
 references = {}
@@ -80,7 +105,9 @@ if percent and tables:
     rates = data.reference_rates(column.split(":", 1)[1], data.snapshot_documents(tables, column))
     references = {f"majority class ({rates['majority_label']})": 100 * rates["majority"],
                   "chance": 100 * rates["chance"]}
-widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases, references=references), key="acc-chart")
+x_range = plots.padded_range(search_x) if zoom else None
+widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases, references=references, x_range=x_range),
+              key="acc-chart")
 if percent:
     st.caption("Error bars: 95% Wilson intervals over the n documents of each snapshot (the table's n column); "
                "dotted lines: the rates of always giving the commonest answer and of guessing.")
@@ -90,6 +117,8 @@ if heldout:
                + "; ".join(heldout) + ".")
 if skipped:
     st.caption(f"Not shown (no such series): {', '.join(skipped)}. Task accuracies need "
-               "`--snapshot-tasks` on the search.")
+               "`--snapshot-tasks` on the search, or can be computed below.")
 if tables:
     widgets.table(data.snapshot_table(tables), "snapshots", key="acc-table")
+
+widgets.accuracy_panel(runs, key="acc-compute")

@@ -12,7 +12,8 @@ if runs.empty:
     widgets.no_runs("runs", key="report-empty")
     st.stop()
 
-run_id, view = widgets.pick_loaded_run(runs, key="report-run")
+finished = list(runs.loc[runs["state"] == "done", "run_id"])  # newest first: the report starts at the latest
+run_id, view = widgets.pick_loaded_run(runs, key="report-run", starts_among=finished)
 if view is None:
     st.stop()
 

@@ -140,8 +140,18 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert len(at.dataframe) >= 2  # roles, runs
     runs = at.dataframe[1].value
     assert {env["feature"], env["weight"], *env["uniform"].values()} <= set(runs["run_id"])
+    cells = runs.drop(columns="progress").astype(str)
+    assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
+    assert (runs.loc[runs["kind"] == "uniform", "tolerance"] == "—").all()
     demo = at.button(key="start-demo")
-    assert "first-block 0" in demo.help and env["model"] in demo.help  # last 3 of 3 blocks
+    assert "first-block 0" in demo.help and env["model"] in demo.help  # the last 4 blocks: all 3 here
+    assert "--method feature" in demo.help and "--method weight" in demo.help and "--snapshot-tasks piqa" in demo.help
+    from sfsd.dashboard import data, widgets
+
+    summary = widgets.demo_summary([data.load_run(env["feature"]), data.load_run(env["weight"])])
+    assert re.fullmatch(r"The quick demo ran a feature-space search \(overall budget \d+\.\d%\); a weight-space "
+                        r"search \(overall budget \d+\.\d%\)\. It took \d+m\d\ds\.", summary), summary
+    assert widgets.demo_summary([data.load_run(env["feature"]), None]) is None  # not all done: nothing said
     assert "No run in progress" in texts(at)
 
 
@@ -200,6 +210,8 @@ def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
     no_exception(at)
     grid = json.loads(charts(at)[1].proto.spec)
     assert {a["text"] for a in grid["layout"]["annotations"]} >= {"block 0", "block 1", "block 2"}
+    yaxes = [axis for name, axis in grid["layout"].items() if name.startswith("yaxis")]
+    assert yaxes and all(axis["dtick"] == 25 for axis in yaxes)  # round ticks: 0, 25, ..., 100
 
 
 def test_accuracy_page_overlays_runs_with_the_base_line(env):
@@ -216,7 +228,17 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
-    assert modes == ["lines+markers", "markers"]  # the feature search, the feature uniform run as a point
+    assert modes == ["markers", "lines+markers", "markers"]  # base model, the feature search, its uniform run
+    base, search, uniform = figure["data"]
+    # the base model at 100% of the parameters: no snapshot scored it, the Table 1 base run did
+    assert base["marker"]["symbol"] == "star" and base["x"][0] > max(search["x"])
+    assert env["uniform"]["none"] in base["text"][0] and base["error_y"]["array"]
+    assert uniform["marker"]["symbol"] == "diamond" and env["uniform"]["feature"] in uniform["text"][0]
+    assert env["feature"] in search["text"][0] and re.search(r"step \d+", search["text"][0])  # hover: run, step
+    assert figure["layout"]["xaxis"].get("range") is None  # everything fits
+    at.toggle(key="acc-zoom").set_value(True).run()
+    zoomed = json.loads(charts(at)[0].proto.spec)["layout"]["xaxis"]["range"]
+    assert zoomed[0] < min(search["x"]) <= max(search["x"]) < zoomed[1] < max(search["x"]) + 1
     assert all(trace["error_y"]["array"] for trace in figure["data"])  # 95% intervals on every point
     notes = [a["text"] for a in figure["layout"]["annotations"]]  # labels of the horizontal reference lines
     assert any(n.startswith("majority class") for n in notes) and "chance" in notes, notes
@@ -224,6 +246,45 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     table = at.dataframe[0].value
     assert re.fullmatch(r"\S+ \[\S+, \S+\]", table["acc:piqa % [95% CI]"].iloc[-1]) and "n:piqa" in table
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
+
+
+def test_accuracy_is_computed_for_a_finished_search_from_its_empty_state(store, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from sfsd.runs import Run
+
+    root = tmp_path / "cache"  # a store with only the weight search: snapshots without any task accuracy
+    shutil.copytree(Path(store["root"]) / "runs" / store["weight"], root / "runs" / store["weight"])
+    (root / "data").symlink_to(Path(store["root"]) / "data")
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
+    monkeypatch.setenv("SFSD_DEMO_MODEL", store["model"])
+    at = open_page("accuracy")
+    no_exception(at)
+    assert "No accuracy yet" in texts(at) and "--snapshot-tasks piqa" in texts(at)
+    assert at.selectbox(key="acc-compute-run").value == store["weight"]
+    at.number_input(key="acc-compute-limit").set_value(10).run()
+    assert f"sfsd snapshot-eval {store['weight']} --tasks piqa --limit 10" in [c.value for c in at.code]
+    at.button(key="acc-compute-start").click().run()
+    no_exception(at)
+    assert "started `sfsd snapshot-eval" in "\n".join(s.value for s in at.success)
+    run = Run.open(store["weight"], root / "runs")
+    steps = len({s["step"] for s in run.read_snapshots()})
+    deadline = time.monotonic() + 240
+    while len(run.read_evaluations()) < steps and time.monotonic() < deadline:  # the background process
+        time.sleep(1)
+    assert len(run.read_evaluations()) == steps, (root / "logs" / "dashboard.log").read_text()[-2000:]
+    time.sleep(2.5)  # the store reads are cached for 2 s
+    at = open_page("accuracy")
+    at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
+    no_exception(at)
+    curve = [t for t in json.loads(charts(at)[0].proto.spec)["data"] if t["mode"] == "lines+markers"][0]
+    assert len(curve["x"]) == steps and all(curve["error_y"]["array"])
+    assert "No accuracy yet" not in texts(at)
+    with monkeypatch.context() as readonly_env:  # read-only: the way to get accuracy is said, no button
+        readonly_env.setenv("SFSD_READONLY", "1")
+        at = open_page("accuracy")
+        assert not [b for b in at.button if b.key == "acc-compute-start"]
 
 
 def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
@@ -240,6 +301,7 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
     assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
+    assert ppl["layout"]["yaxis"]["dtick"] == "D2"  # close perplexities: round 1-2-5 labels only
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
         [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
     accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]
@@ -343,8 +405,22 @@ def test_bias_page_scores_stereoset(env):
 
 
 def test_report_is_one_self_contained_html_file(env):
-    at = open_page("report")
-    no_exception(at)
+    from sfsd.runs import Run
+    from sfsd.search import SearchConfig
+
+    unstarted = Run.create(SearchConfig(model=env["model"], strategy="bisect").to_dict())  # newest, never run
+    try:
+        at = open_page("report")
+        no_exception(at)
+        from sfsd.runs import RunStore
+
+        runs = RunStore().list_runs()
+        latest_done = runs.loc[runs["state"] == "done"].sort_values("created", ascending=False)["run_id"].iloc[0]
+        assert at.selectbox(key="report-run").value == latest_done != unstarted.id  # the latest finished run
+    finally:
+        import shutil
+
+        shutil.rmtree(unstarted._path)
     at.selectbox(key="report-run").select(env["feature"]).run()
     no_exception(at)
     assert at.get("download_button")
@@ -427,6 +503,45 @@ def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
     assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
 
 
+def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store):
+    import time
+
+    from sfsd.dashboard import jobs
+    from sfsd.runs import Run
+
+    started = jobs.start_all(jobs.demo_argvs(store["model"], 3))  # what the button does, in one process
+    assert [s.run_id for s in started] == jobs.demo_run_ids(store["model"], 3)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(Run.open(s.run_id).status()["state"] != "done" for s in started):
+        time.sleep(2)
+    states = [Run.open(s.run_id).status()["state"] for s in started]
+    assert states == ["done", "done"], states
+    for run_id in jobs.demo_run_ids(store["model"], 3):  # piqa at every snapshot after step 0
+        snapshots = Run.open(run_id).read_snapshots()
+        assert len(snapshots) >= 3 and all("piqa" in s["evals"] for s in snapshots if s["step"] > 0)
+    time.sleep(2.5)  # the store reads are cached for 2 s
+    at = open_page()
+    no_exception(at)
+    summary = " ".join(s.value for s in at.success)
+    assert re.search(r"The quick demo ran a feature-space search .* a weight-space search .* It took \d+m\d\ds",
+                     summary), summary
+    labels = [link.proto.label for link in at.get("page_link")]
+    assert {"Budget per layer: heatmap", "Spectra: feature vs weight", "Accuracy vs parameters",
+            "Table 1: uniform methods"} <= set(labels), labels
+    for run_id in jobs.demo_run_ids(store["model"], 3):  # the heatmap is coloured: cells below 100% in 2+ blocks
+        at = open_page("heatmap")
+        at.selectbox(key="heatmap-run").select(run_id).run()
+        no_exception(at)
+        heat = json.loads(charts(at)[0].proto.spec)["data"][0]
+        assert sum(any(v is not None and v < 100 for v in row) for row in heat["z"]) >= 2, heat["z"]
+    at = open_page("accuracy")  # two accuracy curves of at least two points
+    at.multiselect(key="acc-runs").set_value(jobs.demo_run_ids(store["model"], 3)).run()
+    at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
+    no_exception(at)
+    curves = [t for t in json.loads(charts(at)[0].proto.spec)["data"] if t["mode"] == "lines+markers"]
+    assert len(curves) == 2 and all(len(c["x"]) >= 2 for c in curves)
+
+
 def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env, store):
     import signal
     import time
@@ -440,7 +555,8 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     try:
         assert first.launched and second.pid == first.pid
         queued = Run.open(second.run_id).status()
-        assert queued["state"] == "pending" and queued["message"].startswith("queued")
+        assert queued["state"] == "pending" and queued["message"] == f"queued 2 of 2: starts after {first.run_id}"
+        assert jobs.queue_place(queued["message"]) == 2
         data.clear()
         assert set(data.active_runs()["run_id"]) == {first.run_id, second.run_id}
         assert all(not s.launched for s in jobs.start_all(argvs))  # already running: nothing started twice

@@ -229,17 +229,40 @@ def _load_run(root: str, run_id: str, hide: bool) -> RunView | None:
     try:
         run = RunStore(Path(root)).run(run_id)
         status = run.status()
+        evaluations = evaluations_frame(run)
         return RunView(
             run_id=run.id, config=hide_paths(run.config) if hide else run.config,
             status=hide_paths(status) if hide else status,
             result=run.result() if status["state"] == "done" else None,
-            layers=layers_frame(run), snapshots=snapshots_frame(run), evaluations=evaluations_frame(run),
+            layers=layers_frame(run), snapshots=with_step_evaluations(snapshots_frame(run), evaluations),
+            evaluations=evaluations,
             trials=trace_frame(run, "trial"), log_tail="" if hide else _tail(run.log_path),
             extra={"has_spectra": run.file("spectra.parquet").exists(),
                    "origin": origin_line(imported_origin(run))},
         )
     except (SfsdError, OSError, ValueError):
         return None
+
+
+def with_step_evaluations(snapshots: pd.DataFrame, evaluations: pd.DataFrame) -> pd.DataFrame:
+    """A search's snapshots with the accuracies `sfsd snapshot-eval` added afterwards (evaluations that name a
+    step) as `acc:<task>`, `acc_norm:<task>`, `n:<task>` columns; a snapshot's own value is kept where it has one."""
+    if snapshots.empty or evaluations.empty or "step" not in evaluations:
+        return snapshots
+    rows = evaluations[(evaluations.get("kind") == "task") & evaluations["step"].notna()]
+    if rows.empty:
+        return snapshots
+    out = snapshots.copy()
+    for record in rows.to_dict("records"):
+        where = out["step"] == int(record["step"])
+        for name in ("acc", "acc_norm", "n"):
+            value, column = record.get(name), f"{name}:{record['task']}"
+            if value is None or pd.isna(value):
+                continue
+            if column not in out:
+                out[column] = float("nan")
+            out.loc[where & out[column].isna(), column] = value
+    return out
 
 
 def load_run(run_id: str | None) -> RunView | None:
@@ -483,6 +506,30 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     last = [c for c in ("time", "run_id") if c in frame]
     rest = [c for c in frame.columns if c not in {*first, *measured, *last}]
     return frame[[*first, *measured, *rest, *last]]
+
+
+def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table as shown: overall budget and tolerance as text, counts as integers, progress a fraction
+    (0 where unknown), every empty cell "—" (never "None" or "<NA>")."""
+    out = runs.copy()
+
+    def _number(value: Any) -> float | None:  # numpy numbers included; NA, None and text are empty
+        return float(value) if pd.api.types.is_number(value) and not pd.isna(value) else None
+
+    if "progress" in out:
+        out["progress"] = pd.to_numeric(out["progress"], errors="coerce").fillna(0.0)
+    if "overall_budget" in out:
+        out["overall_budget"] = [EMPTY if _number(v) is None else f"{100 * _number(v):.1f}"
+                                 for v in out["overall_budget"]]
+    if "tolerance" in out:
+        out["tolerance"] = [EMPTY if _number(v) is None else f"{_number(v):g}" for v in out["tolerance"]]
+    for column in ("layers_done", "layers_total", "pid"):
+        if column in out:
+            out[column] = [EMPTY if _number(v) is None else f"{_number(v):.0f}" for v in out[column]]
+    text = [c for c in out.columns if c != "progress"]
+    out[text] = out[text].astype(object).where(out[text].notna(), EMPTY)
+    out[text] = out[text].map(lambda v: EMPTY if v in ("", "None", "<NA>", "nan") else v)
+    return out
 
 
 def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:

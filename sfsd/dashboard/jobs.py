@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -26,11 +27,18 @@ from sfsd.paths import cache_dir
 from sfsd.runs import Run, RunStore, cancel, launch, timestamp
 from sfsd.runs.readonly import require_writable
 
-# The quick demo: the last DEMO_BLOCKS blocks of the demo model, a small perplexity search
-# (about 3 minutes on a 2-core CPU for the 135M default model; seconds on a tiny model).
-DEMO_BLOCKS = 3
+# The quick demo: one background process runs a feature-space then a weight-space search over the last
+# DEMO_BLOCKS blocks of the demo model (perplexity within 10% of the base), each scoring DEMO_TASK on a few
+# eval-split documents at every snapshot: enough to colour the heatmap, draw two accuracy-versus-parameters
+# curves and compare the spectra (about 5 minutes on an idle 2-core CPU for the 135M default; seconds on a
+# tiny model).
+DEMO_BLOCKS = 4
+DEMO_METHODS = ("feature", "weight")
+DEMO_TASK = "piqa"
+DEMO_SNAPSHOT_LIMIT = 20
 DEMO_FLAGS = ["--metric", "ppl", "--tolerance", "0.1", "--search-samples", "4", "--search-seq-len", "64",
-              "--calib-source", "mix", "--calib-samples", "32", "--snapshot-every", "3"]
+              "--calib-source", "mix", "--calib-samples", "32", "--snapshot-every", "7",
+              "--snapshot-tasks", DEMO_TASK, "--snapshot-limit", str(DEMO_SNAPSHOT_LIMIT)]
 
 
 @dataclass
@@ -46,10 +54,24 @@ class Started:
         return self.pid is not None
 
 
-def demo_argv(model: str, blocks: int | None) -> list[str]:
-    """`sfsd search` argv of the quick demo on `model` (the last DEMO_BLOCKS of its `blocks` blocks)."""
+def demo_argvs(model: str, blocks: int | None) -> list[list[str]]:
+    """The quick demo's `sfsd search` argvs on `model` (the last DEMO_BLOCKS of its `blocks` blocks), one per
+    method of DEMO_METHODS, in the order they run."""
     first = max(0, (blocks or 30) - DEMO_BLOCKS)
-    return ["search", "--model", model, "--method", "feature", "--first-block", str(first), *DEMO_FLAGS]
+    return [["search", "--model", model, "--method", method, "--first-block", str(first), *DEMO_FLAGS]
+            for method in DEMO_METHODS]
+
+
+def demo_argv(model: str, blocks: int | None) -> list[str]:
+    """The quick demo's first search (feature space)."""
+    return demo_argvs(model, blocks)[0]
+
+
+def demo_run_ids(model: str, blocks: int | None) -> list[str]:
+    """The ids of the runs the quick demo creates on `model`."""
+    from sfsd.runs import run_id_for
+
+    return [run_id_for(run_config(argv)) for argv in demo_argvs(model, blocks)]
 
 
 def search_argv(model: str, method: str = "feature", metric: str = "ppl", tolerance: float = 0.05,
@@ -200,11 +222,17 @@ def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]
     chain = [sys.executable, "-m", "sfsd.dashboard.chain", json.dumps([argv for _, argv in todo])]
     pid = launch(first, command=chain)
     results.append(Started(first.id, pid, f"started run {first.id} (process {pid})"))
-    for run, _ in todo[1:]:
+    for place, ((run, _), (previous, _)) in enumerate(zip(todo[1:], todo, strict=False), start=2):
         run.write_status(state="pending", pid=pid, launched=timestamp(), finished=None, eta_s=None,
-                         message=f"queued: starts after {first.id}")
-        results.append(Started(run.id, pid, f"queued run {run.id} after {first.id}"))
+                         message=f"queued {place} of {len(todo)}: starts after {previous.id}")
+        results.append(Started(run.id, pid, f"queued run {run.id} ({place} of {len(todo)}) after {previous.id}"))
     return results
+
+
+def queue_place(message: str | None) -> int:
+    """A queued run's place in its chain ("queued 3 of 5: ..." -> 3); 1 for any other (the running one)."""
+    match = re.match(r"queued (\d+) of \d+", str(message or ""))
+    return int(match.group(1)) if match else 1
 
 
 def spawn(argv: list[str]) -> int:

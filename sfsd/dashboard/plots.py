@@ -302,7 +302,7 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     cols = max(1, min(columns, len(blocks)))
     rows = math.ceil(len(blocks) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"block {b}" for b in blocks],
-                        horizontal_spacing=0.03, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
+                        horizontal_spacing=0.055, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
                         shared_xaxes=True)
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     for i, block in enumerate(blocks):
@@ -322,8 +322,13 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
         rank = (ranks or {}).get(block)
         if rank is not None and not pd.isna(rank):
             fig.add_vline(x=int(rank), line=dict(color=method_color(method), width=1.5), row=row, col=col)
-        if not cumulative:
-            fig.update_yaxes(type="log", exponentformat="power", row=row, col=col)
+        # round ticks, few enough not to collide in a small panel: decades on the log scale, quarters of energy
+        if cumulative:
+            fig.update_yaxes(range=[0, 102], tick0=0, dtick=25, row=row, col=col)
+        else:
+            block_values = spectra.loc[spectra["block"] == block, "value"].to_numpy(dtype="float64")
+            fig.update_yaxes(type="log", exponentformat="power", dtick=_decade_step(block_values), row=row, col=col)
+        fig.update_xaxes(nticks=4, row=row, col=col)
         if col == 1:
             fig.update_yaxes(title="energy (%)" if cumulative else "value (log)", row=row, col=col)
         if row == rows:
@@ -331,6 +336,15 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     fig.update_annotations(font_size=11)
     fig = _layout(fig, title, height=max(340, 210 * rows + 110), legend="bottom")
     return fig.update_layout(legend=dict(y=-0.3 / rows))
+
+
+def _decade_step(values: np.ndarray) -> int:
+    """dtick of a log axis (in decades) that puts at most 4 round powers of ten on it."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size == 0:
+        return 1
+    decades = math.log10(positive.max()) - math.log10(positive.min())
+    return max(1, math.ceil(decades / 4))
 
 
 # ---- metric versus parameters (Figures 1-2) ------------------------------------------------------------
@@ -347,14 +361,16 @@ class Curve:
     markers_only: bool = False
     text: Sequence[str] | None = None
     error_y: dict | None = None  # plotly error_y (e.g. `wilson_error_bars`) for accuracies
+    symbol: str | None = None  # marker symbol; default: circles on lines, diamonds for single points
 
 
 def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "parameters remaining (millions)",
                      baselines: Sequence[tuple[str, float]] = (), title: str | None = None,
-                     references: Mapping[str, float] | None = None) -> go.Figure:
+                     references: Mapping[str, float] | None = None,
+                     x_range: tuple[float, float] | None = None) -> go.Figure:
     """Metric against remaining parameters, one line per run (colour = method, dash = run within a method),
     95% error bars where curves carry them, the base model as a horizontal line and `references`
-    ({label: y}, e.g. the task's majority-class and chance rates) as dotted ones."""
+    ({label: y}, e.g. the task's majority-class and chance rates) as dotted ones; `x_range` zooms the x axis."""
     if not curves:
         return empty_figure("Nothing to plot: no snapshots for these runs")
     fig = go.Figure()
@@ -367,7 +383,8 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
             mode="markers" if curve.markers_only else "lines+markers",
             line=dict(color=method_color(curve.method), dash=dash),
             marker=dict(color=method_color(curve.method), size=11 if curve.markers_only else 7,
-                        symbol="diamond" if curve.markers_only else "circle"),
+                        symbol=curve.symbol or ("diamond" if curve.markers_only else "circle"),
+                        line=dict(color="white", width=1)),
             text=list(curve.text) if curve.text is not None else None, error_y=curve.error_y,
             hovertemplate="%{x:,.3f}<br>%{y:.4g}" + ("<br>%{text}" if curve.text is not None else "")
                           + "<extra>" + curve.name + "</extra>",
@@ -379,9 +396,19 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
                       annotation_text=name, annotation_position="top left" if i % 2 == 0 else "bottom left",
                       annotation_font=dict(color=METHOD_COLORS["base"], size=11))
     _reference_lines(fig, references or {})
-    fig.update_xaxes(title=x_title)
+    fig.update_xaxes(title=x_title, range=list(x_range) if x_range else None)
     fig.update_yaxes(title=y_title)
     return _layout(fig, title, height=480)
+
+
+def padded_range(values: Sequence[float], share: float = 0.04) -> tuple[float, float] | None:
+    """[min, max] of `values` widened by `share` of their span on each side (None without values)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    pad = (high - low) * share or abs(high) * 0.01 or 1.0
+    return low - pad, high + pad
 
 
 def search_trace(trials: pd.DataFrame, metric_title: str, title: str | None = None) -> go.Figure:
@@ -470,7 +497,10 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     # bars rise from a floor well under the smallest value, so that close perplexities stay visible
     span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
     fig.update_xaxes(title="perplexity window (wiki eval split)")
-    fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span)
+    # under two decades Plotly labels every minor tick (20k, 30k, ..., 110k): only the round 1-2-5 ones
+    narrow = span is not None and span[1] - span[0] < 2
+    fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span,
+                     dtick="D2" if narrow else None)
     return _layout(fig, title, height=420)
 
 

@@ -30,7 +30,7 @@ def page_setup(title: str, caption: str | None = None) -> None:
 
 def duration(seconds) -> str:
     if seconds is None or pd.isna(seconds) or not math.isfinite(float(seconds)):
-        return "-"
+        return data.EMPTY
     minutes, secs = divmod(int(round(float(seconds))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -66,8 +66,10 @@ def chart(fig, key: str, **kwargs):
 # ---- picking runs --------------------------------------------------------------------------------------
 
 
-def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None) -> str | None:
-    """A selectbox over `runs` (newest first) that starts at the run last picked on any page."""
+def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None = None,
+             starts_among: Sequence[str] | None = None) -> str | None:
+    """A selectbox over `runs` (newest first) that starts at the run last picked on any page; with
+    `starts_among`, only one of those runs (the first of them, unless the last picked is one) is a start."""
     if runs.empty:
         return None
     ids = list(runs["run_id"])
@@ -79,7 +81,8 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None 
             labels[row.run_id] = data.run_label(row.run_id, view.config, row.state)
     if st.session_state.get(key) not in ids:
         wanted = st.session_state.get(SELECTED_RUN)
-        st.session_state[key] = wanted if wanted in ids else ids[0]
+        starts = [i for i in (starts_among or ids) if i in ids] or ids
+        st.session_state[key] = wanted if wanted in starts else starts[0]
     chosen = st.selectbox(label, ids, key=key, format_func=lambda i: labels.get(i, i), help=help)
     st.session_state[SELECTED_RUN] = chosen
     origin_note([chosen])
@@ -94,9 +97,10 @@ def origin_note(run_ids: Sequence[str]) -> None:
             st.caption(f":material/move_to_inbox: `{run_id}`: {view.origin}")
 
 
-def pick_loaded_run(runs: pd.DataFrame, key: str) -> tuple[str | None, data.RunView | None]:
+def pick_loaded_run(runs: pd.DataFrame, key: str,
+                    starts_among: Sequence[str] | None = None) -> tuple[str | None, data.RunView | None]:
     """`pick_run`, then the chosen run's view; a run that cannot be read any more gets a warning and None."""
-    run_id = pick_run(runs, key=key)
+    run_id = pick_run(runs, key=key, starts_among=starts_among)
     view = data.load_run(run_id) if run_id else None
     if run_id and view is None:
         st.warning(f"Run {run_id} cannot be read any more.")
@@ -146,27 +150,43 @@ def search_runs_with(what: str = "layers") -> pd.DataFrame:
 
 def no_runs(what: str, key: str) -> None:
     """Say what is missing and how to get it, with the quick demo one click away."""
-    model = data.demo_model()
-    argv = jobs.demo_argv(model, data.model_blocks(model))
     if readonly():
         st.info(f"No {what} yet. This dashboard is read-only: compute runs on a full one (or `sfsd search`) and "
                 "import them there with `sfsd runs import`.", icon=":material/info:")
         return
-    st.info(f"No {what} yet. Start the quick demo search (about 3 minutes on a laptop CPU), start a search on "
-            f"the **Runs** page, or run it from a terminal:\n\n```\n{jobs.command_line(argv)}\n```",
+    model = data.demo_model()
+    commands = "\n".join(jobs.command_line(argv) for argv in jobs.demo_argvs(model, data.model_blocks(model)))
+    st.info(f"No {what} yet. Start the quick demo (a feature-space and a weight-space search, about 5 minutes on a "
+            f"laptop CPU), start a search on the **Runs** page, or run it from a terminal:\n\n```\n{commands}\n```",
             icon=":material/info:")
     demo_button(key=f"{key}-demo")
     progress_panel(key=f"{key}-progress")
 
 
 def demo_button(key: str = "demo") -> None:
+    """Start the quick demo: its searches one after the other in one background process."""
     if readonly():
         return
     model = data.demo_model()
-    argv = jobs.demo_argv(model, data.model_blocks(model))
+    argvs = jobs.demo_argvs(model, data.model_blocks(model))
     if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
-                 help=jobs.command_line(argv)):
-        launch_and_report(argv)
+                 help="\n\n".join(jobs.command_line(argv) for argv in argvs)):
+        launch_all_and_report(argvs)
+
+
+def demo_summary(views: Sequence[data.RunView]) -> str | None:
+    """What the finished quick demo ran and how long it took (None until all its runs are done)."""
+    if not views or any(view is None or view.state != "done" for view in views):
+        return None
+    started = min(pd.to_datetime(view.status.get("started"), utc=True, errors="coerce") for view in views)
+    finished = max(pd.to_datetime(view.status.get("finished"), utc=True, errors="coerce") for view in views)
+    parts = []
+    for view in views:
+        budget = (view.result or {}).get("overall_budget")
+        parts.append(f"a {view.method}-space search (overall budget "
+                     f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'})")
+    took = duration((finished - started).total_seconds()) if not (pd.isna(started) or pd.isna(finished)) else None
+    return "The quick demo ran " + "; ".join(parts) + (f". It took {took}." if took else ".")
 
 
 def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
@@ -201,6 +221,43 @@ def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
     st.success("\n\n".join(started.message for started in results))
 
 
+def has_accuracy(view: data.RunView | None) -> bool:
+    """Whether a search run's snapshots carry a task accuracy (their own or added by `sfsd snapshot-eval`)."""
+    return view is not None and any(c.startswith(("acc:", "acc_norm:")) for c in view.snapshots.columns)
+
+
+def accuracy_panel(runs: pd.DataFrame, key: str) -> None:
+    """How to get task accuracy for the accuracy-versus-parameters figure, and a button that computes it for a
+    finished search in the background (`sfsd snapshot-eval`: the eval split at each of its snapshots)."""
+    from sfsd.data import OFFLINE_TASKS
+
+    finished = [row.run_id for row in runs.itertuples() if row.state == "done"]
+    without = [run_id for run_id in finished if not has_accuracy(data.load_run(run_id))]
+    none_yet = not any(has_accuracy(data.load_run(run_id)) for run_id in runs["run_id"])
+    how = ("Accuracy needs tasks evaluated at the snapshots: start a search with `--snapshot-tasks piqa` (Runs page, "
+           "\"Tasks evaluated at each snapshot\"), or evaluate a finished search's snapshots afterwards with "
+           "`sfsd snapshot-eval RUN_ID --tasks piqa --limit 100`.")
+    if none_yet:
+        st.info(f"**No accuracy yet**, only the searches' own metric. {how}", icon=":material/info:")
+    if readonly() or not finished:
+        return
+    with st.expander("Compute accuracy for a finished search", expanded=none_yet, icon=":material/calculate:"):
+        c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
+        choices = without + [run_id for run_id in finished if run_id not in without]
+        run_id = c1.selectbox("Finished search", choices, key=f"{key}-run",
+                              format_func=lambda i: data.run_label(i, (data.load_run(i) or data.empty_view()).config,
+                                                                   "done" if i in without else "has accuracy"))
+        task = c2.selectbox("Task", list(OFFLINE_TASKS), key=f"{key}-task", index=list(OFFLINE_TASKS).index("piqa"))
+        limit = c3.number_input("Documents", min_value=10, value=100, step=10, key=f"{key}-limit",
+                                help="per snapshot, first N of the eval split; fewer: faster, wider intervals")
+        argv = ["snapshot-eval", run_id, "--tasks", task, "--limit", str(int(limit))]
+        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+        if st.button("Compute accuracy", key=f"{key}-start", icon=":material/play_arrow:"):
+            if launch_and_report(argv):
+                st.caption("It runs in the background: each snapshot's accuracy appears here when it is evaluated "
+                           "(reload the page).")
+
+
 # ---- live progress ---------------------------------------------------------------------------------------
 
 
@@ -216,7 +273,8 @@ def progress_panel(key: str = "progress") -> None:
     if active.empty and not watched:
         st.caption("No run in progress.")
         return
-    for row in active.itertuples():
+    order = sorted(active.itertuples(), key=lambda row: (row.state != "running", jobs.queue_place(row.message)))
+    for row in order:  # the running run first, then the queued ones in the order they will run
         _progress_row(row.run_id, key)
     for run_id in watched:
         view = data.load_run(run_id)
@@ -248,8 +306,7 @@ def _progress_row(run_id: str, key: str) -> None:
     if status.get("state") == "pending" and message.startswith("queued"):
         text, value = f"{label}: {message}", 0.0
     elif view.kind != "search":
-        text = f"{label}: {'compressing and evaluating' if status.get('state') == 'running' else 'starting'}"
-        value = 0.0
+        text, value = _uniform_progress(view)
     elif status.get("state") == "pending" or not status.get("layers_total"):
         text = f"{label}: preparing (loading the model, calibrating, decomposing)"
         value = 0.0
@@ -266,6 +323,27 @@ def _progress_row(run_id: str, key: str) -> None:
         except SfsdError as exc:
             st.toast(str(exc))
         data.clear()
+
+
+def _uniform_progress(view: data.RunView) -> tuple[str, float]:
+    """A uniform run's progress: evaluations written of those configured (one per task and per perplexity
+    length), the one under way, and an ETA from the time spent so far per evaluation."""
+    config, status = view.config, view.status
+    steps = [*(f"task {t}" for t in config.get("tasks") or []),
+             *(f"perplexity @{n}" for n in config.get("ppl_seq_lens") or [])]
+    if status.get("state") != "running":
+        return f"{view.label}: starting", 0.0
+    done = min(len(view.evaluations), len(steps))
+    if not steps:
+        return f"{view.label}: compressing", 0.0
+    text = f"{view.label}: {done}/{len(steps)} evaluations"
+    if done < len(steps):
+        text += f" · now {steps[done]}" if done else f" · compressing, then {steps[0]}"
+    started = pd.to_datetime(status.get("started"), utc=True, errors="coerce")
+    if done and not pd.isna(started):
+        spent = (pd.Timestamp.now(tz="UTC") - started).total_seconds()
+        text += f" · ETA {duration(spent / done * (len(steps) - done))} (from the pace so far)"
+    return text, done / len(steps)
 
 
 def run_actions(run_id: str, view: data.RunView) -> None:
