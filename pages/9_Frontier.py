@@ -27,6 +27,9 @@ widgets.table(frontier.display_table(frame), "frontier", key="frontier")
 
 st.subheader("Where does each strategy put the ranks?")
 runs = frame[frame["strategy"] != "base"]
+if runs.empty:  # only the base model so far (e.g. a uniform `--method none` run): nothing to compare yet
+    st.info("No target-budget run yet: `sfsd frontier --strategies spectrum,uniform --budgets 0.9,0.8` adds some.")
+    st.stop()
 c1, c2, c3 = st.columns(3)
 target = c1.selectbox("Target budget", sorted(runs["target"].unique(), reverse=True), key="frontier-target")
 at_target = runs[runs["target"] == target]
