@@ -47,7 +47,8 @@ SELECT = {"accuracy": ("y axis", "acc piqa (eval split, %)")}
 ALLOWED_ALERTS = {
     "table1": [r"^piqa: only 5 documents \(fewer than 30\)"],
     "disagreement": [r"^piqa: only 6 documents \(fewer than 30\)"],
-    "bias": [r"^Read with care: "],  # 10 StereoSet examples leave every domain thin or empty
+    # 10 StereoSet examples leave every domain thin or empty
+    "bias": [r"(^|\n)Read with care: (gender|profession|race|religion|overall) "],
 }
 REQUIRED_ALERTS = dict(ALLOWED_ALERTS)
 ALERTS = "[data-testid='stAlertContentError'], [data-testid='stAlertContentWarning']"

@@ -581,7 +581,8 @@ def fixture_pack(monkeypatch, model, tokenizer):
     monkeypatch.setattr(_pack, "data_module", lambda: fake)
     other = tiny_llama(1)
     models = {"tiny-a": model, "tiny-b": other}
-    monkeypatch.setattr("sfsd.models.load_model", lambda name, device=None: (models.get(name, model), tokenizer))
+    monkeypatch.setattr("sfsd.models.load_model",
+                        lambda name, device=None, dtype="auto": (models.get(name, model), tokenizer))
 
 
 def test_cli_eval_ppl_bias_disagree(fixture_pack, capsys):
