@@ -221,20 +221,24 @@ class SurgicalSearch:
                                         "budget": overall_budget(self.all_layers, self.ranks),
                                         "metric": value, "evals": evals})
 
-    def run(self) -> dict:
+    def prepare(self) -> tuple[dict[str, Decomposition], float, int, dict]:
+        """Decompositions, spectra, the base model's metric (step-0 snapshot), parameters and held-out value;
+        what every search needs before its first decision (each part is reused when resuming)."""
         run = self.run_store
         decs = cached_decompositions(self.model, self.tokenizer, self.config, self.layers, self.progress)
         if not run.file("spectra.parquet").exists():
             self.write_spectra(decs)
-        status = run.stored_status()
-        base_value = status.get("base_metric")
+        base_value = run.stored_status().get("base_metric")
         if base_value is None:
             base_value = self.evaluate(0)
             if not run.read_snapshots():
                 run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
                                      "metric": base_value, "evals": {}})
-        base_params = count_parameters(self.model)
-        heldout_base = self.heldout(base=True)
+        return decs, base_value, count_parameters(self.model), self.heldout(base=True)
+
+    def run(self) -> dict:
+        run = self.run_store
+        decs, base_value, base_params, heldout_base = self.prepare()
         if self.config.engine == "fast":
             self.prefix = PrefixCache(run.path / "prefix", self.metric.batches)
             self.prefix.build(self.model, self.adapter)

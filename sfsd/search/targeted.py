@@ -40,7 +40,7 @@ from sfsd.search.allocation import (
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
-from sfsd.search.surgical import SurgicalSearch, cached_decompositions, run_record, run_search, search_layers
+from sfsd.search.surgical import SurgicalSearch, run_record, run_search, search_layers
 
 ALG1_BISECTIONS = 5
 SENSITIVITY_FILE = "sensitivity.json"
@@ -72,17 +72,7 @@ class AllocationSearch(SurgicalSearch):
 
     def run(self) -> dict:
         run, target = self.run_store, self.config.target_budget
-        decs = cached_decompositions(self.model, self.tokenizer, self.config, self.layers, self.progress)
-        if not run.file("spectra.parquet").exists():
-            self.write_spectra(decs)
-        base_value = run.stored_status().get("base_metric")
-        if base_value is None:
-            base_value = self.evaluate(0)
-            if not run.read_snapshots():
-                run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
-                                     "metric": base_value, "evals": {}})
-        base_params = count_parameters(self.model)
-        heldout_base = self.heldout(base=True)
+        decs, base_value, base_params, heldout_base = self.prepare()
         run.write_status(base_metric=base_value, base_params=base_params, layers_total=len(self.layers),
                          layers_done=len(run.decisions()))
         start = time.perf_counter()
