@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -34,7 +33,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from sfsd.atomic import atomic_dir, write_json
+from sfsd.atomic import atomic_dir, atomic_file, write_json
 from sfsd.errors import SfsdError
 from sfsd.paths import cache_dir, models_dir, runs_dir
 from sfsd.runs._files import disk_guard, timestamp
@@ -67,19 +66,8 @@ def export_archive(run_ids: Iterable[str], out: str | Path | IO[bytes], with_mod
     (a path, written atomically, or a binary file object); return the manifest."""
     members = _export_members(list(dict.fromkeys(run_ids)), with_model)
     if isinstance(out, (str, Path)):
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                manifest = _write_zip(members, handle, with_model)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return manifest
+        with atomic_file(out, binary=True) as handle:
+            return _write_zip(members, handle, with_model)
     return _write_zip(members, out, with_model)
 
 
