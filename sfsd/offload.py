@@ -47,3 +47,33 @@ def like_tensor(module: nn.Module) -> torch.Tensor:
     return torch.empty(0, dtype=weight.dtype, device=execution_device(module))
 
 
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a model's token ids belong: its input embeddings' execution device when accelerate dispatched
+    it (the first parameter may sit on disk, as a meta tensor), else where its first parameter is."""
+    if is_dispatched(model):
+        return execution_device(model.get_input_embeddings())
+    return next(model.parameters()).device
+
+
+def own_tensors(module: nn.Module):
+    """(name, tensor) of the module's own parameters and persistent buffers, in `state_dict` order."""
+    for name, param in module._parameters.items():
+        if param is not None:
+            yield name, param
+    for name, buffer in module._buffers.items():
+        if buffer is not None and name not in module._non_persistent_buffers_set:
+            yield name, buffer
+
+
+def state_items(model: nn.Module):
+    """(name, tensor) like `model.state_dict().items()`, with offloaded weights read through their hooks
+    (one module at a time, so no more than one module's weights are brought in at once)."""
+    if not is_dispatched(model):
+        yield from model.state_dict().items()
+        return
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        with onloaded(module) if hasattr(module, "_hf_hook") else nullcontext():
+            for name, tensor in own_tensors(module):
+                yield f"{prefix}.{name}" if prefix else name, tensor

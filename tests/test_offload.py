@@ -57,3 +57,42 @@ def test_dispatch_bad_input_is_one_line(capsys, tiny_folder, tmp_path, argv, fra
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "never").exists()
+
+
+def test_offloaded_weights_have_the_in_memory_fingerprint(tiny_folder, tmp_path):
+    from sfsd.evaluate import model_fingerprint
+
+    model, _ = load_model(tiny_folder, "cpu", "float32")
+    offloaded, _ = load_model(tiny_folder, "cpu", "float32", device_map=DISK_MAP, offload_dir=tmp_path / "offload")
+    assert offloaded.model.layers[1].self_attn.q_proj.weight.device.type == "meta"
+    assert model_fingerprint(offloaded) == model_fingerprint(model)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight[0, 0] += 1e-3
+    assert model_fingerprint(offloaded) != model_fingerprint(model)  # it reads the bytes on disk, not names
+
+
+def _printed_ppl(capsys, argv) -> str:
+    assert main(argv) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("perplexity")][0]
+    return line.split()[1]
+
+
+def test_eval_commands_on_a_disk_offloaded_model_equal_in_memory(capsys, tiny_folder, tmp_path):
+    argv = ["ppl", str(tiny_folder), "--seq-len", "64", "--max-tokens", "2048", "--no-cache"]
+    in_memory = _printed_ppl(capsys, argv)
+    # cpu=5MB holds not even the 12.6 MB embedding: accelerate puts the whole model on disk (its hooks read it).
+    spread = _printed_ppl(capsys, [*argv, "--device-map", "sequential", "--max-memory", "cpu=5MB",
+                                   "--offload-dir", str(tmp_path / "offload")])
+    assert spread == in_memory
+    spread_model, _ = load_model(tiny_folder, "cpu", "float32", device_map="sequential", max_memory="cpu=5MB",
+                                 offload_dir=tmp_path / "offload")
+    on_disk = [n for n, p in spread_model.named_parameters() if p.device.type == "meta"]
+    assert on_disk, "nothing was offloaded to disk: the test would test nothing"
+
+    # lm-eval gets the dispatched model (HFLM around the model object): the same per-document answers.
+    eval_argv = ["eval", str(tiny_folder), "--tasks", "piqa", "--limit", "8", "--no-cache"]
+    assert main(eval_argv) == 0
+    in_memory_table = capsys.readouterr().out.splitlines()[-2]
+    assert main([*eval_argv, "--device-map", "sequential", "--max-memory", "cpu=5MB",
+                 "--offload-dir", str(tmp_path / "offload-eval")]) == 0
+    assert capsys.readouterr().out.splitlines()[-2] == in_memory_table

@@ -6,7 +6,7 @@ import argparse
 
 import pandas as pd
 
-from sfsd.cli.common import add_dtype_flag
+from sfsd.cli.common import add_dispatch_flags, add_dtype_flag
 from sfsd.models import DEFAULT_MODEL
 
 
@@ -22,6 +22,7 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_dtype_flag(parser)
+    add_dispatch_flags(parser)
     parser.add_argument(
         "--model-key",
         default=None,
@@ -86,15 +87,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dis.add_argument("--show", type=int, default=5, help="flipped examples to print per task (default: 5)")
     dis.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     add_dtype_flag(dis)
+    add_dispatch_flags(dis)
     dis.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
     dis.set_defaults(func=cmd_disagree)
 
 
-def _load(name: str, device: str | None, dtype: str = "auto"):
+def _load(name: str, args: argparse.Namespace):
+    """Load for evaluation; with --device-map, accelerate spreads the model over GPUs, CPU and disk."""
     from sfsd.models import load_model
 
     print(f"loading {name} ...", flush=True)
-    return load_model(name, device, dtype)
+    return load_model(name, args.device, args.dtype, device_map=args.device_map, max_memory=args.max_memory,
+                      offload_dir=args.offload_dir)
 
 
 def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _refuse_task_leaks(args.model, args)
     if args.suite == "paper":
         require_paper_data(args.tasks)  # fail before loading the model
-    model, tokenizer = _load(args.model, args.device, args.dtype)
+    model, tokenizer = _load(args.model, args)
     results = _tasks(args, model, tokenizer, args.model_key)
     print(accuracy_table(results.summary).to_string(index=False))
     print(f"lm-eval {results.summary['lm_eval_version'].iloc[0]}, suite {args.suite}, zero-shot; "
@@ -161,7 +165,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     refuse_folder_leaks(args.model, [(f"sfsd ppl --dataset {args.dataset} --split {split}",
                                       ppl_eval_rows(args.dataset, split))])
     require_dataset(args.dataset)  # fail before loading the model
-    model, tokenizer = _load(args.model, args.device, args.dtype)
+    model, tokenizer = _load(args.model, args)
     result = perplexity(
         model,
         tokenizer,
@@ -187,7 +191,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
     from sfsd.evaluate import stereoset
     from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, display_table, thin_cells
 
-    model, tokenizer = _load(args.model, args.device, args.dtype)
+    model, tokenizer = _load(args.model, args)
     result = stereoset(
         model,
         tokenizer,
@@ -218,7 +222,7 @@ def cmd_disagree(args: argparse.Namespace) -> int:
         _refuse_task_leaks(name, args)
     records = []
     for name in (args.model_a, args.model_b):
-        model, tokenizer = _load(name, args.device, args.dtype)
+        model, tokenizer = _load(name, args)
         records.append(_tasks(args, model, tokenizer, None).records)
         del model
     table = disagreement(records[0], records[1], metric=args.metric)

@@ -21,6 +21,7 @@ from sfsd.evaluate.cache import EvalCache, cache_key, require
 from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.evaluate.leaks import refuse_model_leaks, task_targets
 from sfsd.evaluate.tasks import TaskSpec, check_suite, load_tasks, resolve_specs, rows_spec
+from sfsd.offload import input_device
 
 SUMMARY_COLUMNS = ["task", "split", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "lm_eval_version"]
 _EXTRA_COLUMNS = ["suite", "limit", "model_key", "cached"]
@@ -257,6 +258,7 @@ def _run_lm_eval(
     with quiet_lm_eval():
         manager, loaded = load_tasks(specs)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm._device = input_device(model)  # HFLM takes the first parameter's, which a device map may put on disk
         result = lm_eval.simple_evaluate(
             model=lm,
             tasks=[loaded[spec.lm_name] for spec in specs],

@@ -30,6 +30,7 @@ from sfsd.evaluate import _pack
 from sfsd.evaluate.cache import EvalCache, cache_key, require
 from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.evaluate.leaks import refuse_model_leaks
+from sfsd.offload import input_device
 
 PPL_DATASETS = ("wiki", "wikitext2", "ptb", "c4")
 HUB_PPL_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
@@ -59,10 +60,10 @@ def windows(tokens: torch.Tensor, seq_len: int, max_tokens: int | None = None) -
 @torch.no_grad()
 def window_nll(model: nn.Module, batch: torch.Tensor) -> float:
     """Summed next-token negative log-likelihood over a batch of windows (seq_len - 1 per window)."""
-    device = next(model.parameters()).device
-    batch = batch.to(device)
+    batch = batch.to(input_device(model))
     logits = model(batch).logits[:, :-1].float()
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"))
+    targets = batch[:, 1:].to(logits.device)  # the head may sit on another device (a device map)
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
 
 
 def perplexity_of_windows(model: nn.Module, chunks: torch.Tensor, batch_size: int, progress: bool = True) -> float:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfsd.offload import input_device
+
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the config names no context length
 
 
@@ -58,7 +60,7 @@ def model_max_length(model: nn.Module) -> int:
 
 
 def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    return input_device(model)
 
 
 def lm_eval_batches(
