@@ -14,7 +14,7 @@ if points.empty:
             "--budgets 0.9,0.8,0.6`; its points appear here as they finish.")
     st.stop()
 
-c1, c2 = st.columns([2, 1])
+c1, c2, c3 = st.columns([2, 1, 1])
 model = c1.selectbox("Model", sorted(points["model"].unique()), key="frontier-model")
 frame = frontier.points(model)
 columns = frontier.ppl_columns(frame)
@@ -22,11 +22,25 @@ if not columns:
     st.info("These runs have no eval-split perplexity yet: run `sfsd frontier` with the same flags to evaluate them.")
     st.stop()
 column = c2.radio("Perplexity at", columns, horizontal=True, key="frontier-ppl")
-widgets.chart(frontier.frontier_figure(frame, column), key="frontier-chart")
+x_axis = frontier.X_AXES[c3.radio("Against", list(frontier.X_AXES), horizontal=True, key="frontier-x")]
+st.caption("Lines: target-budget runs of one strategy; diamonds: Algorithm 1 searches (a tolerance, no target). "
+           "Click a point to open its budget heatmap below.")
+event = widgets.chart(frontier.frontier_figure(frame, column, x_axis), key="frontier-chart", on_select="rerun",
+                      selection_mode="points")
+tasks = frontier.task_columns(frame)
+if tasks:
+    task = st.selectbox("Accuracy on", tasks, key="frontier-task") if len(tasks) > 1 else tasks[0]
+    widgets.chart(frontier.accuracy_figure(frame, task, x_axis), key="frontier-acc-chart")
+else:
+    st.caption("No accuracy yet: `sfsd frontier ... --tasks piqa --limit 500` adds eval-split accuracy per point.")
 widgets.table(frontier.display_table(frame), "frontier", key="frontier")
 
+clicked = frontier.clicked_run(event)
+if clicked:
+    widgets.chart(frontier.heatmap_of(clicked, f"clicked point: {clicked}"), key="frontier-clicked-heatmap")
+
 st.subheader("Where does each strategy put the ranks?")
-runs = frame[frame["strategy"] != "base"]
+runs = frame[~frame["strategy"].isin(["base", frontier.ALG1])].dropna(subset=["target"])  # target-budget runs
 if runs.empty:  # only the base model so far (e.g. a uniform `--method none` run): nothing to compare yet
     st.info("No target-budget run yet: `sfsd frontier --strategies spectrum,uniform --budgets 0.9,0.8` adds some.")
     st.stop()

@@ -60,3 +60,30 @@ def default_model_dir():
     from sfsd.models import DEFAULT_MODEL, resolve_model
 
     return resolve_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def frontier_store(tmp_path_factory, default_model_dir):
+    """A store that a real tiny frontier wrote: uniform and spectrum at 0.8 and 0.6, the base model, an
+    evaluated Algorithm 1 search; eval perplexity at 32 and 64 tokens and piqa on 12 documents."""
+    from sfsd.paths import data_dir
+
+    root = tmp_path_factory.mktemp("frontier-app") / "cache"
+    root.mkdir()
+    (root / "data").symlink_to(data_dir())
+    model = save_tiny_llama(root.parent / "tiny-llama", default_model_dir, 3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SFSD_CACHE_DIR", str(root))
+        from sfsd.compress import CalibrationSpec
+        from sfsd.search import MetricSpec, SearchConfig, run_search
+        from sfsd.search.frontier import evaluate_point, run_frontier
+
+        base = SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
+                            calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
+        run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048, tasks=["piqa"],
+                     limit=12, progress=False, say=lambda _: None)
+        # A plain Algorithm 1 search (a tolerance, no target), evaluated the same way: a point of its own.
+        alg1 = run_search(SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.2, samples=4, seq_len=32),
+                                       calibration=CalibrationSpec("wiki", 16, 32), first_block=2), progress=False)
+        evaluate_point(alg1, (32, 64), 2048, ["piqa"], 12, progress=False)
+    return {"root": str(root), "model": str(model)}

@@ -4,32 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-from conftest import save_tiny_llama
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def frontier_store(tmp_path_factory, default_model_dir):
-    from sfsd.paths import data_dir
-
-    root = tmp_path_factory.mktemp("frontier-app") / "cache"
-    root.mkdir()
-    (root / "data").symlink_to(data_dir())
-    model = save_tiny_llama(root.parent / "tiny-llama", default_model_dir, 3)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SFSD_CACHE_DIR", str(root))
-        from sfsd.compress import CalibrationSpec
-        from sfsd.search import MetricSpec, SearchConfig
-        from sfsd.search.frontier import run_frontier
-
-        base = SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
-                            calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
-        run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048, progress=False,
-                     say=lambda _: None)
-    return {"root": str(root), "model": str(model)}
 
 
 def open_frontier(monkeypatch, root: str) -> AppTest:
@@ -47,25 +24,56 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     import json
 
     figures = at.get("plotly_chart")
-    assert len(figures) == 3  # the frontier and two budget heatmaps side by side
+    assert len(figures) == 4  # the frontier, the accuracy chart and two budget heatmaps side by side
     figure = json.loads(figures[0].proto.spec)
     lines = {trace["name"]: trace for trace in figure["data"]}
-    assert set(lines) == {"uniform (feature)", "spectrum (feature)"}
-    assert all(len(trace["x"]) == 2 and all(y > 0 for y in trace["y"]) for trace in lines.values())
+    assert set(lines) == {"uniform (feature)", "spectrum (feature)", "Algorithm 1 (feature)"}
+    assert lines["Algorithm 1 (feature)"]["mode"] == "markers" and len(lines["Algorithm 1 (feature)"]["x"]) == 1
+    assert all(len(lines[name]["x"]) == 2 for name in ("uniform (feature)", "spectrum (feature)"))
+    assert all(y > 0 for trace in lines.values() for y in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     assert any("base model" in shape.get("text", "") for shape in figure["layout"].get("annotations", []))
+    accuracy = json.loads(figures[1].proto.spec)
+    assert "piqa" in accuracy["layout"]["yaxis"]["title"]["text"]
+    for trace in accuracy["data"]:  # every point with its 95% interval, which contains it
+        assert len(trace["error_y"]["array"]) == len(trace["y"]) and all(e > 0 for e in trace["error_y"]["array"])
     table = at.dataframe[0].value
-    assert len(table) == 5 and set(table["strategy"]) == {"base", "uniform", "spectrum"}
-    heatmaps = [json.loads(f.proto.spec) for f in figures[1:]]
+    assert len(table) == 6 and set(table["strategy"]) == {"base", "uniform", "spectrum", "Algorithm 1"}
+    assert all("(n=12)" in cell for cell in table["acc piqa [95% CI] (n)"])
+    heatmaps = [json.loads(f.proto.spec) for f in figures[2:]]
     assert [h["layout"]["title"]["text"] for h in heatmaps] == ["spectrum (feature) at 0.8", "uniform (feature) at 0.8"]
     assert all(h["data"] for h in heatmaps)
     at.radio(key="frontier-ppl").set_value("ppl@64").run()
     at.selectbox(key="frontier-target").select(0.6).run()
-    assert not at.exception and "at 0.6" in json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"]
+    assert not at.exception and "at 0.6" in json.loads(at.get("plotly_chart")[2].proto.spec)["layout"]["title"]["text"]
+    at.radio(key="frontier-x").set_value("MACs").run()
+    by_macs = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "MACs" in by_macs["layout"]["xaxis"]["title"]["text"]
+    budgets = {t["name"]: t["x"] for t in figure["data"]}
+    for trace in by_macs["data"]:  # fewer parameters kept, fewer MACs: the same order along both axes
+        order = sorted(range(len(trace["x"])), key=trace["x"].__getitem__)
+        assert order == sorted(range(len(budgets[trace["name"]])), key=budgets[trace["name"]].__getitem__)
     assert at.get("download_button")
+
+
+def test_a_clicked_frontier_point_names_its_run():
+    from sfsd.dashboard.frontier import clicked_run
+
+    event = {"selection": {"points": [{"x": 80.0, "y": 40.0, "customdata": ["search-m-feature-ppl-0a1b", 0.8, "—"]}]}}
+    assert clicked_run(event) == "search-m-feature-ppl-0a1b"
+    assert clicked_run({"selection": {"points": []}}) is None and clicked_run(None) is None
 
 
 def test_frontier_page_without_points_says_how_to_make_them(tmp_path, monkeypatch):
     at = open_frontier(monkeypatch, str(tmp_path))
     assert not at.exception
     assert any("sfsd frontier" in info.value for info in at.info)
+
+
+def test_the_report_of_a_frontier_point_includes_the_frontier(frontier_store, monkeypatch):
+    monkeypatch.setenv("SFSD_CACHE_DIR", frontier_store["root"])
+    from sfsd.dashboard import data, frontier, report
+
+    run_id = frontier.points().query("strategy == 'spectrum'")["run_id"].iloc[0]
+    document = report.build_report(data.load_run(run_id), data.spectra(run_id))
+    assert "Budget-quality frontier" in document and "piqa accuracy" in document

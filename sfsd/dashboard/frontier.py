@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from sfsd.dashboard import data
-from sfsd.dashboard.plots import DASHES, METHOD_COLORS, _layout, empty_figure, method_color
-from sfsd.runs.frontier import frontier_frame
+from sfsd.dashboard.plots import DASHES, METHOD_COLORS, _layout, empty_figure, method_color, wilson_error_bars
+from sfsd.runs.frontier import ALG1, frontier_frame
 
 STRATEGY_DASH = {"uniform": "dot", "spectrum": "solid", "sensitivity": "dash", "alg1": "dashdot"}
 
@@ -33,27 +33,78 @@ def ppl_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(columns, key=lambda c: int(c.split("@", 1)[1]))
 
 
-def frontier_figure(frame: pd.DataFrame, column: str) -> go.Figure:
-    """`column` (log scale) against overall budget; one line per (strategy, method), base models as lines."""
-    points_ = frame[(frame["strategy"] != "base")].dropna(subset=[column])
-    if points_.empty:
-        return empty_figure(f"No frontier point has {column} yet: run `sfsd frontier`")
-    fig = go.Figure()
+X_AXES = {"overall budget": "overall_budget", "MACs": "macs"}
+_X_TITLES = {"overall_budget": "overall budget (% of the decomposable parameters, Appendix B)",
+             "macs": "MACs of one forward pass over 128 tokens (G)"}
+
+
+def _x_values(group: pd.DataFrame, x: str) -> list[float]:
+    return (100 * group["overall_budget"] if x == "overall_budget" else group["macs"].astype("float64") / 1e9).tolist()
+
+
+def _hover_data(group: pd.DataFrame) -> list[list]:
+    cells = group[["run_id", "target", "tolerance"]].astype(object)
+    return cells.where(cells.notna(), "—").values.tolist()
+
+
+def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, error_of=None) -> None:
+    """One line per (strategy, method) of target-budget runs; Algorithm 1 searches as separate markers."""
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
-        group = group.sort_values("overall_budget")
+        group = group.sort_values(x)
+        alg1 = strategy == ALG1
+        label = f"{strategy} ({method})"
         fig.add_trace(go.Scatter(
-            x=(100 * group["overall_budget"]).tolist(), y=group[column].tolist(), name=f"{strategy} ({method})",
-            mode="lines+markers",
+            x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
+            marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=method_color(method)),
             line=dict(color=method_color(method), dash=STRATEGY_DASH.get(strategy, DASHES[i % len(DASHES)])),
-            customdata=group[["run_id", "target"]].values.tolist(),
-            hovertemplate="budget %{x:.2f}%<br>" + column + " %{y:.4g}<br>target %{customdata[1]}"
-                          "<br>%{customdata[0]}<extra></extra>"))
+            error_y=error_of(group) if error_of else None,
+            customdata=_hover_data(group),
+            hovertemplate=f"{label}<br>x %{{x:.4g}}<br>{hover} %{{y:.4g}}<br>target %{{customdata[1]}}, "
+                          "tolerance %{customdata[2]}<br>%{customdata[0]}<extra></extra>"))
+
+
+def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget") -> go.Figure:
+    """`column` (log scale) against overall budget or MACs; one line per (strategy, method), Algorithm 1
+    searches as points, base models as horizontal lines."""
+    points_ = frame[(frame["strategy"] != "base")].dropna(subset=[column, x])
+    if points_.empty:
+        return empty_figure(f"No frontier point has {column} {'and MACs ' if x == 'macs' else ''}yet: run "
+                            "`sfsd frontier`")
+    fig = go.Figure()
+    _traces(fig, points_, x, lambda g: g[column].tolist(), column)
     for value in frame.loc[frame["strategy"] == "base", column].dropna().unique():
         fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
                       annotation_text=f"base model {column} {value:.4g}", annotation_position="top left")
-    fig.update_xaxes(title="overall budget (% of the decomposable parameters, Appendix B)")
+    fig.update_xaxes(title=_X_TITLES[x])
     fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]} tokens (log scale)", type="log")
     return _layout(fig, None, height=500)
+
+
+def task_columns(frame: pd.DataFrame) -> list[str]:
+    """Tasks with at least one accuracy among the points."""
+    return sorted(c.split(":", 1)[1] for c in frame.columns if c.startswith("acc:") and frame[c].notna().any())
+
+
+def accuracy_figure(frame: pd.DataFrame, task: str, x: str = "overall_budget") -> go.Figure:
+    """Eval-split accuracy (%) on `task` with 95% Wilson error bars against budget or MACs; the base model
+    as a line with its interval in the label."""
+    from sfsd.evaluate.intervals import format_proportion
+
+    acc, n = f"acc:{task}", f"n:{task}"
+    points_ = frame[frame["strategy"] != "base"].dropna(subset=[acc, x])
+    if points_.empty:
+        return empty_figure(f"No frontier point has {task} accuracy yet: run `sfsd frontier --tasks {task}`")
+    fig = go.Figure()
+    _traces(fig, points_, x, lambda g: (100 * g[acc]).tolist(), f"{task} acc (%)",
+            error_of=lambda g: wilson_error_bars(g[acc].tolist(), g[n].tolist()))
+    for _, row in frame[frame["strategy"] == "base"].dropna(subset=[acc]).iterrows():
+        value, count = row[acc], row[n]
+        fig.add_hline(y=100 * float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
+                      annotation_text=f"base model {format_proportion(float(value), int(count))}",
+                      annotation_position="top left")
+    fig.update_xaxes(title=_X_TITLES[x])
+    fig.update_yaxes(title=f"{task} accuracy, eval split (%, 95% Wilson interval)")
+    return _layout(fig, None, height=450)
 
 
 def display_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -79,3 +130,13 @@ def heatmap_of(run_id: str, title: str) -> go.Figure:
     if view is None:
         return empty_figure(f"run {run_id} cannot be read")
     return budget_heatmap(heatmap_cells(view.layers), title)
+
+
+def clicked_run(event) -> str | None:
+    """The run id of the point clicked on the frontier chart (its first custom datum), if any."""
+    points_ = ((event or {}).get("selection") or {}).get("points") or []
+    for point in points_:
+        custom = point.get("customdata")
+        if custom and str(custom[0]).startswith(("search-", "uniform-")):
+            return str(custom[0])
+    return None

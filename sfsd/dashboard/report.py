@@ -104,6 +104,7 @@ def build_report(view: RunView, spectra: pd.DataFrame, uniform_rows: pd.DataFram
 
     if view.kind == "search":
         _search_sections(out, view, spectra)
+        _frontier_section(out, view)
     else:
         _uniform_sections(out, view, uniform_rows)
 
@@ -152,6 +153,23 @@ def _search_sections(out: _Builder, view: RunView, spectra: pd.DataFrame) -> Non
         out.heading("Snapshots")
         out.text("Accuracies in % with their 95% Wilson interval; n:<task> is the number of documents.", "note")
         out.table(data.interval_columns(view.snapshots))
+
+
+def _frontier_section(out: _Builder, view: RunView) -> None:
+    """For a target-budget run (or an evaluated Algorithm 1 search): the frontier of its model, this run
+    among the points, as on the Frontier page."""
+    from sfsd.dashboard import frontier
+
+    points = frontier.points(view.model)
+    if points.empty or view.run_id not in set(points["run_id"]):
+        return
+    out.heading("Budget-quality frontier")
+    out.text(f"Every frontier point of model {view.model} in this store (this run: {view.run_id}); eval split.", "note")
+    for column in frontier.ppl_columns(points):
+        out.figure(frontier.frontier_figure(points, column))
+    for task in frontier.task_columns(points):
+        out.figure(frontier.accuracy_figure(points, task))
+    out.table(frontier.display_table(points))
 
 
 def _uniform_sections(out: _Builder, view: RunView, uniform_rows: pd.DataFrame | None) -> None:

@@ -1,6 +1,8 @@
 """The budget-quality frontier as a table: one row per finished target-budget run (and per base model run).
 
 Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
+Algorithm 1 searches (a tolerance, no target) whose final model was evaluated on the eval split are points
+with strategy "Algorithm 1" and their tolerance.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from sfsd.errors import SfsdError
 from sfsd.runs.frames import _frame
 from sfsd.runs.store import RunStore
 
-FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "overall_budget", "params", "ppl@128", "ppl@2048",
-                    "run_id"]
-_DTYPES = {"target": "float64", "overall_budget": "float64", "params": "Int64", "ppl@128": "float64",
-           "ppl@2048": "float64"}
+FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "tolerance", "overall_budget", "params", "macs",
+                    "ppl@128", "ppl@2048", "run_id"]
+_DTYPES = {"target": "float64", "tolerance": "float64", "overall_budget": "float64", "params": "Int64",
+           "macs": "Int64", "ppl@128": "float64", "ppl@2048": "float64"}
+ALG1 = "Algorithm 1"
 
 
 def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.DataFrame:
@@ -38,21 +41,30 @@ def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.Dat
 
 def _point(run) -> dict | None:
     config = run.config
-    is_target = config.get("kind") == "search" and config.get("target_budget") is not None
+    is_search = config.get("kind") == "search"
+    is_target = is_search and config.get("target_budget") is not None
     is_base = config.get("kind") == "uniform" and config.get("method") == "none"
-    if not (is_target or is_base) or run.status()["state"] != "done":
+    if not (is_search or is_base) or run.status()["state"] != "done":
         return None
     result = run.result() or {}
-    row = {"model": config["model"], "strategy": config["strategy"] if is_target else "base",
-           "method": config["method"], "target": config.get("target_budget", 1.0),
-           "overall_budget": result.get("overall_budget", 1.0), "params": result.get("params"), "run_id": run.id}
+    strategy = config["strategy"] if is_target else ALG1 if is_search else "base"
+    row = {"model": config["model"], "strategy": strategy, "method": config["method"],
+           "target": config.get("target_budget", 1.0 if is_base else None),
+           "tolerance": (config.get("metric") or {}).get("tolerance") if strategy == ALG1 else None,
+           "overall_budget": result.get("overall_budget", 1.0), "params": result.get("params"),
+           "macs": result.get("macs"), "run_id": run.id}
+    evaluated = False
     for record in run.read_evaluations():
         if record.get("split") != "eval":
             continue
+        evaluated = True
         metrics = record.get("metrics") or {}
+        row["macs"] = row["macs"] if row["macs"] is not None else record.get("macs")
         if record.get("kind") == "ppl":
             row[f"ppl@{metrics.get('seq_len')}"] = metrics.get("ppl")
         elif record.get("kind") == "task":
             row[f"acc:{record['task']}"] = metrics.get("acc")
             row[f"n:{record['task']}"] = metrics.get("n")
+    if strategy == ALG1 and not evaluated:  # a search nobody evaluated on the eval split has no point here
+        return None
     return row

@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from sfsd.accounting import count_parameters
+from sfsd.accounting import count_parameters, measure_macs
 from sfsd.errors import SfsdError
 from sfsd.runs import Run, run_id_for
 from sfsd.search.config import SearchConfig
 from sfsd.search.surgical import compressed_model_key, model_at_step, run_search
 from sfsd.search.uniform import UniformConfig, run_uniform
+
+MACS_SEQ_LEN = 128  # MACs of one forward pass over this many tokens, as the uniform runs record them
 
 
 def frontier_configs(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float]) -> list[SearchConfig]:
@@ -75,11 +77,12 @@ def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, ta
     step = len(run.decisions())
     model, tokenizer, ranks = model_at_step(run, step, device)
     key, params = compressed_model_key(run.config, ranks), count_parameters(model)
+    macs = measure_macs(model, MACS_SEQ_LEN)  # the Frontier page's other x axis
     for seq_len in todo_ppl:
         res = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=ppl_tokens, model_key=key,
                          progress=progress)
         run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": ppl_tokens, "step": step,
-                               "params": params,
+                               "params": params, "macs": macs, "macs_seq_len": MACS_SEQ_LEN,
                                "metrics": {"ppl": res["ppl"], "seq_len": seq_len, "n_tokens": res["n_tokens"]}})
     for task in todo_tasks:
         row = evaluate_tasks(model, tokenizer, [task], split="eval", limit=limit, model_key=key).summary.iloc[0]

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from sfsd.accounting import count_parameters
+from sfsd.accounting import count_parameters, measure_macs
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.atomic import write_json
 from sfsd.decompose import BETA_GRID, DECOMPOSITION_FORMAT, Decomposition, low_rank_module, overall_budget, set_module
@@ -93,7 +93,8 @@ class AllocationSearch(SurgicalSearch):
         self.snapshot(len(self.layers), value)
         result = {"ranks": self.ranks, "overall_budget": budget, "target_budget": target,
                   "strategy": self.config.strategy, "allocation_seconds": seconds, "allocation": details,
-                  "params": count_parameters(self.model), "base_params": base_params, "base_metric": base_value,
+                  "params": count_parameters(self.model), "macs": measure_macs(self.model, 128), "macs_seq_len": 128,
+                  "base_params": base_params, "base_metric": base_value,
                   "final_metric": value, "trials": self.trials,
                   "heldout": {"metric": self.config.metric.name, "higher_is_better": self.metric.higher_is_better,
                               "base": heldout_base, "final": self.heldout(base=False)}}
