@@ -9,6 +9,7 @@ from conftest import tiny_model
 from sfsd.adapters import adapter_for
 from sfsd.calibration import OUTPUT, choose_sides, collect_statistics
 from sfsd.calibration.cache import StatisticsCache
+from sfsd.calibration.statistics import add_gram
 from sfsd.compress import CalibrationSpec, calibration_tokens, compress
 from sfsd.decompose import fit_decompositions
 from sfsd.errors import SfsdError
@@ -27,6 +28,15 @@ def _aligned(basis: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """`basis` with each column's sign flipped to match `reference` (eigenvectors are defined up to sign)."""
     signs = torch.sign((basis * reference).sum(0))
     return basis * torch.where(signs == 0, 1.0, signs)
+
+
+@pytest.mark.parametrize("dim,dtype", [(64, torch.float64), (576, torch.float32), (1000, torch.float64)])
+def test_blocked_gram_equals_the_full_product(dim, dtype):
+    x = torch.randn(300, dim, generator=torch.Generator().manual_seed(dim), dtype=dtype)
+    total = torch.ones(dim, dim, dtype=torch.float64)  # adds to what is there
+    add_gram(total, x)
+    expected = 1 + (x.T @ x).double()
+    torch.testing.assert_close(total, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
 
 
 def test_choose_sides_follows_the_gram_cost():

@@ -29,6 +29,36 @@ def _gram_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+# Column-block width of the symmetric Gram (see `add_gram`): 192-wide blocks run as fast per multiply-add
+# as the full product on this CPU's BLAS, so fewer multiply-adds is less time (576 wide: 0.70x the time).
+GRAM_BLOCK = 192
+
+
+def add_gram(total: torch.Tensor, x: torch.Tensor) -> None:
+    """total += x^T x, computing only the column blocks on and above the diagonal.
+
+    x^T x is symmetric: with the columns cut into p blocks, the p (p + 1) / 2 products x_i^T x_j (j >= i)
+    hold all of it, (p + 1) / 2p of the full product's multiply-adds (2/3 for p = 3); each lower block is
+    the transpose of its upper one. Every entry is the same dot product over the same tokens as in the
+    full product. On an accelerator one product is faster than many small ones.
+    """
+    d = x.shape[1]
+    parts = max(1, min(8, d // GRAM_BLOCK)) if x.device.type == "cpu" else 1
+    if parts == 1:
+        total += x.T @ x
+        return
+    edges = [d * i // parts for i in range(parts + 1)]
+    cols = [x[:, edges[i] : edges[i + 1]] for i in range(parts)]
+    for i in range(parts):
+        rows = slice(edges[i], edges[i + 1])
+        total[rows, rows] += cols[i].T @ cols[i]
+        for j in range(i + 1, parts):
+            block = cols[i].T @ cols[j]
+            other = slice(edges[j], edges[j + 1])
+            total[rows, other] += block
+            total[other, rows] += block.T
+
+
 @dataclass
 class InputStatistics:
     """Token count, sum x, sum |x| and sum x x^T (float64) of one layer's inputs, padding excluded."""
@@ -52,7 +82,7 @@ class InputStatistics:
         self.count += x.shape[0]
         self.sum_x += x.sum(0, dtype=torch.float64)
         self.sum_abs_x += x.abs().sum(0, dtype=torch.float64)
-        self.sum_xxT += x.T @ x
+        add_gram(self.sum_xxT, x)
 
     def to(self, device: torch.device | str) -> InputStatistics:
         if self.sum_xxT.device == torch.device(device):
@@ -118,7 +148,7 @@ class OutputStatistics:
             y = y - bias.to(y.dtype)
         self.count += y.shape[0]
         self.sum_y += y.sum(0, dtype=torch.float64)
-        self.sum_yyT += y.T @ y
+        add_gram(self.sum_yyT, y)
 
     def to(self, device: torch.device | str) -> OutputStatistics:
         if self.sum_yyT.device == torch.device(device):
