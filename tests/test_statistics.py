@@ -10,7 +10,7 @@ from sfsd.adapters import adapter_for
 from sfsd.calibration import OUTPUT, choose_sides, collect_statistics
 from sfsd.calibration.cache import StatisticsCache
 from sfsd.calibration.statistics import add_gram
-from sfsd.compress import CalibrationSpec, calibration_tokens, compress
+from sfsd.compress import CalibrationSpec, calibration_tokens, compress, statistics_folder
 from sfsd.decompose import fit_decompositions
 from sfsd.errors import SfsdError
 
@@ -158,7 +158,7 @@ def test_second_compress_reuses_the_statistics_and_a_corrupt_entry_is_recomputed
     assert broken.read_bytes() != bytes(data)
 
 
-def test_cache_entries_check_themselves(tmp_path):
+def test_cache_entries_check_themselves(tmp_path, monkeypatch):
     model = tiny_model("llama")
     adapter = adapter_for(model)
     layers = adapter.layers(blocks=[0])
@@ -173,6 +173,10 @@ def test_cache_entries_check_themselves(tmp_path):
         for name, tensor in value.tensors().items():
             assert torch.equal(loaded.tensors()[name], tensor)
     key, value = next(iter(stats.items()))
+    monkeypatch.setattr("sfsd.calibration.cache.STATISTICS_FORMAT", 2)  # a later format: stale
+    assert cache.load(key, value.side) is None
+    monkeypatch.undo()
+    assert cache.load(key, value.side) is not None
     path = cache.path(key, value.side)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # a bit flip inside the tensors
@@ -181,3 +185,15 @@ def test_cache_entries_check_themselves(tmp_path):
     path.write_bytes(b"\x00" * 7)  # a truncated file
     assert cache.load(key, value.side) is None
     assert not cache.has("model.layers.9:mlp_out", OUTPUT)  # missing
+
+
+def test_the_cache_folder_follows_weights_tokens_and_batch_size():
+    model = tiny_model("llama")
+    ids, mask = _tokens(model)
+    base = statistics_folder(model, CALIB, ids, mask, 5)
+    assert statistics_folder(model, CALIB, ids, mask, 5) == base
+    assert statistics_folder(model, CALIB, ids, mask, 4) != base
+    assert statistics_folder(model, CALIB, ids, 1 - mask, 5) != base
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert statistics_folder(model, CALIB, ids, mask, 5) != base

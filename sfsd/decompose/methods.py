@@ -14,6 +14,10 @@ The four feature-space variants (Sec. 3.2 of the seed paper and its released cod
   eigenvectors of the centred covariance (`torch.cov`) and bias V_r V_r^T b0, the layer's own bias
   projected onto the kept directions (zero for bias-free layers: no compensation at all). Expressed here
   as c = -b0, since b0 + (I - V_r V_r^T)(-b0) = V_r V_r^T b0.
+
+The feature-space variants read only W Cov(x) W^T (or W E[x x^T] W^T) and W x_bar: from a group's input
+statistics, or measured on the layer's outputs y = W x (bias taken off) where that Gram is cheaper
+(`calibration.choose_sides`); the two give the same decompositions. ASVD and SVD-LLM need the inputs.
 """
 
 from __future__ import annotations
