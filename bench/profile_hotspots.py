@@ -34,7 +34,7 @@ def profile_calibration(args) -> str:
 
     from bench.calibration import plain_pass
     from sfsd.adapters import adapter_for
-    from sfsd.calibration import collect_statistics
+    from sfsd.calibration import choose_sides, collect_statistics
     from sfsd.compress import CalibrationSpec, calibration_tokens
     from sfsd.models import DEFAULT_MODEL, load_model
 
@@ -43,11 +43,16 @@ def profile_calibration(args) -> str:
     adapter = adapter_for(model)
     layers = adapter.layers()
     ids, mask = calibration_tokens(tokenizer, CalibrationSpec("wiki", samples, seq_len), model.config.vocab_size)
-    collect_statistics(model, adapter, layers, ids, mask, 16, progress=False)  # warm-up
+    sides = choose_sides(layers, output_side_ok=True)  # the feature-space methods' pass
+
+    def stats_pass():
+        collect_statistics(model, adapter, layers, ids, mask, 16, False, sides)
+
+    stats_pass()  # warm-up
     plain_pass(model, ids, mask, 16)
     out = [f"default model, {samples} x {seq_len} tokens, {len(layers)} layers, torch threads "
            f"{torch.get_num_threads()}"]
-    for name, fn in (("statistics pass", lambda: collect_statistics(model, adapter, layers, ids, mask, 16, False)),
+    for name, fn in (("statistics pass (feature-space methods)", stats_pass),
                      ("plain forward", lambda: plain_pass(model, ids, mask, 16))):
         start = time.perf_counter()
         with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -18,7 +18,15 @@ from torch import nn
 from sfsd.accounting import count_parameters, layer_table, measure_macs
 from sfsd.adapters import LinearLayer, ModelAdapter, adapter_for
 from sfsd.atomic import atomic_dir
-from sfsd.calibration import InputStatistics, capture_block_inputs, collect_statistics, run_block
+from sfsd.calibration import (
+    Statistics,
+    capture_block_inputs,
+    choose_sides,
+    collect_statistics,
+    run_block,
+    statistics_entries,
+)
+from sfsd.calibration.cache import STATISTICS_FORMAT, StatisticsCache
 from sfsd.decompose import (
     Decomposition,
     apply_ranks,
@@ -77,6 +85,7 @@ def stream_decompositions(
     model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration: CalibrationSpec,
     folder: str | Path | None = None, batch_size: int = 16, device: torch.device | str | None = None,
     progress: bool = True, on_block: BlockCallback | None = None, timings: dict | None = None,
+    statistics_cache: bool = False,
 ) -> dict[str, Decomposition]:
     """Decompose `layers` one block at a time (the block-streaming engine behind compress, uniform, search).
 
@@ -87,11 +96,19 @@ def stream_decompositions(
     `on_block(block, decompositions)` runs (compress swaps the layers there) and the block goes back.
     Blocks already in `folder` with a valid checksum are reused (resume). Without `on_block` the
     decompositions of all blocks are returned, on the host; with it, nothing is kept.
+
+    Each group's statistics are kept on the side `choose_sides` picks for the method (the output side
+    where cheaper, for the feature-space methods). With `statistics_cache`, they are also written to and
+    read from the statistics cache (`statistics_folder`): blocks whose statistics are all there are
+    decomposed from them, and no calibration pass runs when every block's are (`timings["forward_blocks"]`
+    lists the blocks that ran a forward pass).
     """
     from tqdm.auto import tqdm
 
     adapter = adapter_for(model)
-    needs = get_method(method).needs_calibration
+    chosen = get_method(method)
+    needs = chosen.needs_calibration
+    sides = choose_sides(layers, chosen.output_statistics)
     by_block: dict[int, list[LinearLayer]] = {}
     for layer in layers:
         by_block.setdefault(layer.block, []).append(layer)
@@ -101,6 +118,7 @@ def stream_decompositions(
     kept: dict[str, Decomposition] = {}
     timings = {} if timings is None else timings
     timings.setdefault("blocks", {})
+    timings["forward_blocks"] = []
 
     def finish(block: int, decs: dict[str, Decomposition]) -> None:
         if on_block is not None:
@@ -109,16 +127,43 @@ def stream_decompositions(
             kept.update({name: _to_host(dec) for name, dec in decs.items()})
 
     start = time.perf_counter()
-    batches = None
+    batches, cache, cached = None, None, set()
     if needs and todo:
         ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
-        compute = _compute_device(model, device)
-        batches = capture_block_inputs(model, adapter, ids, mask, batch_size, compute)
-        timings["capture_s"] = time.perf_counter() - start
-    last = max(todo) if batches is not None else -1  # the last block whose inputs are needed
+        if statistics_cache:
+            cache = StatisticsCache(statistics_folder(model, calibration, ids, mask, batch_size))
+            cached = {b for b in todo if all(cache.has(key, side)
+                                             for key, (side, _) in statistics_entries(by_block[b], sides).items())}
+            timings["statistics_cached_blocks"] = sorted(cached)
+        if set(todo) - cached:
+            compute = _compute_device(model, device)
+            batches = capture_block_inputs(model, adapter, ids, mask, batch_size, compute)
+            timings["capture_s"] = time.perf_counter() - start
+    # the last block whose inputs are needed: the last one whose statistics must be computed
+    last = max(set(todo) - cached) if batches is not None else -1
 
     def forward(module: nn.Module, dev: torch.device, block: int) -> None:
+        timings["forward_blocks"].append(block)
         run_block(module, block, batches, dev)
+
+    def statistics(module: nn.Module, dev: torch.device, block: int) -> dict[str, Statistics] | None:
+        """The block's statistics: from the cache, else from its forward pass (then cached)."""
+        if block in cached:
+            stats = {key: cache.load(key, side, dev) for key, (side, _) in
+                     statistics_entries(by_block[block], sides).items()}
+            if any(value is None for value in stats.values()):
+                raise SfsdError(f"the statistics cache {cache.folder} changed while in use: run the command again")
+            if block < last:
+                forward(module, dev, block)
+            return stats
+        if batches is None:
+            return None
+        timings["forward_blocks"].append(block)
+        stats = run_block(module, block, batches, dev, by_block[block], model, sides)
+        if cache is not None:
+            for key, value in stats.items():
+                cache.save(key, value)
+        return stats
 
     for block in tqdm(range(adapter.num_blocks), desc=f"blocks ({method})", unit="block", disable=not progress):
         passes_on = block < last  # a later block needs this block's outputs
@@ -130,8 +175,8 @@ def stream_decompositions(
         elif block in by_block:
             began = time.perf_counter()
             _with_block_on(adapter, block, device,
-                           lambda m, dev, b=block: _decompose_block(m, dev, b, model, adapter, by_block[b], method,
-                                                                    batches, folder, finish))
+                           lambda m, dev, b=block: _decompose_block(statistics(m, dev, b), adapter, by_block[b],
+                                                                    method, folder, b, finish))
             timings["blocks"][block] = time.perf_counter() - began
             log.info("block %d decomposed in %.1f s", block, timings["blocks"][block])
         elif passes_on:
@@ -139,11 +184,9 @@ def stream_decompositions(
     return {layer.name: kept[layer.name] for layer in layers if layer.name in kept}  # in forward order
 
 
-def _decompose_block(module: nn.Module, device: torch.device, block: int, model: nn.Module, adapter: ModelAdapter,
-                     layers: list[LinearLayer], method: str, batches, folder: Path | None,
-                     finish: BlockCallback) -> None:
-    """Statistics of one block's layers (its outputs passed on), their decompositions, saved, then freed."""
-    stats = run_block(module, block, batches, device, layers, model) if batches is not None else None
+def _decompose_block(stats: dict[str, Statistics] | None, adapter: ModelAdapter, layers: list[LinearLayer],
+                     method: str, folder: Path | None, block: int, finish: BlockCallback) -> None:
+    """One block's decompositions from its statistics (its outputs already passed on), saved, then passed on."""
     decs = fit_decompositions(adapter, layers, method, stats, progress=False)
     del stats  # the statistics of one block are all that is ever held
     if folder is not None:
@@ -190,27 +233,53 @@ def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn
             torch.cuda.empty_cache()
 
 
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """What identifies a model's weights in a cache key: its folder and weight files (size and time), or,
+    for a model with no folder, a sha256 of its weights' bytes."""
+    source = str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "")
+    folder = Path(source) if source else None
+    if folder is not None and folder.is_dir():
+        weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors"))
+        return {"folder": str(folder.resolve()), "weights": weights}
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return {"weights": digest.hexdigest()}
+
+
 def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str]) -> Path:
     """Where the streamed decompositions of these layers of this model are kept (and resumed from).
 
     The key covers the model's folder and its weight files (size and time), dtype, method, calibration
     and layers; a model with no folder is keyed by its weights' bytes.
     """
-    source = str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "")
-    folder = Path(source) if source else None
-    if folder is not None and folder.is_dir():
-        weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors"))
-        identity: Any = {"folder": str(folder.resolve()), "weights": weights}
-    else:
-        digest = hashlib.sha256()
-        for name, tensor in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-        identity = {"weights": digest.hexdigest()}
     dtype = str(next(model.parameters()).dtype)
-    key = hashlib.sha256(json.dumps({"model": identity, "dtype": dtype, "method": method, "layers": names,
-                                     "calibration": asdict(calibration)}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps({"model": model_identity(model), "dtype": dtype, "method": method,
+                                     "layers": names, "calibration": asdict(calibration)},
+                                    sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir() / "decompositions" / f"{method}-{key}"
+
+
+def statistics_folder(model: nn.Module, calibration: CalibrationSpec, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, batch_size: int) -> Path:
+    """Where the calibration statistics of this model on these tokens are cached (see `StatisticsCache`).
+
+    Shared by every method and layer choice: the entries inside are named by layer or group and side.
+    The key covers the weights (`model_identity`, dtype, and any layer already swapped for a low-rank
+    one), the calibration spec and a sha256 of the very token ids and mask (so a changed tokenizer or data
+    pack is a miss), the batch size (it sets how the float32 batch Grams are summed) and the format.
+    """
+    tokens = hashlib.sha256()
+    for tensor in (input_ids, attention_mask):
+        tokens.update(str(tuple(tensor.shape)).encode())
+        tokens.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
+    swapped = sorted(name for name, module in model.named_modules() if hasattr(module, "sfsd_shape"))
+    key = hashlib.sha256(json.dumps({
+        "model": model_identity(model), "dtype": str(next(model.parameters()).dtype), "swapped": swapped,
+        "calibration": asdict(calibration), "tokens": tokens.hexdigest(), "batch_size": batch_size,
+        "format": STATISTICS_FORMAT}, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "statistics" / key
 
 
 def low_rank_specs(model: nn.Module, names) -> dict[str, dict[str, Any]]:
@@ -238,6 +307,7 @@ class Compressor:
     progress: bool = True
     folder: Path | None = None  # streamed decompositions are written (and resumed from) here
     device: torch.device | str | None = None  # where each block runs (default: where the model is)
+    statistics_cache: bool = True  # reuse (and write) the cached statistics of this model and calibration
 
     def __post_init__(self):
         get_method(self.method)
@@ -247,16 +317,19 @@ class Compressor:
             chosen = set(self.layer_names)
             self.layers = [layer for layer in self.layers if layer.name in chosen]
         self.all_layers = self.adapter.layers()
-        self.stats: dict[str, InputStatistics] | None = None
+        self.stats: dict[str, Statistics] | None = None
         self.decompositions: dict[str, Decomposition] = {}
         self.timings: dict[str, float] = {}
 
-    def collect(self) -> dict[str, InputStatistics]:
+    def collect(self) -> dict[str, Statistics]:
+        """All chosen layers' statistics in one full-model pass (in memory), each group on the side
+        `choose_sides` picks for the method."""
         if self.stats is None and get_method(self.method).needs_calibration:
             start = time.perf_counter()
             ids, mask = calibration_tokens(self.tokenizer, self.calibration, self.model.config.vocab_size)
+            sides = choose_sides(self.layers, get_method(self.method).output_statistics)
             self.stats = collect_statistics(
-                self.model, self.adapter, self.layers, ids, mask, self.batch_size, self.progress
+                self.model, self.adapter, self.layers, ids, mask, self.batch_size, self.progress, sides
             )
             self.timings["calibration_s"] = time.perf_counter() - start
         return self.stats or {}
@@ -268,7 +341,7 @@ class Compressor:
             start = time.perf_counter()
             self.decompositions.update(stream_decompositions(
                 self.model, self.tokenizer, todo, self.method, self.calibration, self.folder, self.batch_size,
-                self.device, self.progress, timings=self.timings))
+                self.device, self.progress, timings=self.timings, statistics_cache=self.statistics_cache))
             self.timings["decompose_s"] = time.perf_counter() - start
         elif todo:
             start = time.perf_counter()
@@ -346,7 +419,7 @@ def compress(
         apply_ranks(model, decs, {name: ranks[name] for name in decs})
 
     stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
-                          on_block=swap, timings=timings)
+                          on_block=swap, timings=timings, statistics_cache=True)
     extra = {"overall_budget": overall_budget(adapter.layers(), ranks), "calibration": asdict(calibration),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra)

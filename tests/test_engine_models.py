@@ -88,7 +88,8 @@ def test_feature_beats_weight_on_calibration_outputs():
     model = tiny_model("llama")
     adapter = adapter_for(model)
     compressors = {m: Compressor(model, None, m, CALIB, progress=False) for m in ("feature", "weight")}
-    stats = compressors["feature"].collect()
+    compressors["feature"].collect()  # down_proj's statistics on its output side
+    stats = Compressor(model, None, "svdllm", CALIB, progress=False).collect()  # every input's covariance
     for layer in adapter.layers():
         feat = compressors["feature"].decompose()[layer.name]
         weight = compressors["weight"].decompose()[layer.name]

@@ -7,9 +7,9 @@ import torch
 from conftest import tiny_config, tiny_model
 
 from sfsd.adapters import adapter_for
-from sfsd.calibration import collect_statistics
+from sfsd.calibration import choose_sides, collect_statistics
 from sfsd.compress import CalibrationSpec, calibration_tokens, stream_decompositions
-from sfsd.decompose import fit_decompositions
+from sfsd.decompose import fit_decompositions, get_method
 
 CALIB = CalibrationSpec("random", samples=12, seq_len=24)
 FIELDS = ("basis", "coeffs", "spectrum", "bias", "mean_shift")
@@ -36,8 +36,10 @@ def _model(arch):
 
 
 def _in_memory(model, method, layers, ids, mask):
+    """The full-model pass, each group on the side the streamed engine picks for `method`."""
     adapter = adapter_for(model)
-    stats = collect_statistics(model, adapter, layers, ids, mask, batch_size=5, progress=False)
+    sides = choose_sides(layers, get_method(method).output_statistics)
+    stats = collect_statistics(model, adapter, layers, ids, mask, batch_size=5, progress=False, sides=sides)
     return fit_decompositions(adapter, layers, method, stats, progress=False)
 
 

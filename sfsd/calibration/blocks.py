@@ -10,7 +10,7 @@ the calibration states, whatever the depth.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sfsd.adapters import LinearLayer, ModelAdapter
-from sfsd.calibration.statistics import InputStatistics
+from sfsd.calibration.statistics import Statistics, StatisticsHooks
 
 
 class _Recorder(nn.Module):
@@ -138,35 +138,18 @@ def block_outputs(out) -> torch.Tensor:
 
 
 def run_block(block: nn.Module, index: int, batches: list[BlockBatch], device: torch.device,
-              layers: Iterable[LinearLayer] = (), model: nn.Module | None = None) -> dict[str, InputStatistics]:
+              layers: Iterable[LinearLayer] = (), model: nn.Module | None = None,
+              sides: Mapping[str, str] | None = None) -> dict[str, Statistics]:
     """Run every batch through block `index` (on `device`) and replace each batch's states by its outputs.
 
-    With `layers` (of this block), forward pre-hooks gather each shared-input group's statistics on
-    `device` (padding excluded), exactly as a full-model pass would.
+    With `layers` (of this block), the same hooks as `collect_statistics` gather their statistics on
+    `device` (padding excluded, each group on the side `sides` gives it), exactly as a full-model pass would.
     """
-    first_of_group: dict[str, LinearLayer] = {}
-    for layer in layers:
-        first_of_group.setdefault(layer.input_group, layer)
-    stats = {g: InputStatistics.empty(layer.d_in, device) for g, layer in first_of_group.items()}
-    tokens: list[torch.Tensor] = []
-
-    def hook_for(group: str):
-        def hook(_module, args):
-            stats[group].add(args[0][tokens[0]])
-
-        return hook
-
-    handles = [model.get_submodule(layer.name).register_forward_pre_hook(hook_for(group))
-               for group, layer in first_of_group.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                memo: dict = {}
-                args, kwargs = _to(batch.block_args[index], device, memo)
-                tokens[:] = [batch.tokens.to(device)]
-                out = block_outputs(block(batch.states.to(device), *args, **kwargs))
-                batch.states = out.to(batch.states.device)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return stats
+    with StatisticsHooks(model, layers, device, sides) as hooks, torch.no_grad():
+        for batch in batches:
+            memo: dict = {}
+            args, kwargs = _to(batch.block_args[index], device, memo)
+            hooks.tokens = batch.tokens.to(device)
+            out = block_outputs(block(batch.states.to(device), *args, **kwargs))
+            batch.states = out.to(batch.states.device)
+    return hooks.stats

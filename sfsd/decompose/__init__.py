@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from sfsd.adapters import LinearLayer, ModelAdapter
 from sfsd.atomic import atomic_dir, write_json
-from sfsd.calibration import InputStatistics
+from sfsd.calibration import Statistics
 from sfsd.decompose.budget import (
     BETA_GRID,
     check_beta,
@@ -38,10 +38,13 @@ def fit_decompositions(
     adapter: ModelAdapter,
     layers: Iterable[LinearLayer],
     method: str,
-    stats: Mapping[str, InputStatistics] | None,
+    stats: Mapping[str, Statistics] | None,
     progress: bool = True,
 ) -> dict[str, Decomposition]:
-    """Factor every layer once (float64 on the statistics' device); ranks are sliced later."""
+    """Factor every layer once (float64 on the statistics' device); ranks are sliced later.
+
+    `stats` holds each layer's statistics under its own name (output side) or its group's (input side).
+    """
     layers = list(layers)
     needs = get_method(method).needs_calibration
     result = {}
@@ -49,8 +52,8 @@ def fit_decompositions(
         module = adapter.model.get_submodule(layer.name)
         with onloaded(module):  # a disk- or CPU-offloaded layer's weights exist only inside this
             weight, bias = adapter.weight_and_bias(module)
-            layer_stats = stats[layer.input_group] if needs else None
-            device = layer_stats.sum_xxT.device if layer_stats is not None else weight.device
+            layer_stats = (stats[layer.name] if layer.name in stats else stats[layer.input_group]) if needs else None
+            device = layer_stats.device if layer_stats is not None else weight.device
             result[layer.name] = decompose_layer(
                 method, weight.to(device), None if bias is None else bias.to(device), layer_stats, weight.dtype
             )

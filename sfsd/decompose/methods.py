@@ -14,6 +14,10 @@ The four feature-space variants (Sec. 3.2 of the seed paper and its released cod
   eigenvectors of the centred covariance (`torch.cov`) and bias V_r V_r^T b0, the layer's own bias
   projected onto the kept directions (zero for bias-free layers: no compensation at all). Expressed here
   as c = -b0, since b0 + (I - V_r V_r^T)(-b0) = V_r V_r^T b0.
+
+The feature-space variants read only W Cov(x) W^T (or W E[x x^T] W^T) and W x_bar: from a group's input
+statistics, or measured on the layer's outputs y = W x (bias taken off) where that Gram is cheaper
+(`calibration.choose_sides`); the two give the same decompositions. ASVD and SVD-LLM need the inputs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sfsd.calibration import InputStatistics
+from sfsd.calibration import InputStatistics, OutputStatistics, Statistics
 from sfsd.errors import SfsdError
 
 
@@ -70,18 +74,19 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
-def _output_eigenbasis(weight: torch.Tensor, stats: InputStatistics, centred: bool):
+def _output_eigenbasis(weight: torch.Tensor, stats: Statistics, centred: bool):
     """Eigenvectors and eigenvalues of C_y = W M W^T (M = Cov(x) or E[x x^T]), descending, top min(d1, d2).
 
-    When d2 <= d1 this is eigh(C_y) itself. When d2 > d1, C_y has rank at most d1 and the SVD of
-    W M^{1/2} gives the same eigenvectors (left singular vectors) and eigenvalues (squared singular
-    values) at lower cost; M^{1/2} is computed once per shared-input group.
+    From output-side statistics C_y is measured directly (they are only kept where d2 < d1). From
+    input-side statistics, when d2 <= d1 this is eigh(W M W^T). When d2 > d1, C_y has rank at most d1 and
+    the SVD of W M^{1/2} gives the same eigenvectors (left singular vectors) and eigenvalues (squared
+    singular values) at lower cost; M^{1/2} is computed once per shared-input group.
     """
-    moment = stats.covariance if centred else stats.second_moment
     d_out, d_in = weight.shape
-    if d_out <= d_in:
-        values, vectors = torch.linalg.eigh(weight @ moment @ weight.T)
+    if isinstance(stats, OutputStatistics) or d_out <= d_in:
+        values, vectors = torch.linalg.eigh(stats.output_moment(weight, centred))
         return vectors.flip(1), values.flip(0).clamp(min=0)
+    moment = stats.covariance if centred else stats.second_moment
     half = stats.derived(f"sqrt-{centred}", lambda s: _psd_sqrt(moment))
     left, singular, _ = torch.linalg.svd(weight @ half, full_matrices=False)
     return left, singular.square()
@@ -92,7 +97,7 @@ def _cast(dec: Decomposition, dtype: torch.dtype) -> Decomposition:
     return dec
 
 
-def feature_space(weight, bias, stats: InputStatistics, centred: bool = True,
+def feature_space(weight, bias, stats: Statistics, centred: bool = True,
                   compensate: bool = True, name: str | None = None) -> Decomposition:
     """SFSD (Sec. 3.2, Eq. 4-5): keep the top eigenvectors V_r of the output covariance; first = V_r^T W,
     second = V_r, bias b = b0 + (I - V_r V_r^T) W x_bar when `compensate` (Eq. 4), else b0.
@@ -102,16 +107,16 @@ def feature_space(weight, bias, stats: InputStatistics, centred: bool = True,
     """
     basis, spectrum = _output_eigenbasis(weight, stats, centred)
     name = name or ("feature" if centred else "feature-uncentred")
-    shift = weight @ stats.mean if compensate else None
+    shift = stats.output_mean(weight) if compensate else None
     return Decomposition(name, basis, basis.T @ weight, spectrum, bias, shift)
 
 
-def feature_paper(weight, bias, stats: InputStatistics) -> Decomposition:
+def feature_paper(weight, bias, stats: Statistics) -> Decomposition:
     """The paper's Sec. 3.2 as written: eigenvectors of the uncentred Y Y^T, plus the Eq. 4 bias."""
     return feature_space(weight, bias, stats, centred=False, compensate=True, name="feature-paper")
 
 
-def feature_official(weight, bias, stats: InputStatistics) -> Decomposition:
+def feature_official(weight, bias, stats: Statistics) -> Decomposition:
     """The released code's DecomposeLinearEigen: centred eigenvectors, bias V_r V_r^T b0 (c = -b0)."""
     dec = feature_space(weight, bias, stats, centred=True, compensate=False, name="feature-official")
     dec.mean_shift = None if bias is None else -bias
@@ -157,18 +162,21 @@ class Method:
     fit: Callable[..., Decomposition]
     needs_calibration: bool
     description: str
+    # Needs only W Cov(x) W^T, W E[x x^T] W^T and W E[x]: can work from the statistics of y = W x, which
+    # are cheaper where a group's outputs are narrower than its input (see calibration.choose_sides).
+    output_statistics: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)"),
+        Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)", True),
         Method("feature-paper", feature_paper, True,
-               "feature space as Sec. 3.2 is written: uncentred Y Y^T eigenvectors plus the Eq. 4 bias"),
+               "feature space as Sec. 3.2 is written: uncentred Y Y^T eigenvectors plus the Eq. 4 bias", True),
         Method("feature-official", feature_official, True,
-               "feature space as the released code computes it: centred eigenvectors, no compensation bias"),
+               "feature space as the released code computes it: centred eigenvectors, no compensation bias", True),
         Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False, compensate=False),
-               True, "feature space, uncentred, no bias (= SVD-LLM on calibration data)"),
+               True, "feature space, uncentred, no bias (= SVD-LLM on calibration data)", True),
         Method("weight", weight_space, False, "weight space: truncated SVD of W"),
         Method("asvd", asvd, True, "ASVD-style input-channel scaling (mean |x|^0.5)"),
         Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]"),
@@ -183,11 +191,14 @@ def get_method(name: str) -> Method:
 
 
 def decompose_layer(
-    method: str, weight: torch.Tensor, bias: torch.Tensor | None, stats: InputStatistics | None,
+    method: str, weight: torch.Tensor, bias: torch.Tensor | None, stats: Statistics | None,
     dtype: torch.dtype = torch.float32,
 ) -> Decomposition:
     """Factor one layer in float64 and store the factors in `dtype`."""
     chosen = get_method(method)
+    if isinstance(stats, OutputStatistics) and not chosen.output_statistics:
+        raise SfsdError(f"{method} needs the statistics of each layer's inputs, not its outputs: "
+                        "collect them with choose_sides(layers, output_side_ok=False)")
     w64 = weight.to(torch.float64)
     b64 = None if bias is None else bias.to(torch.float64)
     s64 = None if stats is None else stats.to(w64.device)
