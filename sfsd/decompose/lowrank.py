@@ -128,7 +128,12 @@ class SharedInputLowRank(nn.Module):
         return self.shared.weight[start:start + self.rank]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.shared(x, self.index))
+        thin = self.shared(x, self.index)
+        # The slice is strided (a view of the group's product). As a 2-D view it goes to one addmm (the bias
+        # in the same call), as a separate layer's contiguous input does; a 3-D strided input would take
+        # matmul and then a separate bias pass, rounding differently from the layers saved before.
+        out = self.second(thin.reshape(-1, thin.shape[-1]))  # through the module: offloading hooks see it
+        return out.view(*thin.shape[:-1], out.shape[-1])
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, rank={self.rank}, out={self.out_features}, shared first #{self.index}"
