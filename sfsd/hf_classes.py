@@ -4,6 +4,9 @@ For each supported architecture X we register a config type `sfsd_X` (X's config
 ranks and the method) and a model class that builds X and then puts a `LowRankLinear` of the recorded
 shape at each decomposed module. `AutoModelForCausalLM.from_pretrained(folder)` therefore rebuilds the
 thin layers and loads the safetensors weights as they are; `save_pretrained` writes them as they are.
+
+Layers that read the same input share one stacked first factor (`sfsd.decompose.fusion`), recorded in the
+config as `sfsd_fused`; folders saved before that existed have no such record and load unfused.
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ from typing import Any
 from torch import nn
 
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, base_model_type
+from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
 
 PREFIX = "sfsd_"
 _CLASSES: dict[str, tuple[type, type]] = {}
 
 
-def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]]) -> None:
-    """Put an (uninitialised) LowRankLinear of the recorded shape at every decomposed module."""
+def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]],
+                            fused: dict[str, list[str]] | None = None) -> None:
+    """Put an (uninitialised) low-rank module of the recorded shape at every decomposed module."""
+    done = install_fused_layers(model, layers, fused or {})
     for name, spec in layers.items():
+        if name in done:
+            continue
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
@@ -40,7 +48,7 @@ def _make_classes(model_type: str) -> tuple[type, type]:
 
     def __init__(self, config, *args, **kwargs):
         base_model.__init__(self, config, *args, **kwargs)
-        install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {})
+        install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None))
 
     model_cls = type(f"Sfsd{base_model.__name__}", (base_model,), {"config_class": config_cls, "__init__": __init__})
     return config_cls, model_cls
@@ -74,6 +82,12 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     model.config.sfsd_layers = layers
     model.config.sfsd = dict(extra or {})
     model.__class__ = model_cls
+    return fuse_compressed(model)
+
+
+def fuse_compressed(model: nn.Module) -> nn.Module:
+    """Give a compressed model shared first factors (in place) and record them in its config."""
+    model.config.sfsd_fused = fuse_shared_inputs(model)
     return model
 
 

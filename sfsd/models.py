@@ -229,4 +229,13 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     if not dispatch:  # a dispatched model stays where accelerate put it
         model.to(dev)
+        _fuse_old_format(model)
     return model.eval(), tokenizer
+
+
+def _fuse_old_format(model: nn.Module) -> None:
+    """A compressed folder saved before shared first factors existed runs with them too, once loaded."""
+    from sfsd.hf_classes import fuse_compressed, is_compressed
+
+    if is_compressed(model) and getattr(model.config, "sfsd_fused", None) is None:
+        fuse_compressed(model)

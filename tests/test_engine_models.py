@@ -14,6 +14,7 @@ from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for
 from sfsd.calibration import collect_statistics
 from sfsd.compress import CalibrationSpec, Compressor, compress, describe, save_compressed
 from sfsd.decompose import LowRankLinear, rank_for_budget
+from sfsd.decompose.fusion import LOW_RANK_TYPES
 from sfsd.errors import SfsdError
 
 ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2"]
@@ -45,8 +46,8 @@ def test_compress_shapes_params_and_reload(arch, tmp_path):
             assert not isinstance(module, LowRankLinear)
             continue
         rank = rank_for_budget(0.5, layer.d_in, layer.d_out)
-        assert isinstance(module, LowRankLinear) and module.rank == rank
-        assert module.first.weight.shape == (rank, layer.d_in)
+        assert isinstance(module, LOW_RANK_TYPES) and module.rank == rank
+        assert module.first_weight.shape == (rank, layer.d_in)
         assert module.second.weight.shape == (layer.d_out, rank)
         had_bias = getattr(tiny_model(arch).get_submodule(layer.name), "bias", None) is not None
         removed += layer.d_in * layer.d_out - rank * (layer.d_in + layer.d_out) - (0 if had_bias else layer.d_out)

@@ -1,9 +1,19 @@
-"""The module that replaces a decomposed linear layer: two thin linears and a bias."""
+"""The modules that replace decomposed linear layers.
+
+`LowRankLinear`: y = second(first(x)), two thin linears, the bias on the second (the compensation).
+
+Layers that read the same input (q/k/v; gate/up) can share their first factors: `SharedInputFirst` holds
+them stacked as one weight (sum of ranks x d_in) on the layers' parent module, and each layer becomes a
+`SharedInputLowRank` that keeps only its second factor. The first of the group to run computes the one
+GEMM for the whole group and the others take their slice of it, so the forward code of the architecture
+(which calls q_proj(x), k_proj(x), v_proj(x) one by one) needs no change.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class LowRankLinear(nn.Module):
@@ -27,6 +37,11 @@ class LowRankLinear(nn.Module):
     def out_features(self) -> int:
         return self.second.out_features
 
+    @property
+    def first_weight(self) -> torch.Tensor:
+        """The first factor (rank x d_in)."""
+        return self.first.weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 
@@ -46,3 +61,79 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, rank={self.rank}, out={self.out_features}"
+
+
+class SharedInputFirst(nn.Module):
+    """The first factors of a group of layers that read the same input, stacked: one GEMM for the group.
+
+    `forward(x, index)` returns member `index`'s thin activations. The product x @ W^T of the whole group
+    is computed when a member asks for an input the group has not seen (same tensor object, unmodified,
+    same weights, same grad mode) and kept until every member has taken its slice, then dropped.
+    """
+
+    def __init__(self, d_in: int, ranks: list[int], device=None, dtype=None):
+        super().__init__()
+        self.ranks = list(ranks)
+        self.offsets = [sum(self.ranks[:i]) for i in range(len(self.ranks))]
+        self.weight = nn.Parameter(torch.empty(sum(self.ranks), d_in, device=device, dtype=dtype))
+        self._cache: tuple | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def _key(self, x: torch.Tensor) -> tuple:
+        return (x._version, self.weight._version, self.weight.data_ptr(), torch.is_grad_enabled())
+
+    def forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        cache = self._cache
+        if cache is None or cache[0] is not x or cache[1] != self._key(x) or index in cache[3]:
+            cache = (x, self._key(x), F.linear(x, self.weight), set())
+        cache[3].add(index)
+        # Once every member has its slice, drop the references (the input and the group's activations).
+        self._cache = None if len(cache[3]) == len(self.ranks) else cache
+        start = self.offsets[index]
+        return cache[2][..., start:start + self.ranks[index]]
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, ranks={self.ranks}"
+
+
+class SharedInputLowRank(nn.Module):
+    """One layer of a shared-input group: its slice of the group's first GEMM, then its own second factor."""
+
+    def __init__(self, shared: SharedInputFirst, index: int, d_out: int, bias: bool, device=None, dtype=None):
+        super().__init__()
+        object.__setattr__(self, "shared", shared)  # not a submodule: its parent owns (and saves) it once
+        self.index = index
+        self.second = nn.Linear(shared.ranks[index], d_out, bias=bias, device=device, dtype=dtype)
+        self.sfsd_shape = (d_out, shared.in_features)
+
+    @property
+    def rank(self) -> int:
+        return self.second.in_features
+
+    @property
+    def in_features(self) -> int:
+        return self.shared.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.second.out_features
+
+    @property
+    def first_weight(self) -> torch.Tensor:
+        """This layer's rows of the group's stacked first factor (rank x d_in, a view)."""
+        start = self.shared.offsets[self.index]
+        return self.shared.weight[start:start + self.rank]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        thin = self.shared(x, self.index)
+        # The slice is strided (a view of the group's product). As a 2-D view it goes to one addmm (the bias
+        # in the same call), as a separate layer's contiguous input does; a 3-D strided input would take
+        # matmul and then a separate bias pass, rounding differently from the layers saved before.
+        out = self.second(thin.reshape(-1, thin.shape[-1]))  # through the module: offloading hooks see it
+        return out.view(*thin.shape[:-1], out.shape[-1])
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, rank={self.rank}, out={self.out_features}, shared first #{self.index}"
