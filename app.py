@@ -1,5 +1,9 @@
-"""sfsd dashboard: the navigation (Home first, then the pages in pages/) and the Home page: the model, the runs
+"""sfsd dashboard: the navigation (Home first, then the pages in views/) and the Home page: the model, the runs
 in the cache, and a one-click quick demo.
+
+The pages live in views/, not pages/: with a folder named pages/ next to the entry script, Streamlit runs a
+page whose URL is opened first (before any visit to Home) as an old-style page without this script, so the
+sidebar lists "app" instead of "Home" and this navigation is never set up.
 
 `make app` runs `streamlit run app.py --server.address 127.0.0.1`.
 """
@@ -12,8 +16,8 @@ from sfsd.dashboard import data, jobs, widgets
 from sfsd.errors import SfsdError
 from sfsd.runs.readonly import READONLY_ENV, readonly
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
-# (file in pages/, label of its link on Home, icon); the sidebar names pages after their files
+PAGES_DIR = Path(__file__).resolve().parent / "views"
+# (file in views/, label of its link on Home, icon); the sidebar names pages after their files
 PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
               ("3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
@@ -24,11 +28,11 @@ PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("8_Report.py", "HTML report of a run", ":material/description:"),
               ("9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 
-# where the finished quick demo sends the reader: (file in pages/, label, icon)
+# where the finished quick demo sends the reader: (file in views/, label, icon)
 DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
              ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
              ("4_Accuracy_vs_parameters.py", "Accuracy vs parameters", ":material/trending_down:"),
-             ("5_Weight_vs_feature.py", "Table 1: uniform methods", ":material/table_chart:")]
+             ("5_Weight_vs_feature.py", "Table 1: feature vs weight at one budget", ":material/table_chart:")]
 
 
 def home() -> None:
@@ -58,7 +62,7 @@ def home() -> None:
     for i, (name, label, icon) in enumerate(PAGE_LINKS):
         if readonly() and name == "1_Runs.py":
             label = "Runs: watch, move them"
-        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % 4])
+        widgets.page_link(f"views/{name}", label, icon, container=cols[i % 4])
 
 
 def model_panel(model: str) -> dict | None:
@@ -89,22 +93,29 @@ def model_panel(model: str) -> dict | None:
 
 
 def demo_panel(model: str, blocks: int | None) -> None:
-    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took and
-    where to look."""
+    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took (as
+    measured by its process) and where to look."""
     st.subheader("Quick demo")
     argvs = jobs.demo_argvs(model, blocks)
+    record = jobs.demo_record()
+    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)], record)
+    measured = widgets.demo_seconds(record)
+    took = "" if summary else ("about 5 minutes on an idle 2-core laptop CPU" if measured is None
+                               else f"{widgets.duration(measured)} when it last ran here")
     st.write(f"One background process runs two surgical searches over the last {jobs.DEMO_BLOCKS} blocks of "
              f"**{data.model_display(model)}**, in feature space then in weight space (perplexity within 10% of "
              f"the base model), each scoring {jobs.DEMO_TASK} on {jobs.DEMO_SNAPSHOT_LIMIT} documents at every "
-             "snapshot: about 5 minutes on a 2-core laptop CPU. Closing the tab does not stop it.")
-    st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
+             f"snapshot; then Table 1's protocol on the same blocks at beta {jobs.DEMO_BETA:g}: the base model, "
+             "feature space and weight space at the same budget, scored on the same documents and on perplexity"
+             + (f": {took}" if took else "") + ". Closing the tab does not stop it.")
+    with st.expander("Its command lines"):
+        st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
     widgets.demo_button(key="start-demo")
-    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)])
     if summary:
         st.success(summary, icon=":material/check_circle:")
         st.caption("Where to look next:")
         for name, label, icon in DEMO_NEXT:  # one per line: two columns cut the labels at 1400 px
-            widgets.page_link(f"pages/{name}", label, icon)
+            widgets.page_link(f"views/{name}", label, icon)
 
 
 @st.fragment(run_every=3)
