@@ -10,6 +10,7 @@ sidebar lists "app" instead of "Home" and this navigation is never set up.
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard import data, jobs, widgets
@@ -84,11 +85,12 @@ def model_panel(model: str) -> dict | None:
                f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
                f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
                f"loaded from `{data.shown(info['source'])}`")
-    roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
-                                                "params": "parameters (all blocks)"})
-    widgets.table(roles, "model-roles", key="start-roles",
-                  column_config={"share_of_linear_%": st.column_config.NumberColumn("share of linear (%)",
-                                                                                    format="%.1f")})
+    widgets.table(info["roles_table"], "model-roles", key="start-roles", column_config={  # short: fits half a page
+        "layers": st.column_config.NumberColumn("layers", help="one per block", width=60),
+        "d_in": st.column_config.NumberColumn("d_in", width=60),
+        "d_out": st.column_config.NumberColumn("d_out", width=60),
+        "params": st.column_config.NumberColumn("params (all blocks)", format="localized", width=130),
+        "share_of_linear_%": st.column_config.NumberColumn("% of linear", format="%.1f", width=90)})
     return info
 
 
@@ -102,7 +104,8 @@ def demo_panel(model: str, blocks: int | None) -> None:
     measured = widgets.demo_seconds(record)
     took = "" if summary else ("about 5 minutes on an idle 2-core laptop CPU" if measured is None
                                else f"{widgets.duration(measured)} when it last ran here")
-    st.write(f"One background process runs two surgical searches over the last {jobs.DEMO_BLOCKS} blocks of "
+    last = min(jobs.DEMO_BLOCKS, blocks) if blocks else jobs.DEMO_BLOCKS
+    st.write(f"One background process runs two surgical searches over the last {last} blocks of "
              f"**{data.model_display(model)}**, in feature space then in weight space (perplexity within 10% of "
              f"the base model), each scoring {jobs.DEMO_TASK} on {jobs.DEMO_SNAPSHOT_LIMIT} documents at every "
              f"snapshot; then Table 1's protocol on the same blocks at beta {jobs.DEMO_BETA:g}: the base model, "
@@ -127,13 +130,26 @@ def runs_table() -> None:
         st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs "
                 "there.")
         return
-    columns = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress", "overall_budget",
+    columns = ["run_id", "kind", "method", "model", "metric", "tolerance", "state", "progress", "overall_budget",
                "updated", "origin"]
     shown = data.runs_text(runs[columns])
     shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
+    # one short "target" instead of metric and tolerance, minutes instead of milliseconds: all fits at 1400 px
+    shown["metric"] = [data.EMPTY if m == data.EMPTY else f"{m} ±{t}" for m, t in zip(shown["metric"],
+                                                                                     shown["tolerance"], strict=True)]
+    shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
+    shown = shown.drop(columns=["tolerance"] + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
     widgets.table(shown, "runs", key="start-runs", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "overall_budget": "overall budget (%)",
+        "run_id": st.column_config.TextColumn("run", width=280),
+        "kind": st.column_config.TextColumn("kind", width=65),
+        "method": st.column_config.TextColumn("method", width=80),
+        "model": st.column_config.TextColumn("model", width=100),
+        "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),
+        "state": st.column_config.TextColumn("state", width=80),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                    width=100),
+        "overall_budget": st.column_config.TextColumn("budget %", width=70),
+        "updated": st.column_config.TextColumn("updated (UTC)", width=105),
     })
 
 

@@ -142,7 +142,7 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert {env["feature"], env["weight"], *env["uniform"].values()} <= set(runs["run_id"])
     cells = runs.drop(columns="progress").astype(str)
     assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
-    assert (runs.loc[runs["kind"] == "uniform", "tolerance"] == "—").all()
+    assert (runs.loc[runs["kind"] == "uniform", "metric"] == "—").all()  # no search target
     demo = at.button(key="start-demo")
     assert "first-block 0" in demo.help and env["model"] in demo.help  # the last 4 blocks: all 3 here
     assert "--method feature" in demo.help and "--method weight" in demo.help and "--snapshot-tasks piqa" in demo.help
@@ -302,7 +302,8 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
     assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
-    assert ppl["layout"]["yaxis"]["dtick"] == "D2"  # close perplexities: round 1-2-5 labels only
+    ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
+    assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
         [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
     accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]
@@ -375,6 +376,39 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     assert list(flips.columns) == ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a",
                                    "loglik_b"]
     assert len(charts(at)) == 1
+
+
+def test_table1_models_open_on_disagreement_without_a_manual_save(env):
+    """A Table 1 row's model is listed on the Disagreement page before it is saved; Compare saves it under
+    cache/models/<run id> and scores it on the documents of its run: the same accuracy as Table 1's."""
+    from sfsd.dashboard import data
+    from sfsd.runs import Run
+
+    run_id = env["uniform"]["feature"]
+    folder = Path(env["root"]) / "models" / run_id
+    at = open_page("disagreement")
+    no_exception(at)
+    assert str(folder) in at.selectbox(key="dis-b").options or any(
+        o.startswith("Table 1: feature, beta 0.5, last 2 blocks") for o in at.selectbox(key="dis-b").options)
+    at.selectbox(key="dis-a").select(env["model"])
+    at.selectbox(key="dis-b").select(str(folder))
+    at.multiselect(key="dis-tasks").set_value(["piqa"])
+    at.number_input(key="dis-limit").set_value(UNIFORM["limit"])
+    at.run()
+    at.button(key="dis-run").click().run(timeout=180)
+    no_exception(at)
+    assert (folder / "config.json").is_file() and data.compressed_method(str(folder)) == "feature"
+    row = at.dataframe[0].value.iloc[0]
+    stored = next(e for e in Run.open(run_id).read_evaluations() if e["kind"] == "task")["metrics"]
+    assert float(row["acc B % [95% CI]"].split(" ")[0]) == pytest.approx(100 * stored["acc"], abs=0.05)
+    assert re.fullmatch(r"\S+ \[\S+, \S+\]", row["acc A % [95% CI]"])
+    # the records reused from the run are those of the saved model: scored afresh, it answers the same
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.models import load_model
+
+    model, tokenizer = load_model(str(folder), "cpu")
+    fresh = evaluate_tasks(model, tokenizer, ["piqa"], split="eval", limit=UNIFORM["limit"], use_cache=False)
+    assert float(fresh.summary["acc"].iloc[0]) == pytest.approx(stored["acc"])
 
 
 def test_bias_page_scores_stereoset(env):

@@ -205,7 +205,7 @@ def assert_home_first(page) -> None:
 
 
 # an accuracy or proportion as the pages print it: value [95% interval], optionally (n=...)
-WITH_INTERVAL = r"-?\d+(\.\d+)? \[-?\d+(\.\d+)?, -?\d+(\.\d+)?\]( \(n=\d+\))?"
+WITH_INTERVAL = r"[-+]?\d+(\.\d+)? \[[-+]?\d+(\.\d+)?, [-+]?\d+(\.\d+)?\]( \(n=\d+\))?"
 
 
 def table_csv(page, nth: int = 0):
@@ -316,12 +316,12 @@ def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
     deadline = time.monotonic() + 420
     shot = False
     while time.monotonic() < deadline:
-        bars = page.locator("[data-testid='stProgress']")
-        for i in range(bars.count()):
-            text = bars.nth(i).inner_text()
+        # read in one go: the panel redraws every 2 s and a bar may be gone a moment later
+        for text in page.locator("[data-testid='stProgress']").all_inner_texts():
             if text and (not seen or seen[-1] != text):
                 seen.append(text)
         if not shot and any(re.search(r"\d+/21 layers", t) for t in seen):
+            page.mouse.move(0, 0)  # no tooltip of the button over the page
             page.screenshot(path=str(ARTIFACTS / "demo-progress.png"))
             shot = True
         if all(line.count() for line in done):
@@ -374,6 +374,7 @@ def after_the_demo(server: str, page, ids: list[str], root: str) -> None:
         wait_charts(page, 2)
         page.wait_for_function("id => (document.querySelector('.js-plotly-plot .gtitle')?.textContent || '')"
                                ".includes(id)", arg=run_id.rsplit("-", 1)[-1][:6], timeout=30000)
+        settle(page)  # the spectrum under it follows the picked run
         z = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData[0].z")
         blocks = sum(any(v is not None and v < 100 for v in row) for row in z)
         assert blocks >= 2, (run_id, z)

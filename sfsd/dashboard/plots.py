@@ -475,7 +475,9 @@ def accuracy_bars(table: pd.DataFrame, title: str | None = None,
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="task (avg: unweighted mean of the tasks)")
     fig.update_yaxes(title="accuracy (%) with 95% interval", range=[0, 100])
-    return _layout(fig, title, height=420)
+    fig = _layout(fig, title, height=460)
+    # the legend (methods and the two reference lines) wraps to two rows: room for it under the title
+    return fig.update_layout(margin=dict(t=140 if title else 90), title=dict(y=0.98, yanchor="top"))
 
 
 def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -497,11 +499,30 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     # bars rise from a floor well under the smallest value, so that close perplexities stay visible
     span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
     fig.update_xaxes(title="perplexity window (wiki eval split)")
-    # under two decades Plotly labels every minor tick (20k, 30k, ..., 110k): only the round 1-2-5 ones
+    # under two decades Plotly labels minor ticks with a bare digit ("2", "5"): round 1-2-5 values, written out
     narrow = span is not None and span[1] - span[0] < 2
+    ticks = log_ticks(*span) if narrow else []
     fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span,
-                     dtick="D2" if narrow else None)
+                     tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, title, height=420)
+
+
+def log_ticks(low: float, high: float) -> list[tuple[float, str]]:
+    """The 1-2-5 values between 10**low and 10**high with short labels (20k, 50k, 100k, 2M)."""
+    ticks = []
+    for exponent in range(math.floor(low), math.ceil(high) + 1):
+        for mantissa in (1, 2, 5):
+            value = mantissa * 10.0 ** exponent
+            if 10 ** low <= value <= 10 ** high:
+                ticks.append((value, _short_number(value)))
+    return ticks
+
+
+def _short_number(value: float) -> str:
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
 
 
 def _ppl_text(value) -> str | None:

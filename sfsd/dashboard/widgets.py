@@ -196,7 +196,11 @@ def demo_summary(views: Sequence[data.RunView | None], record: dict | None = Non
     took = _demo_seconds(views, record)
     if took is None:
         return text + "."
-    return text + f". It took {duration(took)}" + (f" ({_demo_steps(record)})" if _measured(record) else "") + "."
+    if not _measured(record):
+        return text + f". It took {duration(took)}."
+    partial = len(record["commands"]) < len(views)  # the other runs were already done when it was started
+    return (text + (". Its last start, for the runs still missing, took" if partial else ". It took")
+            + f" {duration(took)} ({_demo_steps(record)}).")
 
 
 def _measured(record: dict | None) -> bool:
