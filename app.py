@@ -130,8 +130,9 @@ def runs_table() -> None:
         st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs "
                 "there.")
         return
-    columns = ["run_id", "kind", "method", "model", "metric", "tolerance", "state", "progress", "overall_budget",
-               "updated", "origin"]
+    # no "kind" column: the run id starts with it (search-..., uniform-...), and the id needs the room
+    columns = ["run_id", "method", "model", "metric", "tolerance", "state", "progress", "overall_budget", "updated",
+               "origin"]
     shown = data.runs_text(runs[columns])
     shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
     # one short "target" instead of metric and tolerance, minutes instead of milliseconds: all fits at 1400 px
@@ -140,8 +141,7 @@ def runs_table() -> None:
     shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
     shown = shown.drop(columns=["tolerance"] + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
     widgets.table(shown, "runs", key="start-runs", column_config={
-        "run_id": st.column_config.TextColumn("run", width=280),
-        "kind": st.column_config.TextColumn("kind", width=65),
+        "run_id": st.column_config.TextColumn("run", width=335),
         "method": st.column_config.TextColumn("method", width=80),
         "model": st.column_config.TextColumn("model", width=100),
         "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),

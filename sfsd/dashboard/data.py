@@ -505,7 +505,18 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     measured = [c for c in frame.columns if c.endswith("[95% CI]") or c.startswith("n:")]
     last = [c for c in ("time", "run_id") if c in frame]
     rest = [c for c in frame.columns if c not in {*first, *measured, *last}]
-    return frame[[*first, *measured, *rest, *last]]
+    frame = frame[[*first, *measured, *rest, *last]].copy()
+    # units people read: millions of parameters, budget in %, the time of day (UTC)
+    if "params" in frame:
+        frame["params"] = [number_text(v / 1e6 if _number(v) is not None else None, 3) for v in frame["params"]]
+    if "budget" in frame:
+        frame["budget"] = [number_text(100 * v if _number(v) is not None else None, 2) for v in frame["budget"]]
+    if "metric" in frame:
+        frame["metric"] = [number_text(v, 3) for v in frame["metric"]]
+    if "time" in frame:
+        times = pd.to_datetime(frame["time"], utc=True, errors="coerce")
+        frame["time"] = [EMPTY if pd.isna(t) else t.strftime("%m-%d %H:%M:%S") for t in times]
+    return frame.rename(columns={"params": "params (M)", "budget": "budget %", "time": "time (UTC)"})
 
 
 def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
