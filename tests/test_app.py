@@ -496,7 +496,7 @@ def test_every_page_says_what_to_run_on_an_empty_store(empty_env, name):
     elif name == "disagreement":
         assert "No finished search run yet" in texts(at)
     elif name == "bias":
-        assert "No compressed model folder yet" in texts(at)
+        assert "No compressed model yet" in texts(at)
 
 
 def test_pages_survive_an_unstarted_run_and_a_broken_folder(empty_env, store):
