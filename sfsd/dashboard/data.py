@@ -557,6 +557,8 @@ def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
     for column in [c for c in out.columns if pd.api.types.is_float_dtype(out[c])]:
         whole = bool((out[column].dropna() % 1 == 0).all())  # counts such as seq_len stored as floats
         out[column] = out[column].map(lambda v, whole=whole: number_text(v, 0 if whole else 2))
+    last = [c for c in ("lm_eval_version", "time") if c in out]  # the numbers first, their provenance last
+    out = out[[c for c in out.columns if c not in last] + last]
     return out.astype(object).where(out.notna(), EMPTY)
 
 
