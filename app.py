@@ -1,19 +1,24 @@
-"""sfsd dashboard: the navigation (Home first, then the pages in pages/) and the Home page: the model, the runs
+"""sfsd dashboard: the navigation (Home first, then the pages in views/) and the Home page: the model, the runs
 in the cache, and a one-click quick demo.
+
+The pages live in views/, not pages/: with a folder named pages/ next to the entry script, Streamlit runs a
+page whose URL is opened first (before any visit to Home) as an old-style page without this script, so the
+sidebar lists "app" instead of "Home" and this navigation is never set up.
 
 `make app` runs `streamlit run app.py --server.address 127.0.0.1`.
 """
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard import data, jobs, widgets
 from sfsd.errors import SfsdError
 from sfsd.runs.readonly import READONLY_ENV, readonly
 
-PAGES_DIR = Path(__file__).resolve().parent / "pages"
-# (file in pages/, label of its link on Home, icon); the sidebar names pages after their files
+PAGES_DIR = Path(__file__).resolve().parent / "views"
+# (file in views/, label of its link on Home, icon); the sidebar names pages after their files
 PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
               ("3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
@@ -24,11 +29,11 @@ PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("8_Report.py", "HTML report of a run", ":material/description:"),
               ("9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 
-# where the finished quick demo sends the reader: (file in pages/, label, icon)
+# where the finished quick demo sends the reader: (file in views/, label, icon)
 DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
              ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
              ("4_Accuracy_vs_parameters.py", "Accuracy vs parameters", ":material/trending_down:"),
-             ("5_Weight_vs_feature.py", "Table 1: uniform methods", ":material/table_chart:")]
+             ("5_Weight_vs_feature.py", "Table 1: feature vs weight at one budget", ":material/table_chart:")]
 
 
 def home() -> None:
@@ -58,7 +63,7 @@ def home() -> None:
     for i, (name, label, icon) in enumerate(PAGE_LINKS):
         if readonly() and name == "1_Runs.py":
             label = "Runs: watch, move them"
-        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % 4])
+        widgets.page_link(f"views/{name}", label, icon, container=cols[i % 4])
 
 
 def model_panel(model: str) -> dict | None:
@@ -80,31 +85,40 @@ def model_panel(model: str) -> dict | None:
                f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
                f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
                f"loaded from `{data.shown(info['source'])}`")
-    roles = info["roles_table"].rename(columns={"layers": "layers (one per block)",
-                                                "params": "parameters (all blocks)"})
-    widgets.table(roles, "model-roles", key="start-roles",
-                  column_config={"share_of_linear_%": st.column_config.NumberColumn("share of linear (%)",
-                                                                                    format="%.1f")})
+    widgets.table(info["roles_table"], "model-roles", key="start-roles", column_config={  # short: fits half a page
+        "layers": st.column_config.NumberColumn("layers", help="one per block", width=60),
+        "d_in": st.column_config.NumberColumn("d_in", width=60),
+        "d_out": st.column_config.NumberColumn("d_out", width=60),
+        "params": st.column_config.NumberColumn("params (all blocks)", format="localized", width=130),
+        "share_of_linear_%": st.column_config.NumberColumn("% of linear", format="%.1f", width=90)})
     return info
 
 
 def demo_panel(model: str, blocks: int | None) -> None:
-    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took and
-    where to look."""
+    """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took (as
+    measured by its process) and where to look."""
     st.subheader("Quick demo")
     argvs = jobs.demo_argvs(model, blocks)
-    st.write(f"One background process runs two surgical searches over the last {jobs.DEMO_BLOCKS} blocks of "
+    record = jobs.demo_record()
+    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)], record)
+    measured = widgets.demo_seconds(record)
+    took = "" if summary else ("about 5 minutes on an idle 2-core laptop CPU" if measured is None
+                               else f"{widgets.duration(measured)} when it last ran here")
+    last = min(jobs.DEMO_BLOCKS, blocks) if blocks else jobs.DEMO_BLOCKS
+    st.write(f"One background process runs two surgical searches over the last {last} blocks of "
              f"**{data.model_display(model)}**, in feature space then in weight space (perplexity within 10% of "
              f"the base model), each scoring {jobs.DEMO_TASK} on {jobs.DEMO_SNAPSHOT_LIMIT} documents at every "
-             "snapshot: about 5 minutes on a 2-core laptop CPU. Closing the tab does not stop it.")
-    st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
+             f"snapshot; then Table 1's protocol on the same blocks at beta {jobs.DEMO_BETA:g}: the base model, "
+             "feature space and weight space at the same budget, scored on the same documents and on perplexity"
+             + (f": {took}" if took else "") + ". Closing the tab does not stop it.")
+    with st.expander("Its command lines"):
+        st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
     widgets.demo_button(key="start-demo")
-    summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)])
     if summary:
         st.success(summary, icon=":material/check_circle:")
         st.caption("Where to look next:")
         for name, label, icon in DEMO_NEXT:  # one per line: two columns cut the labels at 1400 px
-            widgets.page_link(f"pages/{name}", label, icon)
+            widgets.page_link(f"views/{name}", label, icon)
 
 
 @st.fragment(run_every=3)
@@ -116,13 +130,26 @@ def runs_table() -> None:
         st.info(f"No runs in {where} yet: start the quick demo above, a search on the Runs page, or import runs "
                 "there.")
         return
-    columns = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "progress", "overall_budget",
-               "updated", "origin"]
+    # no "kind" column: the run id starts with it (search-..., uniform-...), and the id needs the room
+    columns = ["run_id", "method", "model", "metric", "tolerance", "state", "progress", "overall_budget", "updated",
+               "origin"]
     shown = data.runs_text(runs[columns])
     shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
+    # one short "target" instead of metric and tolerance, minutes instead of milliseconds: all fits at 1400 px
+    shown["metric"] = [data.EMPTY if m == data.EMPTY else f"{m} ±{t}" for m, t in zip(shown["metric"],
+                                                                                     shown["tolerance"], strict=True)]
+    shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
+    shown = shown.drop(columns=["tolerance"] + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
     widgets.table(shown, "runs", key="start-runs", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "overall_budget": "overall budget (%)",
+        "run_id": st.column_config.TextColumn("run", width=335),
+        "method": st.column_config.TextColumn("method", width=80),
+        "model": st.column_config.TextColumn("model", width=100),
+        "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),
+        "state": st.column_config.TextColumn("state", width=80),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                    width=100),
+        "overall_budget": st.column_config.TextColumn("budget %", width=70),
+        "updated": st.column_config.TextColumn("updated (UTC)", width=105),
     })
 
 

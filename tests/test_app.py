@@ -23,9 +23,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
-    "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
-    "accuracy": "pages/4_Accuracy_vs_parameters.py", "table1": "pages/5_Weight_vs_feature.py",
-    "disagreement": "pages/6_Disagreement.py", "bias": "pages/7_Bias.py", "report": "pages/8_Report.py",
+    "runs": "views/1_Runs.py", "heatmap": "views/2_Budget_heatmap.py", "spectra": "views/3_Spectra.py",
+    "accuracy": "views/4_Accuracy_vs_parameters.py", "table1": "views/5_Weight_vs_feature.py",
+    "disagreement": "views/6_Disagreement.py", "bias": "views/7_Bias.py", "report": "views/8_Report.py",
 }
 TINY_LLAMA = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, pad_token_id=2)
@@ -142,10 +142,11 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert {env["feature"], env["weight"], *env["uniform"].values()} <= set(runs["run_id"])
     cells = runs.drop(columns="progress").astype(str)
     assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
-    assert (runs.loc[runs["kind"] == "uniform", "tolerance"] == "—").all()
+    assert (runs.loc[runs["run_id"].str.startswith("uniform-"), "metric"] == "—").all()  # no search target
     demo = at.button(key="start-demo")
     assert "first-block 0" in demo.help and env["model"] in demo.help  # the last 4 blocks: all 3 here
     assert "--method feature" in demo.help and "--method weight" in demo.help and "--snapshot-tasks piqa" in demo.help
+    assert "sfsd uniform" in demo.help and "--method none" in demo.help  # Table 1's trio at one budget
     from sfsd.dashboard import data, widgets
 
     summary = widgets.demo_summary([data.load_run(env["feature"]), data.load_run(env["weight"])])
@@ -301,7 +302,8 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
     assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
-    assert ppl["layout"]["yaxis"]["dtick"] == "D2"  # close perplexities: round 1-2-5 labels only
+    ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
+    assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
         [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
     accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]
@@ -374,6 +376,39 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     assert list(flips.columns) == ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a",
                                    "loglik_b"]
     assert len(charts(at)) == 1
+
+
+def test_table1_models_open_on_disagreement_without_a_manual_save(env):
+    """A Table 1 row's model is listed on the Disagreement page before it is saved; Compare saves it under
+    cache/models/<run id> and scores it on the documents of its run: the same accuracy as Table 1's."""
+    from sfsd.dashboard import data
+    from sfsd.runs import Run
+
+    run_id = env["uniform"]["feature"]
+    folder = Path(env["root"]) / "models" / run_id
+    at = open_page("disagreement")
+    no_exception(at)
+    assert str(folder) in at.selectbox(key="dis-b").options or any(
+        o.startswith("Table 1: feature, beta 0.5, last 2 blocks") for o in at.selectbox(key="dis-b").options)
+    at.selectbox(key="dis-a").select(env["model"])
+    at.selectbox(key="dis-b").select(str(folder))
+    at.multiselect(key="dis-tasks").set_value(["piqa"])
+    at.number_input(key="dis-limit").set_value(UNIFORM["limit"])
+    at.run()
+    at.button(key="dis-run").click().run(timeout=180)
+    no_exception(at)
+    assert (folder / "config.json").is_file() and data.compressed_method(str(folder)) == "feature"
+    row = at.dataframe[0].value.iloc[0]
+    stored = next(e for e in Run.open(run_id).read_evaluations() if e["kind"] == "task")["metrics"]
+    assert float(row["acc B % [95% CI]"].split(" ")[0]) == pytest.approx(100 * stored["acc"], abs=0.05)
+    assert re.fullmatch(r"\S+ \[\S+, \S+\]", row["acc A % [95% CI]"])
+    # the records reused from the run are those of the saved model: scored afresh, it answers the same
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.models import load_model
+
+    model, tokenizer = load_model(str(folder), "cpu")
+    fresh = evaluate_tasks(model, tokenizer, ["piqa"], split="eval", limit=UNIFORM["limit"], use_cache=False)
+    assert float(fresh.summary["acc"].iloc[0]) == pytest.approx(stored["acc"])
 
 
 def test_bias_page_scores_stereoset(env):
@@ -461,7 +496,7 @@ def test_every_page_says_what_to_run_on_an_empty_store(empty_env, name):
     elif name == "disagreement":
         assert "No finished search run yet" in texts(at)
     elif name == "bias":
-        assert "No compressed model folder yet" in texts(at)
+        assert "No compressed model yet" in texts(at)
 
 
 def test_pages_survive_an_unstarted_run_and_a_broken_folder(empty_env, store):
@@ -509,37 +544,52 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store
     from sfsd.dashboard import jobs
     from sfsd.runs import Run
 
-    started = jobs.start_all(jobs.demo_argvs(store["model"], 3))  # what the button does, in one process
-    assert [s.run_id for s in started] == jobs.demo_run_ids(store["model"], 3)
+    started = jobs.start_demo(store["model"], 3)  # what the button does, in one process
+    ids = jobs.demo_run_ids(store["model"], 3)
+    assert [s.run_id for s in started] == ids and len(ids) == 5  # two searches, then base, feature, weight
+    searches = ids[:2]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and any(Run.open(s.run_id).status()["state"] != "done" for s in started):
         time.sleep(2)
     states = [Run.open(s.run_id).status()["state"] for s in started]
-    assert states == ["done", "done"], states
-    for run_id in jobs.demo_run_ids(store["model"], 3):  # piqa at every snapshot after step 0
+    assert states == ["done"] * 5, states
+    deadline = time.monotonic() + 30  # the chain writes its finish after the last run's
+    while time.monotonic() < deadline and not (jobs.demo_record() or {}).get("finished"):
+        time.sleep(0.5)
+    record = jobs.demo_record()
+    assert record["finished"] and [c["argv"] for c in record["commands"]] == jobs.demo_argvs(store["model"], 3)
+    assert all(c["exit"] == 0 and c["seconds"] > 0 for c in record["commands"])
+    for run_id in searches:  # piqa at every snapshot after step 0
         snapshots = Run.open(run_id).read_snapshots()
         assert len(snapshots) >= 3 and all("piqa" in s["evals"] for s in snapshots if s["step"] > 0)
     time.sleep(2.5)  # the store reads are cached for 2 s
     at = open_page()
     no_exception(at)
     summary = " ".join(s.value for s in at.success)
-    assert re.search(r"The quick demo ran a feature-space search .* a weight-space search .* It took \d+m\d\ds",
-                     summary), summary
+    assert re.search(r"The quick demo ran a feature-space search .* a weight-space search .*Table 1's uniform "
+                     r"protocol at beta 0.46 on the last 3 blocks \(base, feature, weight\)\. It took \d+m\d\ds "
+                     r"\(search feature \d+m\d\ds, search weight .*uniform weight \d+m\d\ds\)", summary), summary
     labels = [link.proto.label for link in at.get("page_link")]
     assert {"Budget per layer: heatmap", "Spectra: feature vs weight", "Accuracy vs parameters",
-            "Table 1: uniform methods"} <= set(labels), labels
-    for run_id in jobs.demo_run_ids(store["model"], 3):  # the heatmap is coloured: cells below 100% in 2+ blocks
+            "Table 1: feature vs weight at one budget"} <= set(labels), labels
+    for run_id in searches:  # the heatmap is coloured: cells below 100% in 2+ blocks
         at = open_page("heatmap")
         at.selectbox(key="heatmap-run").select(run_id).run()
         no_exception(at)
         heat = json.loads(charts(at)[0].proto.spec)["data"][0]
         assert sum(any(v is not None and v < 100 for v in row) for row in heat["z"]) >= 2, heat["z"]
     at = open_page("accuracy")  # two accuracy curves of at least two points
-    at.multiselect(key="acc-runs").set_value(jobs.demo_run_ids(store["model"], 3)).run()
+    at.multiselect(key="acc-runs").set_value(searches).run()
     at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
     no_exception(at)
     curves = [t for t in json.loads(charts(at)[0].proto.spec)["data"] if t["mode"] == "lines+markers"]
     assert len(curves) == 2 and all(len(c["x"]) >= 2 for c in curves)
+    at = open_page("table1")  # the demo's same-budget trio: perplexity first, accuracy with intervals
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert list(table["method"]) == ["base", "weight", "feature"]
+    assert list(table.columns[2:3]) == ["ppl @128 tokens"]
+    assert all(re.fullmatch(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cell) for cell in table.filter(like="acc %").stack())
 
 
 def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env, store):
@@ -566,3 +616,10 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     while Run.open(second.run_id).status()["state"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert Run.open(second.run_id).status()["state"] == "failed"  # its process is gone: not pending forever
+
+
+def test_no_pages_folder_next_to_the_app():
+    """Streamlit runs a page of a folder named pages/ beside app.py on its own when its URL is opened first:
+    the sidebar then reads "app" and the navigation of app.py is lost. The pages live in views/."""
+    assert not (ROOT / "pages").exists()
+    assert all((ROOT / path).is_file() for path in PAGES.values())

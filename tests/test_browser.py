@@ -34,7 +34,7 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 PAGES = {
     "start": ("", 0), "runs": ("Runs", 0), "heatmap": ("Budget_heatmap", 2), "spectra": ("Spectra", 2),
     "accuracy": ("Accuracy_vs_parameters", 1), "table1": ("Weight_vs_feature", 2),
-    "disagreement": ("Disagreement", 1), "bias": ("Bias", 1), "report": ("Report", 0),
+    "disagreement": ("Disagreement", 1), "bias": ("Bias", 1), "report": ("Report", 0), "frontier": ("Frontier", 0),
 }
 # pages whose figures appear after a button press: (input to shrink, its value, button label, charts afterwards)
 PRESS = {"disagreement": ("Documents per task", "6", "Compare", 1),
@@ -196,6 +196,41 @@ def wait_charts(page, count: int, timeout_s: float = 60) -> int:
     return page.evaluate(CHARTS_WITH_DATA)
 
 
+def assert_home_first(page) -> None:
+    """The sidebar's first entry is the Home page, named "Home" (not the script's name), whichever page's URL
+    was opened."""
+    first = page.locator("[data-testid='stSidebarNav'] a").first
+    first.wait_for(timeout=30000)
+    assert first.inner_text().strip().endswith("Home"), first.inner_text()
+
+
+# an accuracy or proportion as the pages print it: value [95% interval], optionally (n=...)
+WITH_INTERVAL = r"[-+]?\d+(\.\d+)? \[[-+]?\d+(\.\d+)?, [-+]?\d+(\.\d+)?\]( \(n=\d+\))?"
+
+
+def table_csv(page, nth: int = 0):
+    """The nth table of the page as its CSV download button gives it (the cells the dataframe shows)."""
+    import pandas as pd
+
+    with page.expect_download(timeout=60000) as download:
+        page.get_by_role("button", name="Download CSV").nth(nth).click()
+    return pd.read_csv(download.value.path(), dtype=str, keep_default_na=False)
+
+
+def assert_intervals(frame, columns: list[str]) -> None:
+    """Every cell of `columns` is a value with its 95% interval."""
+    assert columns, list(frame.columns)
+    for column in columns:
+        bad = [cell for cell in frame[column] if not re.fullmatch(WITH_INTERVAL, cell)]
+        assert not bad, f"{column}: cells without an interval: {bad}"
+
+
+def raw_cells(page) -> list[str]:
+    """Raw empty values printed as text on the page ("None", "<NA>", "nan" as whole words in cells or text)."""
+    text = page.locator("[data-testid='stMain']").inner_text()
+    return re.findall(r"(?<![\w-])(None|<NA>|NaN|nan)(?![\w-])", text)
+
+
 def assert_clean(page, allowed: list[str] = (), required: list[str] = ()) -> None:
     """No Streamlit exception, no error or warning alert other than the `allowed` patterns, and each
     `required` pattern shown."""
@@ -215,6 +250,7 @@ def test_page_renders_its_charts(server, page, name):
     page.goto(f"{server}/{path}")
     settle(page)
     assert_clean(page, allowed)
+    assert_home_first(page)
     if name in PRESS:
         field, value, label, count = PRESS[name]
         page.get_by_label(field, exact=True).fill(value)
@@ -266,6 +302,7 @@ def test_clicking_a_heatmap_cell_opens_its_spectrum(server, page):
 
 
 def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
+    from sfsd.dashboard import jobs
     from sfsd.runs import RunStore
 
     page.goto(server)
@@ -273,36 +310,41 @@ def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
     page.get_by_role("button", name="Start the quick demo search").click()
     page.get_by_text(re.compile(r"started run search-tiny-llama-feature-ppl")).wait_for(timeout=30000)
     seen: list[str] = []
-    # the demo's two searches, one after the other in one background process
-    feature_done = page.get_by_text(re.compile(r"search-tiny-llama-feature-ppl-[0-9a-f]+: done"))
-    weight_done = page.get_by_text(re.compile(r"search-tiny-llama-weight-ppl-[0-9a-f]+: done"))
-    deadline = time.monotonic() + 300
+    # the demo's two searches, then its uniform trio, one after the other in one background process
+    ids = jobs.demo_run_ids(store["model"], 3)
+    done = [page.get_by_text(re.compile(f"{run_id}: done")) for run_id in ids]
+    deadline = time.monotonic() + 420
     shot = False
     while time.monotonic() < deadline:
-        bars = page.locator("[data-testid='stProgress']")
-        for i in range(bars.count()):
-            text = bars.nth(i).inner_text()
+        # read in one go: the panel redraws every 2 s and a bar may be gone a moment later
+        for text in page.locator("[data-testid='stProgress']").all_inner_texts():
             if text and (not seen or seen[-1] != text):
                 seen.append(text)
         if not shot and any(re.search(r"\d+/21 layers", t) for t in seen):
+            page.mouse.move(0, 0)  # no tooltip of the button over the page
             page.screenshot(path=str(ARTIFACTS / "demo-progress.png"))
             shot = True
-        if feature_done.count() and weight_done.count():
+        if all(line.count() for line in done):
             break
         page.wait_for_timeout(700)
-    assert feature_done.count() and weight_done.count(), f"the demo did not finish in time; progress seen: {seen}"
+    assert all(line.count() for line in done), f"the demo did not finish in time; progress seen: {seen}"
     page.get_by_role("button", name="Cancel this run").wait_for(state="detached", timeout=30000)  # page refreshed
+    # what it ran, how long it took (measured by its process), where to look next
+    took = re.compile(r"The quick demo ran a feature-space search .* It took \d+m\d\ds \(search feature \d+m\d\ds")
+    deadline = time.monotonic() + 30
+    while not page.get_by_text(took).count() and time.monotonic() < deadline:  # the chain's record comes last
+        page.reload()
+        settle(page)
+    page.get_by_text(took).wait_for(timeout=5000)
     settle(page)
     page.mouse.move(0, 0)  # no tooltip over the page
     page.wait_for_timeout(500)
-    # what it ran, how long it took, where to look next
-    page.get_by_text(re.compile(r"The quick demo ran a feature-space search .* It took \d+m\d\ds")).wait_for(
-        timeout=30000)
     for link in ("Budget per layer: heatmap", "Spectra: feature vs weight", "Accuracy vs parameters",
-                 "Table 1: uniform methods"):
+                 "Table 1: feature vs weight at one budget"):
         assert page.get_by_role("link", name=link).count() >= 1, link
     page.screenshot(path=str(ARTIFACTS / "demo-done.png"), full_page=True)
     assert_clean(page)
+    assert not raw_cells(page), raw_cells(page)
     assert seen, "no progress bar was shown while the demo ran"
     per_run: dict[str, list[int]] = {}  # layers decided, per run (the label before the colon)
     for text in seen:
@@ -314,6 +356,87 @@ def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):
     for method in ("feature", "weight"):  # the fixture's search and the demo's
         demo = runs[runs["run_id"].str.startswith(f"search-tiny-llama-{method}-ppl") & (runs["state"] == "done")]
         assert len(demo) == 2, method
+    after_the_demo(server, page, ids, store["root"])
+
+
+def after_the_demo(server: str, page, ids: list[str], root: str) -> None:
+    """What the issue's Tests list, on the pages the finished demo links to: the heatmap has cells below 100%
+    in 2+ blocks for each search, the accuracy chart at least two points per run, Table 1 perplexity as its
+    first numeric columns and every accuracy with an interval; the Disagreement and Bias pages open Table 1's
+    models without a manual save, with intervals on every accuracy. Screenshots: tests/artifacts/after-demo-*."""
+    searches, uniform = ids[:2], ids[2:]
+    page.goto(f"{server}/Budget_heatmap")
+    settle(page)
+    for run_id in searches:
+        page.get_by_label("Run", exact=True).click()
+        page.get_by_role("option", name=re.compile(run_id.rsplit("-", 1)[-1][:6])).click()
+        settle(page)
+        wait_charts(page, 2)
+        page.wait_for_function("id => (document.querySelector('.js-plotly-plot .gtitle')?.textContent || '')"
+                               ".includes(id)", arg=run_id.rsplit("-", 1)[-1][:6], timeout=30000)
+        settle(page)  # the spectrum under it follows the picked run
+        z = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData[0].z")
+        blocks = sum(any(v is not None and v < 100 for v in row) for row in z)
+        assert blocks >= 2, (run_id, z)
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / f"after-demo-heatmap-{run_id.split('-')[3]}.png"), full_page=True)
+
+    page.goto(f"{server}/Accuracy_vs_parameters")
+    settle(page)
+    page.get_by_label("y axis").click()
+    page.get_by_role("option", name="acc piqa (eval split, %)", exact=True).click()
+    settle(page)
+    wait_charts(page, 1)
+    traces = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData.map(t => "
+                           "[t.name, t.mode, t.x.length])")
+    curves = [t for t in traces if t[1] == "lines+markers"]
+    assert len(curves) >= 2 and all(points >= 2 for _, _, points in curves), traces
+    assert_clean(page)
+    page.screenshot(path=str(ARTIFACTS / "after-demo-accuracy.png"), full_page=True)
+
+    page.goto(f"{server}/Weight_vs_feature")
+    settle(page)
+    wait_charts(page, 2)
+    table = table_csv(page)
+    assert list(table["method"]) == ["base", "weight", "feature"], table
+    numeric = [c for c in table.columns if c not in ("method", "state")]
+    assert numeric[0].startswith("ppl"), numeric  # perplexity leads
+    assert_intervals(table, [c for c in table.columns if "acc" in c])
+    assert_clean(page, [r"^piqa: only 20 documents \(fewer than 30\)", r"^ppl@128: perplexity above 10x"])
+    page.screenshot(path=str(ARTIFACTS / "after-demo-table1.png"), full_page=True)
+
+    feature = next(run_id for run_id in uniform if "-feature-" in run_id)
+    page.goto(f"{server}/Disagreement")
+    settle(page)
+    page.get_by_label("Model B (compared)").click()
+    page.get_by_role("option", name=re.compile(r"^Table 1: feature, beta 0.46, last 3 blocks")).click()
+    settle(page)
+    page.get_by_label("Documents per task", exact=True).fill("20")
+    page.get_by_label("Documents per task", exact=True).press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Compare").click()
+    settle(page, 150)
+    wait_charts(page, 1, 150)
+    table = table_csv(page)
+    assert_intervals(table, [c for c in table.columns if c.startswith(("acc", "disagreement", "delta"))])
+    assert_clean(page, [r"^piqa: only 20 documents \(fewer than 30\)"])
+    assert (Path(root) / "models" / feature / "config.json").exists()  # saved on demand
+    page.screenshot(path=str(ARTIFACTS / "after-demo-disagreement.png"), full_page=True)
+
+    page.goto(f"{server}/Bias")
+    settle(page)
+    page.get_by_label("Examples (first N of all)", exact=True).fill("10")
+    page.get_by_label("Examples (first N of all)", exact=True).press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Score").click()
+    settle(page, 150)
+    wait_charts(page, 1, 150)
+    table = table_csv(page)
+    assert any("Table 1: " in model for model in table["model"]), table
+    scored = table[table["n"].astype(int) > 0]  # a cell without examples reads "—" and is named in the warning
+    assert_intervals(scored, ["LMS", "SS", "ICAT"])
+    assert_clean(page, ALLOWED_ALERTS["bias"])
+    page.screenshot(path=str(ARTIFACTS / "after-demo-bias.png"), full_page=True)
 
 
 # ---- runs that travel, read-only mode -------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Run several `sfsd` command lines one after the other (the dashboard's "run all missing" button).
+"""Run several `sfsd` command lines one after the other (the dashboard's "run all missing" button, the quick
+demo).
 
-Usage: python -m sfsd.dashboard.chain '<json list of argv lists>'. Each command runs to its end before the
-next starts, so that a laptop is not asked to hold five models at once; a failing one does not stop the rest.
+Usage: python -m sfsd.dashboard.chain '<json list of argv lists>' [RECORD.json]. Each command runs to its end
+before the next starts, so that a laptop is not asked to hold five models at once; a failing one does not stop
+the rest. With RECORD, the chain's measured wall-clock time is written there (atomically) when it starts,
+after each command and when it ends: what ran, each command's seconds and exit code, started and finished.
 """
 
 from __future__ import annotations
@@ -9,14 +12,31 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+
+from sfsd.atomic import write_json
+from sfsd.runs import timestamp
 
 
 def main(argv: list[str]) -> int:
     commands = json.loads(argv[0]) if argv else []
+    record_path = argv[1] if len(argv) > 1 else None
+    record = {"started": timestamp(), "finished": None, "commands": [{"argv": c, "seconds": None, "exit": None}
+                                                                    for c in commands]}
+    if record_path:
+        write_json(record_path, record)
     worst = 0
-    for command in commands:
-        print(f"--- sfsd {' '.join(command)}", flush=True)
-        worst = max(worst, subprocess.call([sys.executable, "-m", "sfsd", *command]))
+    for entry in record["commands"]:
+        print(f"--- sfsd {' '.join(entry['argv'])}", flush=True)
+        start = time.monotonic()
+        code = subprocess.call([sys.executable, "-m", "sfsd", *entry["argv"]])
+        entry.update(seconds=round(time.monotonic() - start, 1), exit=code)
+        worst = max(worst, code)
+        if record_path:
+            write_json(record_path, record)
+    record["finished"] = timestamp()
+    if record_path:
+        write_json(record_path, record)
     return worst
 
 

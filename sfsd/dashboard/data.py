@@ -505,7 +505,18 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     measured = [c for c in frame.columns if c.endswith("[95% CI]") or c.startswith("n:")]
     last = [c for c in ("time", "run_id") if c in frame]
     rest = [c for c in frame.columns if c not in {*first, *measured, *last}]
-    return frame[[*first, *measured, *rest, *last]]
+    frame = frame[[*first, *measured, *rest, *last]].copy()
+    # units people read: millions of parameters, budget in %, the time of day (UTC)
+    if "params" in frame:
+        frame["params"] = [number_text(v / 1e6 if _number(v) is not None else None, 3) for v in frame["params"]]
+    if "budget" in frame:
+        frame["budget"] = [number_text(100 * v if _number(v) is not None else None, 2) for v in frame["budget"]]
+    if "metric" in frame:
+        frame["metric"] = [number_text(v, 3) for v in frame["metric"]]
+    if "time" in frame:
+        times = pd.to_datetime(frame["time"], utc=True, errors="coerce")
+        frame["time"] = [EMPTY if pd.isna(t) else t.strftime("%m-%d %H:%M:%S") for t in times]
+    return frame.rename(columns={"params": "params (M)", "budget": "budget %", "time": "time (UTC)"})
 
 
 def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
@@ -546,6 +557,8 @@ def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
     for column in [c for c in out.columns if pd.api.types.is_float_dtype(out[c])]:
         whole = bool((out[column].dropna() % 1 == 0).all())  # counts such as seq_len stored as floats
         out[column] = out[column].map(lambda v, whole=whole: number_text(v, 0 if whole else 2))
+    last = [c for c in ("lm_eval_version", "time") if c in out]  # the numbers first, their provenance last
+    out = out[[c for c in out.columns if c not in last] + last]
     return out.astype(object).where(out.notna(), EMPTY)
 
 
@@ -613,17 +626,19 @@ def model_blocks(name: str) -> int | None:
 
 
 def compressed_method(folder: str) -> str | None:
-    """The sfsd method recorded in a compressed folder's config.json (None for a plain model)."""
+    """The sfsd method recorded in a compressed folder's config.json, or that of the Table 1 run the folder
+    will be saved from (None for a plain model)."""
     try:
         config = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
-        return None
+        view = table1_run(folder)
+        return view.method if view is not None else None
     return config.get("sfsd_method")
 
 
 def model_choices() -> list[str]:
-    """Models to compare: the default and demo models, the models of runs, and every folder under
-    cache/models/ (compressed ones included)."""
+    """Models to compare: the default and demo models, the models of runs, every folder under cache/models/
+    (compressed ones included) and Table 1's compressed models (saved there when first used)."""
     names = [DEFAULT_MODEL, demo_model()]
     names += [str(model) for model in list_runs()["model"].dropna()]
     root = models_dir()
@@ -631,7 +646,30 @@ def model_choices() -> list[str]:
         for folder in sorted(root.iterdir()):
             if (folder / "config.json").exists() and folder.name != DEFAULT_MODEL:
                 names.append(str(folder))
+    names += table1_models()
     return list(dict.fromkeys(names))
+
+
+def table1_models() -> list[str]:
+    """The folders (<cache>/models/<run id>) of every finished compressed uniform run, newest first, saved or
+    not yet (`jobs.save_uniform_model` saves one when a page first needs it)."""
+    runs = list_runs(kind="uniform")
+    runs = runs[(runs["state"] == "done") & (runs["method"] != "none")]
+    return [str(models_dir() / run_id) for run_id in runs["run_id"]]
+
+
+def table1_run(folder: str) -> RunView | None:
+    """The uniform run whose model `folder` is (None for any other folder)."""
+    path = Path(folder)
+    if path.parent != models_dir() or not path.name.startswith("uniform-"):
+        return None
+    view = load_run(path.name)
+    return view if view is not None and view.kind == "uniform" else None
+
+
+def unsaved_table1_runs(folders: list[str]) -> list[str]:
+    """The run ids of the Table 1 models among `folders` that are not saved yet."""
+    return [Path(f).name for f in folders if table1_run(f) is not None and not (Path(f) / "config.json").exists()]
 
 
 def saved_model_runs(run_ids: list[str]) -> list[str]:
@@ -640,6 +678,11 @@ def saved_model_runs(run_ids: list[str]) -> list[str]:
 
 
 def model_display(name: str) -> str:
+    view = table1_run(name)
+    if view is not None:  # a Table 1 row: say which, saved or not
+        suffix = view.run_id.rsplit("-", 1)[-1][:6]
+        return (f"Table 1: {view.method}, beta {view.config.get('beta')}, last {view.config.get('last_blocks')} "
+                f"blocks · {suffix}")
     method = compressed_method(name) if Path(name).is_dir() else None
     short = Path(name).name if ("/" in name or os.sep in name) else name
     return f"{short} [{method}]" if method else short
@@ -663,7 +706,9 @@ def task_records(model: str, tasks: tuple[str, ...], limit: int | None) -> pd.Da
 
     require_writable("evaluate models")  # computes for minutes and writes the evaluation cache
     loaded, tokenizer = load_model(model)
-    return evaluate_tasks(loaded, tokenizer, list(tasks), split="eval", limit=limit).records
+    # a Table 1 model is keyed like its run's own evaluations: the documents that run scored are not scored again
+    key = Path(model).name if table1_run(model) is not None else None
+    return evaluate_tasks(loaded, tokenizer, list(tasks), split="eval", limit=limit, model_key=key).records
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -30,8 +30,10 @@ from sfsd.runs.readonly import require_writable
 # The quick demo: one background process runs a feature-space then a weight-space search over the last
 # DEMO_BLOCKS blocks of the demo model (perplexity within 10% of the base), each scoring DEMO_TASK on a few
 # eval-split documents at every snapshot: enough to colour the heatmap, draw two accuracy-versus-parameters
-# curves and compare the spectra (about 5 minutes on an idle 2-core CPU for the 135M default; seconds on a
-# tiny model).
+# curves and compare the spectra. Then Table 1's uniform protocol on the same blocks at DEMO_BETA: the base
+# model, feature space and weight space at the same budget, on the same documents (perplexity and DEMO_TASK),
+# so that Table 1 has a same-budget comparison to show. The chain records its measured duration in
+# demo_record_path().
 DEMO_BLOCKS = 4
 DEMO_METHODS = ("feature", "weight")
 DEMO_TASK = "piqa"
@@ -39,6 +41,9 @@ DEMO_SNAPSHOT_LIMIT = 20
 DEMO_FLAGS = ["--metric", "ppl", "--tolerance", "0.1", "--search-samples", "4", "--search-seq-len", "64",
               "--calib-source", "mix", "--calib-samples", "32", "--snapshot-every", "7",
               "--snapshot-tasks", DEMO_TASK, "--snapshot-limit", str(DEMO_SNAPSHOT_LIMIT)]
+DEMO_BETA = 0.46  # Table 1's beta: the paper's ~80% point when applied to the last 12 of 30 blocks
+DEMO_UNIFORM_METHODS = ("none", *DEMO_METHODS)  # "none": the base model, the reference row
+DEMO_PPL_TOKENS = 4096  # the first 4,096 wiki eval tokens at 128 per window: seconds per model on a CPU
 
 
 @dataclass
@@ -55,11 +60,24 @@ class Started:
 
 
 def demo_argvs(model: str, blocks: int | None) -> list[list[str]]:
-    """The quick demo's `sfsd search` argvs on `model` (the last DEMO_BLOCKS of its `blocks` blocks), one per
-    method of DEMO_METHODS, in the order they run."""
+    """The quick demo's argvs on `model`, in the order they run: its searches, then its uniform runs."""
+    return demo_search_argvs(model, blocks) + demo_uniform_argvs(model, blocks)
+
+
+def demo_search_argvs(model: str, blocks: int | None) -> list[list[str]]:
+    """The quick demo's `sfsd search` argvs (the last DEMO_BLOCKS of the model's `blocks` blocks), one per
+    method of DEMO_METHODS."""
     first = max(0, (blocks or 30) - DEMO_BLOCKS)
     return [["search", "--model", model, "--method", method, "--first-block", str(first), *DEMO_FLAGS]
             for method in DEMO_METHODS]
+
+
+def demo_uniform_argvs(model: str, blocks: int | None) -> list[list[str]]:
+    """The quick demo's `sfsd uniform` argvs: base, feature and weight at DEMO_BETA on the searches' blocks,
+    evaluated on the snapshots' documents (DEMO_TASK, DEMO_SNAPSHOT_LIMIT) and on perplexity @128."""
+    last = min(DEMO_BLOCKS, blocks) if blocks else DEMO_BLOCKS
+    return [uniform_argv(model, method, DEMO_BETA, last, [DEMO_TASK], DEMO_SNAPSHOT_LIMIT, [128], DEMO_PPL_TOKENS,
+                         "mix", 32) for method in DEMO_UNIFORM_METHODS]
 
 
 def demo_argv(model: str, blocks: int | None) -> list[str]:
@@ -68,10 +86,31 @@ def demo_argv(model: str, blocks: int | None) -> list[str]:
 
 
 def demo_run_ids(model: str, blocks: int | None) -> list[str]:
-    """The ids of the runs the quick demo creates on `model`."""
+    """The ids of the runs the quick demo creates on `model`, in the order they run."""
     from sfsd.runs import run_id_for
 
     return [run_id_for(run_config(argv)) for argv in demo_argvs(model, blocks)]
+
+
+def demo_record_path() -> Path:
+    """Where the quick demo's chain writes what it ran and how long it took (see sfsd.dashboard.chain)."""
+    return cache_dir() / "jobs" / "quick-demo.json"
+
+
+def demo_record() -> dict | None:
+    """The last quick demo's record: started, finished (None while it runs), commands with their seconds and
+    exit codes; None when no demo was started here or the record cannot be read."""
+    try:
+        record = json.loads(demo_record_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("commands"), list) else None
+
+
+def start_demo(model: str, blocks: int | None, root: Path | None = None) -> list[Started]:
+    """The quick demo's unfinished runs, one after the other in one background process that records its
+    duration."""
+    return start_all(demo_argvs(model, blocks), root, record=demo_record_path())
 
 
 def search_argv(model: str, method: str = "feature", metric: str = "ppl", tolerance: float = 0.05,
@@ -199,9 +238,10 @@ def start(argv: list[str], root: Path | None = None) -> Started:
     return Started(run.id, pid, f"{verb} run {run.id} (process {pid})")
 
 
-def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]:
+def start_all(argvs: list[list[str]], root: Path | None = None, record: Path | None = None) -> list[Started]:
     """Create every command's run, then run the unfinished ones one after the other in ONE background process
-    (`python -m sfsd.dashboard.chain`): the first is launched, the others wait as pending ("queued")."""
+    (`python -m sfsd.dashboard.chain`): the first is launched, the others wait as pending ("queued"). With
+    `record`, the chain writes there what it ran and its measured duration."""
     require_writable("start runs")
     results, todo = [], []
     for argv in argvs:
@@ -220,6 +260,8 @@ def start_all(argvs: list[list[str]], root: Path | None = None) -> list[Started]
         return results
     first = todo[0][0]
     chain = [sys.executable, "-m", "sfsd.dashboard.chain", json.dumps([argv for _, argv in todo])]
+    if record is not None:
+        chain.append(str(record))
     pid = launch(first, command=chain)
     results.append(Started(first.id, pid, f"started run {first.id} (process {pid})"))
     for place, ((run, _), (previous, _)) in enumerate(zip(todo[1:], todo, strict=False), start=2):
@@ -282,3 +324,28 @@ def materialize_run(run_id: str, root: Path | None = None) -> Path:
     if (out / "config.json").exists():
         return out
     return materialize(RunStore(root).run(run_id), out)
+
+
+def save_uniform_model(run_id: str, root: Path | None = None) -> Path:
+    """Save a finished uniform run's compressed model (Table 1's row) under <cache>/models/<run_id> (once), so
+    that the Disagreement and Bias pages can evaluate it: the run's own method, beta, last blocks and
+    calibration, rebuilt from the decompositions it cached."""
+    require_writable("save a model")
+    from sfsd.compress import CalibrationSpec, compress, save_compressed
+    from sfsd.models import load_model
+    from sfsd.paths import models_dir
+
+    out = models_dir() / run_id
+    if (out / "config.json").exists():
+        return out
+    run = RunStore(root).run(run_id)
+    config = run.config
+    if config.get("kind") != "uniform" or config.get("method") in (None, "none"):
+        raise SfsdError(f"run {run_id} is not a compressed uniform run: only Table 1's compressed rows are saved")
+    if run.status()["state"] != "done":
+        raise SfsdError(f"run {run_id} has not finished: wait for it (or resume it on the Weight vs feature page)")
+    model, tokenizer = load_model(config["model"], None, config.get("dtype", "auto"))
+    compress(model, tokenizer, config["method"], beta=config["beta"], last_blocks=config["last_blocks"],
+             calibration=CalibrationSpec(**config["calibration"]), progress=False)
+    return save_compressed(model, tokenizer, out)
+

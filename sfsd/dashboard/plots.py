@@ -285,7 +285,8 @@ def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: i
             fig.add_vline(x=int(chosen_rank), line=dict(color=color, width=2.5), row=1, col=col)
         fig.add_annotation(x=int(chosen_rank), y=0.02, xref="x2", yref="paper", text=f"chosen r={int(chosen_rank)}",
                            showarrow=False, font=dict(size=11, color=color), xanchor="left", bgcolor="white")
-    fig.update_yaxes(type="log", title="eigenvalue / σ² (log scale)", row=1, col=1, exponentformat="power")
+    # powers of ten only: Plotly would label every minor tick of a decade with a bare digit
+    fig.update_yaxes(type="log", title="eigenvalue / σ² (log scale)", row=1, col=1, exponentformat="power", dtick=1)
     fig.update_yaxes(title="cumulative energy (% of total)", range=[0, 101], row=1, col=2)
     fig.update_xaxes(title="component (rank)", row=1, col=1)
     fig.update_xaxes(title="rank r (components kept)", row=1, col=2)
@@ -475,7 +476,9 @@ def accuracy_bars(table: pd.DataFrame, title: str | None = None,
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="task (avg: unweighted mean of the tasks)")
     fig.update_yaxes(title="accuracy (%) with 95% interval", range=[0, 100])
-    return _layout(fig, title, height=420)
+    fig = _layout(fig, title, height=460)
+    # the legend (methods and the two reference lines) wraps to two rows: room for it under the title
+    return fig.update_layout(margin=dict(t=140 if title else 90), title=dict(y=0.98, yanchor="top"))
 
 
 def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
@@ -497,11 +500,30 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     # bars rise from a floor well under the smallest value, so that close perplexities stay visible
     span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
     fig.update_xaxes(title="perplexity window (wiki eval split)")
-    # under two decades Plotly labels every minor tick (20k, 30k, ..., 110k): only the round 1-2-5 ones
-    narrow = span is not None and span[1] - span[0] < 2
+    # Plotly labels minor log ticks with a bare digit ("2", "5"): round values written out instead, 1-2-5 under
+    # three decades, powers of ten above
+    ticks = log_ticks(*span, mantissas=(1, 2, 5) if span[1] - span[0] < 3 else (1,)) if span else []
     fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span,
-                     dtick="D2" if narrow else None)
+                     tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, title, height=420)
+
+
+def log_ticks(low: float, high: float, mantissas: Sequence[int] = (1, 2, 5)) -> list[tuple[float, str]]:
+    """The values m * 10**k (m in `mantissas`) between 10**low and 10**high with short labels (20k, 50k, 1M)."""
+    ticks = []
+    for exponent in range(math.floor(low), math.ceil(high) + 1):
+        for mantissa in mantissas:
+            value = mantissa * 10.0 ** exponent
+            if 10 ** low <= value <= 10 ** high:
+                ticks.append((value, _short_number(value)))
+    return ticks
+
+
+def _short_number(value: float) -> str:
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
 
 
 def _ppl_text(value) -> str | None:
@@ -535,8 +557,9 @@ def disagreement_bars(summary: pd.DataFrame, label_a: str, label_b: str, title: 
     return _layout(fig, title, height=400)
 
 
-BIAS_METRICS = {"LMS": "language-model score LMS (%, higher is better)",
-                "SS": "stereotype score SS (%, 50 is unbiased)", "ICAT": "ICAT (0-100, higher is better)"}
+# y-axis titles: short enough to fit the chart's height (the page's caption says what each score is)
+BIAS_METRICS = {"LMS": "LMS (%, higher is better)", "SS": "SS (%, 50 is unbiased)",
+                "ICAT": "ICAT (0-100, higher is better)"}
 
 
 def bias_bars(summary: pd.DataFrame, metric: str = "ICAT", colors: Mapping[str, str] | None = None,
@@ -561,8 +584,9 @@ def bias_bars(summary: pd.DataFrame, metric: str = "ICAT", colors: Mapping[str, 
                              hovertemplate="%{x}: %{y:.2f} [%{customdata[0]:.2f}, %{customdata[1]:.2f}], "
                                            "n=%{customdata[2]}<extra>" + str(model) + "</extra>"))
     if metric == "SS":
-        fig.add_hline(y=50, line=dict(color="#7f7f7f", dash="dash"), annotation_text="unbiased (SS = 50)")
+        fig.add_hline(y=50, line=dict(color="#7f7f7f", dash="dash"), annotation_text="unbiased (SS = 50)",
+                      annotation_position="top left")
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="bias type")
-    fig.update_yaxes(title=BIAS_METRICS.get(metric, metric) + " (bars: 95% bootstrap interval)")
+    fig.update_yaxes(title=BIAS_METRICS.get(metric, metric) + ", 95% interval")
     return _layout(fig, title, height=400)

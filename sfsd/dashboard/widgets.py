@@ -164,29 +164,75 @@ def no_runs(what: str, key: str) -> None:
 
 
 def demo_button(key: str = "demo") -> None:
-    """Start the quick demo: its searches one after the other in one background process."""
+    """Start the quick demo: its runs one after the other in one background process."""
     if readonly():
         return
     model = data.demo_model()
-    argvs = jobs.demo_argvs(model, data.model_blocks(model))
+    blocks = data.model_blocks(model)
     if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
-                 help="\n\n".join(jobs.command_line(argv) for argv in argvs)):
-        launch_all_and_report(argvs)
+                 help="\n\n".join(jobs.command_line(argv) for argv in jobs.demo_argvs(model, blocks))):
+        report_started(lambda: jobs.start_demo(model, blocks))
 
 
-def demo_summary(views: Sequence[data.RunView]) -> str | None:
-    """What the finished quick demo ran and how long it took (None until all its runs are done)."""
+def demo_summary(views: Sequence[data.RunView | None], record: dict | None = None) -> str | None:
+    """What the finished quick demo ran and how long it took (None until all its runs are done): its searches'
+    overall budgets, its uniform runs, and the duration the demo's process measured (`record`, see
+    jobs.demo_record), else the span of the runs' own start and finish times."""
     if not views or any(view is None or view.state != "done" for view in views):
         return None
-    started = min(pd.to_datetime(view.status.get("started"), utc=True, errors="coerce") for view in views)
-    finished = max(pd.to_datetime(view.status.get("finished"), utc=True, errors="coerce") for view in views)
+    searches = [view for view in views if view.kind == "search"]
+    uniform = [view for view in views if view.kind == "uniform"]
     parts = []
-    for view in views:
+    for view in searches:
         budget = (view.result or {}).get("overall_budget")
         parts.append(f"a {view.method}-space search (overall budget "
                      f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'})")
-    took = duration((finished - started).total_seconds()) if not (pd.isna(started) or pd.isna(finished)) else None
-    return "The quick demo ran " + "; ".join(parts) + (f". It took {took}." if took else ".")
+    if uniform:
+        config = uniform[0].config
+        methods = ", ".join("base" if view.method == "none" else view.method for view in uniform)
+        parts.append(f"Table 1's uniform protocol at beta {config.get('beta')} on the last "
+                     f"{config.get('last_blocks')} blocks ({methods})")
+    text = "The quick demo ran " + "; ".join(parts)
+    took = _demo_seconds(views, record)
+    if took is None:
+        return text + "."
+    if not _measured(record):
+        return text + f". It took {duration(took)}."
+    partial = len(record["commands"]) < len(views)  # the other runs were already done when it was started
+    return (text + (". Its last start, for the runs still missing, took" if partial else ". It took")
+            + f" {duration(took)} ({_demo_steps(record)}).")
+
+
+def _measured(record: dict | None) -> bool:
+    return bool(record and record.get("finished") and record.get("commands"))
+
+
+def demo_seconds(record: dict | None) -> float | None:
+    """The wall-clock seconds a finished demo's process measured (None: no finished record)."""
+    if not _measured(record):
+        return None
+    span = pd.to_datetime(record["finished"], utc=True) - pd.to_datetime(record["started"], utc=True)
+    return span.total_seconds()
+
+
+def _demo_seconds(views: Sequence[data.RunView], record: dict | None) -> float | None:
+    """The demo's wall-clock time: measured by its process when it ran here, else from its runs' times."""
+    if _measured(record):
+        return demo_seconds(record)
+    started = min(pd.to_datetime(view.status.get("started"), utc=True, errors="coerce") for view in views)
+    finished = max(pd.to_datetime(view.status.get("finished"), utc=True, errors="coerce") for view in views)
+    return None if pd.isna(started) or pd.isna(finished) else (finished - started).total_seconds()
+
+
+def _demo_steps(record: dict) -> str:
+    """Each command of the demo's record with its measured time: "search feature 2m10s, uniform none 31s"."""
+    steps = []
+    for entry in record["commands"]:
+        argv = entry.get("argv") or []
+        method = argv[argv.index("--method") + 1] if "--method" in argv[:-1] else "?"
+        name = f"{argv[0] if argv else '?'} {'base' if method == 'none' else method}"
+        steps.append(f"{name} {duration(entry.get('seconds'))}" + ("" if not entry.get("exit") else " (failed)"))
+    return ", ".join(steps)
 
 
 def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
@@ -208,8 +254,13 @@ def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
 
 def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
     """Start several commands one after the other in one background process (see `jobs.start_all`)."""
+    report_started(lambda: jobs.start_all([list(argv) for argv in argvs]))
+
+
+def report_started(start) -> None:
+    """Call `start` (which returns a list of jobs.Started), watch its runs, say what happened."""
     try:
-        results = jobs.start_all([list(argv) for argv in argvs])
+        results = start()
     except SfsdError as exc:
         st.error(str(exc))
         return
@@ -219,6 +270,15 @@ def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
         if started.run_id and started.run_id not in watched:
             watched.append(started.run_id)
     st.success("\n\n".join(started.message for started in results))
+
+
+def save_table1_models(models: Sequence[str]) -> None:
+    """Save the Table 1 models among `models` that are not saved yet (each rebuilt from its run's cached
+    decompositions), so that they can be loaded and evaluated; says which it saves."""
+    for run_id in data.unsaved_table1_runs(list(models)):
+        with st.spinner(f"Saving Table 1's model of run {run_id} (compressing from its cached decompositions)..."):
+            st.toast(f"saved {data.shown(str(jobs.save_uniform_model(run_id)))}")
+    data.clear()
 
 
 def has_accuracy(view: data.RunView | None) -> bool:

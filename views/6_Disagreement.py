@@ -35,8 +35,8 @@ if not readonly():  # read-only mode: nothing is saved
                         st.rerun()  # the new folder joins the model lists
 
 if len(models) < 2:
-    st.info("Only one model is known. Save a run's model above, or compress one with `sfsd compress ... --out "
-            "cache/models/NAME`.")
+    st.info("Only one model is known. Save a run's model above, run Table 1's protocol on the **Weight vs feature** "
+            "page (its models are listed here), or compress one with `sfsd compress ... --out cache/models/NAME`.")
     st.stop()
 
 c1, c2 = st.columns(2)
@@ -58,6 +58,7 @@ if not readonly() and st.button("Compare", key="dis-run", type="primary", disabl
              icon=":material/compare_arrows:"):
     with st.spinner(f"Evaluating both models on {len(tasks)} task(s), {int(limit)} documents each..."):
         try:
+            widgets.save_table1_models([model_a, model_b])
             results[key] = (data.task_records(model_a, tuple(tasks), int(limit)),
                             data.task_records(model_b, tuple(tasks), int(limit)))
         except (SfsdError, OSError, ValueError) as exc:

@@ -28,11 +28,24 @@ else:
     shown = data.runs_text(runs)
     shown["eta"] = [widgets.duration(eta) if state in data.ACTIVE_STATES else data.EMPTY
                     for eta, state in zip(runs["eta_s"], runs["state"], strict=True)]
-    order = ["run_id", "kind", "method", "metric", "tolerance", "state", "progress", "eta", "overall_budget",
-             "layers_done", "layers_total", "model", "updated", "created", "origin", "message", "pid"]
+    # what to read first fits at 1400 px (short headers, fixed widths); the details follow, by scrolling right
+    shown["metric"] = [data.EMPTY if m == data.EMPTY else f"{m} ±{t}" for m, t in zip(shown["metric"],
+                                                                                     shown["tolerance"], strict=True)]
+    shown["layers"] = [data.EMPTY if d == data.EMPTY else f"{d}/{t}" for d, t in zip(shown["layers_done"],
+                                                                                    shown["layers_total"], strict=True)]
+    order = ["run_id", "kind", "method", "metric", "state", "progress", "eta", "overall_budget", "layers", "model",
+             "updated", "created", "origin", "message", "pid"]
     widgets.table(shown[order], "runs", key="runs-all", column_config={
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
-        "overall_budget": "overall budget (%)",
+        "run_id": st.column_config.TextColumn("run", width=335),
+        "kind": st.column_config.TextColumn("kind", width=65),
+        "method": st.column_config.TextColumn("method", width=75),
+        "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),
+        "state": st.column_config.TextColumn("state", width=75),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                    width=100),
+        "eta": st.column_config.TextColumn("ETA", width=60),
+        "overall_budget": st.column_config.TextColumn("budget %", width=70),
+        "layers": st.column_config.TextColumn("layers", width=60, help="decided / total"),
     })
 
 with st.expander("Move runs between machines", icon=":material/move_to_inbox:", expanded=runs.empty):

@@ -16,8 +16,9 @@ widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beat
 models = data.model_choices()
 compressed = [m for m in models if data.compressed_method(m)]
 if not compressed:
-    st.info("No compressed model folder yet: save a finished search run's model on the **Disagreement** page "
-            "(or the Runs page), or run `sfsd compress --model smollm2-135m --method feature --beta 0.46 "
+    st.info("No compressed model yet: run Table 1's protocol on the **Weight vs feature** page (its models are "
+            "listed here), save a finished search run's model on the **Disagreement** page (or the Runs page), "
+            "or run `sfsd compress --model smollm2-135m --method feature --beta 0.46 "
             "--last-blocks 12 --out cache/models/demo-feature`. The base model can be scored meanwhile.")
 c1, c2 = st.columns([3, 1])
 default = [data.demo_model(), *compressed[:2]]
@@ -32,6 +33,7 @@ if not readonly() and st.button("Score", key="bias-run", type="primary", disable
                                 icon=":material/balance:"):
     with st.spinner(f"Scoring {len(chosen)} model(s) on {int(limit)} StereoSet examples..."):
         try:
+            widgets.save_table1_models(chosen)
             frames = [data.bias_summary(model, int(limit)).assign(model=data.model_display(model))
                       for model in chosen]
             results[key] = pd.concat(frames, ignore_index=True)
