@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="ppl", help="search metric of sensitivity and alg1: ppl or task")
     p.add_argument("--tolerance", type=float, default=0.05, help=argparse.SUPPRESS)
     p.add_argument("--task", help="task metric: offline task")
-    p.add_argument("--search-samples", type=int, default=8, help="ppl metric: windows of search text (default: 8)")
+    p.add_argument("--search-samples", type=int, default=32, help="ppl metric: windows of search text (default: 32)")
     p.add_argument("--search-seq-len", type=int, default=128, help="ppl metric: tokens per window (default: 128)")
     p.add_argument("--ppl-seq-lens", default="128,2048", help="eval perplexity sequence lengths (default: %(default)s)")
     p.add_argument("--ppl-tokens", type=int, default=16384, help="first tokens of the wiki eval split")

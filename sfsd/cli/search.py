@@ -26,7 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "train split, never evaluated; needs the hub) (default: %(default)s)")
     p.add_argument("--acc-norm", action="store_true", help="task metric: use normalised accuracy")
     p.add_argument("--limit", type=int, help="task metric: first N documents of the search split")
-    p.add_argument("--search-samples", type=int, default=8, help="ppl metric: windows of search text (default: 8)")
+    p.add_argument("--search-samples", type=int, default=32,
+                   help="ppl metric: windows of search text (default: 32, i.e. 4,096 tokens at --search-seq-len 128; "
+                   "fewer over-fit the search text: README, search size and held-out change)")
     p.add_argument("--search-seq-len", type=int, default=128, help="ppl metric: tokens per window (default: 128)")
     p.add_argument("--search-batch-size", type=int, default=8)
     p.add_argument("--strategy", default=None,

@@ -115,7 +115,7 @@ def start_demo(model: str, blocks: int | None, root: Path | None = None) -> list
 
 def search_argv(model: str, method: str = "feature", metric: str = "ppl", tolerance: float = 0.05,
                 task: str | None = None, limit: int | None = None, acc_norm: bool = False,
-                search_samples: int = 8, search_seq_len: int = 128, strategy: str = "linear",
+                search_samples: int = 32, search_seq_len: int = 128, strategy: str = "linear",
                 first_block: int = 0, roles: list[str] | None = None, calib_source: str = "mix",
                 calib_samples: int = 512, calib_seq_len: int = 128, snapshot_every: int = 10,
                 snapshot_tasks: list[str] | None = None, snapshot_limit: int = 100, dtype: str = "auto") -> list[str]:
