@@ -582,7 +582,7 @@ def fixture_pack(monkeypatch, model, tokenizer):
     other = tiny_llama(1)
     models = {"tiny-a": model, "tiny-b": other}
     monkeypatch.setattr("sfsd.models.load_model",
-                        lambda name, device=None, dtype="auto": (models.get(name, model), tokenizer))
+                        lambda name, device=None, dtype="auto", **dispatch: (models.get(name, model), tokenizer))
 
 
 def test_cli_eval_ppl_bias_disagree(fixture_pack, capsys):
