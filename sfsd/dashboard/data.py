@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -304,7 +305,8 @@ def _number(value: Any) -> float | None:
     """A count that may be stored as a number or as {seq_len: number}."""
     if isinstance(value, dict):
         value = next(iter(value.values()), None)
-    if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+    # numbers.Real includes numpy's (a frame's int64 column gives numpy integers, not ints)
+    if isinstance(value, numbers.Real) and not math.isnan(float(value)):
         return float(value)
     return None
 
