@@ -231,6 +231,14 @@ def raw_cells(page) -> list[str]:
     return re.findall(r"(?<![\w-])(None|<NA>|NaN|nan)(?![\w-])", text)
 
 
+def click_at(page, x: float, y: float) -> None:
+    """Click a point of a Plotly chart as a user does: hover first (Plotly picks the point under the pointer
+    on hover), then click; its drag layer sits above the markers, so locators cannot click them."""
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    page.mouse.click(x, y)
+
+
 def assert_clean(page, allowed: list[str] = (), required: list[str] = ()) -> None:
     """No Streamlit exception, no error or warning alert other than the `allowed` patterns, and each
     `required` pattern shown."""
@@ -291,9 +299,7 @@ def test_clicking_a_heatmap_cell_opens_its_spectrum(server, page):
         const xa = plot._fullLayout.xaxis, ya = plot._fullLayout.yaxis;
         return [box.left + xa._offset + xa.d2p('o'), box.top + ya._offset + ya.d2p(1)];
     }""")  # the cell of block 1, role o
-    page.mouse.move(x, y)
-    page.wait_for_timeout(300)
-    page.mouse.click(x, y)
+    click_at(page, x, y)
     page.wait_for_function("() => (document.querySelectorAll('.js-plotly-plot')[1]?.querySelector('.gtitle')"
                            "?.textContent || '').includes('layers.1.self_attn.o_proj')", timeout=60000)
     settle(page)

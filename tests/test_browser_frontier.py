@@ -3,7 +3,7 @@ charts draw with data, nothing errs, and clicking a point opens that run's budge
 
 from __future__ import annotations
 
-from test_browser import ARTIFACTS, assert_clean, browser, page, serve, settle, wait_charts
+from test_browser import ARTIFACTS, assert_clean, browser, click_at, page, serve, settle, wait_charts
 
 __all__ = ["browser", "page"]  # fixtures shared with test_browser
 
@@ -19,12 +19,8 @@ def test_frontier_page_draws_its_charts_and_a_click_opens_the_heatmap(frontier_s
                              ".map(t => t.error_y && t.error_y.visible ? t.error_y.array.length : 0)")
         assert bars and all(bars), bars
         page.screenshot(path=str(ARTIFACTS / "frontier.png"), full_page=True)
-        # Plotly's drag layer sits above the markers: click where the first marker is drawn, as a user does.
         box = page.locator(".js-plotly-plot").first.locator(".scatterlayer .points path").first.bounding_box()
-        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(x, y)
-        page.wait_for_timeout(300)
-        page.mouse.click(x, y)
+        click_at(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the first marker
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
                                ".some(t => t.textContent.startsWith('clicked point'))", timeout=60000)
         settle(page)
