@@ -140,17 +140,7 @@ def runs_table() -> None:
                                                                                      shown["tolerance"], strict=True)]
     shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
     shown = shown.drop(columns=["tolerance"] + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
-    widgets.table(shown, "runs", key="start-runs", column_config={
-        "run_id": st.column_config.TextColumn("run", width=335),
-        "method": st.column_config.TextColumn("method", width=80),
-        "model": st.column_config.TextColumn("model", width=100),
-        "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),
-        "state": st.column_config.TextColumn("state", width=80),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
-                                                    width=100),
-        "overall_budget": st.column_config.TextColumn("budget %", width=70),
-        "updated": st.column_config.TextColumn("updated (UTC)", width=105),
-    })
+    widgets.table(shown, "runs", key="start-runs", column_config=widgets.run_columns(method=80, state=80))
 
 
 pages = [st.Page(home, title="Home", icon=":material/home:", default=True),

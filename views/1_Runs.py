@@ -35,18 +35,7 @@ else:
                                                                                     shown["layers_total"], strict=True)]
     order = ["run_id", "kind", "method", "metric", "state", "progress", "eta", "overall_budget", "layers", "model",
              "updated", "created", "origin", "message", "pid"]
-    widgets.table(shown[order], "runs", key="runs-all", column_config={
-        "run_id": st.column_config.TextColumn("run", width=335),
-        "kind": st.column_config.TextColumn("kind", width=65),
-        "method": st.column_config.TextColumn("method", width=75),
-        "metric": st.column_config.TextColumn("target", width=70, help="search metric ± tolerance"),
-        "state": st.column_config.TextColumn("state", width=75),
-        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
-                                                    width=100),
-        "eta": st.column_config.TextColumn("ETA", width=60),
-        "overall_budget": st.column_config.TextColumn("budget %", width=70),
-        "layers": st.column_config.TextColumn("layers", width=60, help="decided / total"),
-    })
+    widgets.table(shown[order], "runs", key="runs-all", column_config=widgets.run_columns())
 
 with st.expander("Move runs between machines", icon=":material/move_to_inbox:", expanded=runs.empty):
     widgets.transfer_panel(data.list_runs(), key="runs-transfer")

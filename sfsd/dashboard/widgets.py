@@ -41,6 +41,24 @@ def csv_download(frame: pd.DataFrame, name: str, key: str, label: str = "Downloa
                        key=key, icon=":material/download:", on_click="ignore")
 
 
+def run_columns(**widths: int) -> dict:
+    """Column config of a runs table (Home, Runs): short headers and fixed widths that fit 1400 px, the
+    progress as a bar; `widths` overrides a column's width (e.g. method=80)."""
+    def text(label: str, column: str, width: int, help: str | None = None):
+        return st.column_config.TextColumn(label, width=widths.get(column, width), help=help)
+
+    return {
+        "run_id": text("run", "run_id", 335), "kind": text("kind", "kind", 65),
+        "method": text("method", "method", 75), "model": text("model", "model", 100),
+        "metric": text("target", "metric", 70, "search metric ± tolerance"), "state": text("state", "state", 75),
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
+                                                    width=widths.get("progress", 100)),
+        "eta": text("ETA", "eta", 60), "overall_budget": text("budget %", "overall_budget", 70),
+        "layers": text("layers", "layers", 60, "decided / total"),
+        "updated": text("updated (UTC)", "updated", 105),
+    }
+
+
 def table(frame: pd.DataFrame, name: str, key: str, **kwargs) -> None:
     """A dataframe with its CSV download button under it."""
     st.dataframe(frame, width="stretch", hide_index=True, key=f"{key}-table", **kwargs)
