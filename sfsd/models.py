@@ -197,8 +197,23 @@ def _dispatch_kwargs(device_map: str | dict | None, max_memory: str | dict | Non
     return kwargs
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a command puts a model: one device, or accelerate's device map over GPUs, CPU and disk.
+
+    Passed wherever a device name is accepted (search, uniform, frontier, materialize), so that a run's
+    engine loads its model the way the user asked without the placement becoming part of the run's
+    identity: it changes where the numbers are computed, not what they are.
+    """
+
+    device: str | None = None
+    device_map: str | dict | None = None  # auto, sequential, balanced or {module: device}
+    max_memory: str | None = None
+    offload_dir: str | None = None
+
+
 def load_model(
-    name_or_path: str, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto",
+    name_or_path: str, device: str | torch.device | Placement | None = None, dtype: str | torch.dtype | None = "auto",
     compute_device: str | torch.device | None = None, device_map: str | dict | None = None,
     max_memory: str | dict | None = None, offload_dir: str | None = None,
 ) -> tuple[nn.Module, object]:
@@ -212,6 +227,9 @@ def load_model(
 
     import sfsd  # noqa: F401  registers the compressed model classes
 
+    if isinstance(device, Placement):
+        device, device_map, max_memory, offload_dir = (device.device, device.device_map, device.max_memory,
+                                                       device.offload_dir)
     parse_dtype(dtype)  # an unknown name fails before anything is read
     dispatch = _dispatch_kwargs(device_map, max_memory, offload_dir)
     source = resolve_model(name_or_path)

@@ -96,3 +96,35 @@ def test_eval_commands_on_a_disk_offloaded_model_equal_in_memory(capsys, tiny_fo
     assert main([*eval_argv, "--device-map", "sequential", "--max-memory", "cpu=5MB",
                  "--offload-dir", str(tmp_path / "offload-eval")]) == 0
     assert capsys.readouterr().out.splitlines()[-2] == in_memory_table
+
+
+def _search_and_uniform(cache, monkeypatch, model, placement):
+    """A searched layer walk and a Table-1 uniform run in their own cache (nothing shared between calls)."""
+    from sfsd.search import MetricSpec, SearchConfig, run_search
+    from sfsd.search.uniform import UniformConfig, run_uniform
+
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(cache))
+    calibration = CalibrationSpec("wiki", samples=8, seq_len=32)
+    search = run_search(SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.2, samples=4, seq_len=32),
+                                     calibration=calibration, first_block=1, roles=["q", "down"]),
+                        device=placement, progress=False)
+    uniform = run_uniform(UniformConfig(str(model), "feature", 0.5, 2, calibration, [], None, [32], 1024),
+                          device=placement, progress=False)
+    return search, uniform
+
+
+def test_search_and_uniform_on_a_disk_offloaded_model_equal_in_memory(tiny_folder, tmp_path, monkeypatch):
+    from sfsd.models import Placement
+
+    memory_search, memory_uniform = _search_and_uniform(tmp_path / "a", monkeypatch, tiny_folder, "cpu")
+    disk = Placement("cpu", DISK_MAP, None, str(tmp_path / "offload"))  # the searched blocks 1 and 2 on disk
+    disk_search, disk_uniform = _search_and_uniform(tmp_path / "b", monkeypatch, tiny_folder, disk)
+
+    expected = [(d["layer"], d["rank"]) for d in memory_search.decisions()]
+    assert any(rank is not None for _, rank in expected), "no layer compressed: the test would test little"
+    assert [(d["layer"], d["rank"]) for d in disk_search.decisions()] == expected
+    for ours, theirs in zip(disk_search.trials(), memory_search.trials(), strict=True):
+        assert ours["value"] == pytest.approx(theirs["value"], rel=1e-5)
+    ppl = lambda run: [e["metrics"]["ppl"] for e in run.read_evaluations()]  # noqa: E731
+    assert ppl(disk_uniform) == pytest.approx(ppl(memory_uniform), rel=1e-5)
+    assert disk_uniform.result()["params"] == memory_uniform.result()["params"]

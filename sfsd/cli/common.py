@@ -25,6 +25,16 @@ def add_dispatch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offload-dir", default=None, help="with --device-map: folder for weights put on disk")
 
 
+def placement_from_args(args: argparse.Namespace):
+    """The --device and dispatch flags of a command as one Placement (a plain device when no map is given)."""
+    from sfsd.models import Placement
+
+    if getattr(args, "device_map", None) is None and not getattr(args, "max_memory", None) \
+            and not getattr(args, "offload_dir", None):
+        return args.device
+    return Placement(args.device, args.device_map, args.max_memory, args.offload_dir)
+
+
 def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto",
                         help="auto, float32, bfloat16 or float16 (default: auto = the checkpoint's dtype on CUDA, "

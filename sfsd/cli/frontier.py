@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sfsd.cli.common import add_calibration_flags, add_model_flags
+from sfsd.cli.common import add_calibration_flags, add_dispatch_flags, add_model_flags, placement_from_args
 from sfsd.decompose import METHODS
 
 
@@ -27,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", default="", help="comma-separated offline tasks evaluated on the eval split")
     p.add_argument("--limit", type=int, default=100, help="documents per task (default: 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dispatch_flags(p)
     add_calibration_flags(p)
     p.set_defaults(func=run)
 
@@ -52,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     budgets = _numbers(args.budgets, float, "--budgets")
     base = SearchConfig(args.model, args.method, metric, strategies[0] if strategies else "spectrum",
-                        calibration=calibration, target_budget=budgets[0] if budgets else 1.0)
+                        calibration=calibration, dtype=args.dtype, target_budget=budgets[0] if budgets else 1.0)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     runs = run_frontier(base, strategies, budgets, _numbers(args.ppl_seq_lens, int, "--ppl-seq-lens"),
-                        args.ppl_tokens, tasks, args.limit, device=args.device, progress=not args.quiet)
+                        args.ppl_tokens, tasks, args.limit, device=placement_from_args(args),
+                        progress=not args.quiet)
     frame = frontier_frame(model=args.model)
     ids = {r.id for r in runs} | set(frame.loc[frame["strategy"] == "base", "run_id"])
     print(frame[frame["run_id"].isin(ids)].drop(columns=["model"]).to_string(index=False))

@@ -6,7 +6,7 @@ import argparse
 
 import pandas as pd
 
-from sfsd.cli.common import add_calibration_flags, add_model_flags
+from sfsd.cli.common import add_calibration_flags, add_dispatch_flags, add_model_flags, placement_from_args
 from sfsd.decompose import METHODS
 
 
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot-tasks", default="", help="comma-separated tasks evaluated at each snapshot")
     p.add_argument("--snapshot-limit", type=int, default=100, help="documents per snapshot task")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dispatch_flags(p)
     add_calibration_flags(p)
     p.set_defaults(func=run)
 
@@ -51,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--device", default=None)
+    add_dispatch_flags(m)
     m.set_defaults(func=run_materialize)
     register_uniform(subparsers)
     register_snapshot_eval(subparsers)
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from sfsd.search.heldout import describe_heldout
 
     config = config_from_args(args)
-    run_ = run_search(config, device=args.device, progress=not args.quiet)
+    run_ = run_search(config, device=placement_from_args(args), progress=not args.quiet)
     status, result = run_.status(), run_.result()
     print(f"run {run_.id}: {status['state']}")
     if result:
@@ -99,7 +101,7 @@ def run_materialize(args: argparse.Namespace) -> int:
     from sfsd.runs import Run
     from sfsd.search import materialize
 
-    out = materialize(Run.open(args.run_id), args.out, args.device, args.overwrite)
+    out = materialize(Run.open(args.run_id), args.out, placement_from_args(args), args.overwrite)
     print(f"saved {out}")
     return 0
 
@@ -124,6 +126,7 @@ def register_uniform(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ppl-seq-lens", default="128", help="perplexity sequence lengths, e.g. 128,2048")
     p.add_argument("--ppl-tokens", type=int, default=16384, help="first tokens of the wiki eval split")
     p.add_argument("--quiet", action="store_true")
+    add_dispatch_flags(p)
     add_calibration_flags(p)
     p.set_defaults(func=run_uniform_command)
 
@@ -145,7 +148,7 @@ def run_uniform_command(args: argparse.Namespace) -> int:
     from sfsd.search.uniform import run_uniform
 
     config = uniform_config_from_args(args)
-    run_ = run_uniform(config, device=args.device, progress=not args.quiet)
+    run_ = run_uniform(config, device=placement_from_args(args), progress=not args.quiet)
     result = run_.result() or {}
     print(f"run {run_.id}: params {result.get('params', 0):,}, budget {result.get('overall_budget', 1):.4f}, "
           f"MACs@128 {result.get('macs', 0):,}")

@@ -21,6 +21,7 @@ from torch import nn
 
 from sfsd.adapters import ModelAdapter
 from sfsd.atomic import write_text
+from sfsd.offload import input_device
 
 
 class _StandIn(nn.Module):
@@ -70,7 +71,7 @@ class PrefixCache:
 
         handles = [block.register_forward_pre_hook(hook_for(i), with_kwargs=True)
                    for i, block in enumerate(adapter.blocks)]
-        device = next(model.parameters()).device
+        device = input_device(model)  # a dispatched model's first weights may be on disk
         try:
             with torch.no_grad():
                 for i, batch in enumerate(self.batches):

@@ -31,6 +31,7 @@ from sfsd.errors import SfsdError
 from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import load_model, resolve_model
+from sfsd.offload import input_device, like_tensor, onloaded
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.config import SearchConfig
@@ -112,7 +113,7 @@ class SurgicalSearch:
         self.adapter = adapter_for(model)
         self.layers = search_layers(model, config)
         self.all_layers = self.adapter.layers()
-        self.device = next(model.parameters()).device
+        self.device = input_device(model)  # a dispatched model's first weights may be on disk
         self.metric: SearchMetric = METRICS[config.metric.name](config.metric, tokenizer, model)
         self.strategy = STRATEGIES.get(config.strategy)  # None for a target-budget allocation
         self.ranks: dict[str, int] = {}
@@ -124,10 +125,12 @@ class SurgicalSearch:
         """Each layer's spectrum under the search's method, and the squared singular values of W."""
         rows = []
         for layer in self.layers:
-            weight, _ = self.adapter.weight_and_bias(self.model.get_submodule(layer.name))
+            module = self.model.get_submodule(layer.name)
             spectra = {self.config.method: decs[layer.name].spectrum}
             if self.config.method != "weight":
-                spectra["weight"] = torch.linalg.svdvals(weight.double()).square()
+                with onloaded(module):  # an offloaded layer's weight is real only inside this
+                    weight, _ = self.adapter.weight_and_bias(module)
+                    spectra["weight"] = torch.linalg.svdvals(weight.double()).square()
             for kind, values in spectra.items():
                 for index, value in enumerate(values.double().cpu().tolist()):
                     rows.append((layer.name, layer.block, layer.role, kind, index, value))
@@ -158,7 +161,7 @@ class SurgicalSearch:
     def decide(self, layer: LinearLayer, dec: Decomposition, threshold: float) -> tuple[int | None, float | None]:
         """Try betas on one layer (the chosen strategy); leave it at the chosen rank or intact."""
         original = self.model.get_submodule(layer.name)
-        like = next(original.parameters())
+        like = like_tensor(original)  # an offloaded layer's replacement lives on its execution device
         values: dict[int, float] = {}
 
         def trial(index: int) -> bool:
@@ -196,7 +199,7 @@ class SurgicalSearch:
                             f"with `sfsd runs delete {self.run_store.id}`")
         for record in decided:
             if record["rank"] is not None:
-                like = next(self.model.get_submodule(record["layer"]).parameters())
+                like = like_tensor(self.model.get_submodule(record["layer"]))
                 set_module(self.model, record["layer"], low_rank_module(decs[record["layer"]], record["rank"], like))
                 self.ranks[record["layer"]] = record["rank"]
         return decided[-1]["value"] if decided else None
@@ -336,7 +339,7 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
     ranks = {d["layer"]: d["rank"] for d in decided[:step] if d["rank"] is not None}
     for name, rank in ranks.items():
-        like = next(model.get_submodule(name).parameters())
+        like = like_tensor(model.get_submodule(name))
         set_module(model, name, low_rank_module(decs[name], rank, like))
     return model, tokenizer, ranks
 

@@ -26,6 +26,7 @@ from sfsd.decompose import rank_for_budget as grid_rank
 from sfsd.errors import SfsdError
 from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.models import load_model, resolve_model
+from sfsd.offload import like_tensor
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.allocation import (
@@ -155,7 +156,7 @@ class AllocationSearch(SurgicalSearch):
 
     def layer_sensitivity(self, layer: LinearLayer, dec: Decomposition, base_value: float) -> dict[str, float]:
         original = self.model.get_submodule(layer.name)
-        like = next(original.parameters())
+        like = like_tensor(original)
         changes = {}
         try:
             for beta in BETA_GRID:
@@ -197,7 +198,7 @@ class AllocationSearch(SurgicalSearch):
 
     def apply(self, decs: dict[str, Decomposition], ranks: dict[str, int]) -> None:
         for name, rank in ranks.items():
-            like = next(self.model.get_submodule(name).parameters())
+            like = like_tensor(self.model.get_submodule(name))
             set_module(self.model, name, low_rank_module(decs[name], rank, like))
         self.ranks = dict(ranks)
 
