@@ -6,6 +6,7 @@ Every point is a stored run (`sfsd.search.frontier`), so a second invocation onl
 
     python -m bench.allocation            # full: smollm2-135m, paper calibration, budgets 0.9, 0.8, 0.6
     python -m bench.allocation --quick    # tiny random LLaMA (smoke test: numbers are not claims)
+    python -m bench.allocation --strategies uniform,spectrum,sensitivity --search-samples 4   # what fits a 2-core CPU
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="0.9,0.8,0.6", help="overall budgets (default: %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="allocation strategies")
     p.add_argument("--ppl-tokens", type=int, default=None, help="eval-split tokens for perplexity (default 16384)")
+    p.add_argument("--search-samples", type=int, default=32,
+                   help="search windows of 128 tokens for sensitivity and alg1 (default: %(default)s, sfsd's)")
     args = p.parse_args(argv)
     started = init(args)
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model, calibration = DEFAULT_MODEL, CalibrationSpec()
         seq_lens, ppl_tokens = [128, 2048], args.ppl_tokens or 16384
-        metric = MetricSpec("ppl", 0.05)
+        metric = MetricSpec("ppl", 0.05, samples=args.search_samples)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     num_blocks = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers

@@ -230,16 +230,20 @@ def truncate_at_target(all_layers: Sequence[LinearLayer], decisions: Sequence[Ma
 def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: float, step: float, cap: float,
                      halvings: int) -> tuple[float, Any]:
     """The smallest tolerance (found by doubling from `step`, then `halvings` bisections) whose Algorithm 1
-    run reaches B: (tolerance, what `budget_at` returned with the budget). SfsdError if `cap` does not."""
-    low, high = None, 0.0
+    run reaches B: (tolerance, what `budget_at` returned with the budget). SfsdError if `cap` does not.
+
+    Tolerance 0 is never run on its own: nearly every trial fails there, so its run costs every layer the
+    whole grid (1,890 trials on the default model) and it reaches no target below ~1; the bisection
+    between 0 and `step` covers the targets it would."""
+    low, high = 0.0, step
     budget, best = budget_at(high)
     while budget > target:
         if high >= cap:
             raise SfsdError(f"Algorithm 1 does not reach budget {target} even with tolerance {cap}: "
                             "choose a higher --target-budget or another strategy")
-        low, high = high, min(cap, max(step, high * 2))
+        low, high = high, min(cap, high * 2)
         budget, best = budget_at(high)
-    for _ in range(halvings if low is not None else 0):
+    for _ in range(halvings):
         middle = (low + high) / 2
         budget, found = budget_at(middle)
         if budget <= target:
