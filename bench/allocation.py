@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     def ppl_of(run) -> dict[int, float]:
         return {e["metrics"]["seq_len"]: e["metrics"]["ppl"] for e in run.read_evaluations() if e["kind"] == "ppl"}
 
-    base_run = run_uniform(UniformConfig(model, "none", 1.0, 0, calibration, [], None, seq_lens, ppl_tokens),
+    # limit 100 (no tasks): the same base run as `sfsd frontier`'s
+    base_run = run_uniform(UniformConfig(model, "none", 1.0, 0, calibration, [], 100, seq_lens, ppl_tokens),
                            progress=progress)
     base = ppl_of(base_run)
     rows = [{"budget": "—", "strategy": "base", "overall_budget": 1.0, "ppl": base, "seconds": None,
