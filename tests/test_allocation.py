@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import save_tiny_llama
@@ -13,7 +14,7 @@ from sfsd.adapters import LinearLayer
 from sfsd.compress import CalibrationSpec
 from sfsd.errors import SfsdError
 from sfsd.paths import data_dir
-from sfsd.runs import Run, RunStore, layers_frame
+from sfsd.runs import Run, RunStore, layers_frame, run_id_for
 from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 from sfsd.search.allocation import bisect_tolerance, budget_band, solve_choices, spectrum_allocation
 
@@ -173,6 +174,23 @@ def test_alg1_tolerance_bisection_finds_the_smallest_tolerance_that_reaches_the_
     assert calls[:4] == [0.05, 0.1, 0.2, 0.4] and 0.0 not in calls  # tolerance 0 alone is never run
     with pytest.raises(SfsdError, match="does not reach"):
         bisect_tolerance(lambda t: (0.9, None), 0.5, 0.05, 1.0, 3)
+
+
+def test_alg1_without_bisections_runs_only_the_doubling_and_keeps_ids():
+    calls = []
+
+    def budget_at(tolerance):
+        calls.append(tolerance)
+        return 1.0 - 0.01 * int(tolerance * 100), f"run@{tolerance}"
+
+    tolerance, run = bisect_tolerance(budget_at, 0.65, 0.05, 1000.0, 0)
+    assert calls == [0.05, 0.1, 0.2, 0.4] and tolerance == 0.4 and run == "run@0.4"
+    config = _config("m", "alg1", 0.8)
+    assert "alg1_bisections" not in config.to_dict()  # the default keeps earlier runs' ids
+    coarse = SearchConfig.from_dict(replace(config, alg1_bisections=0).to_dict())
+    assert coarse.alg1_bisections == 0 and run_id_for(coarse.to_dict()) != run_id_for(config.to_dict())
+    with pytest.raises(SfsdError, match="alg1-bisections"):
+        replace(config, strategy="spectrum", alg1_bisections=1)
 
 
 def test_old_configs_load_and_keep_their_ids():

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "spectrum (default), sensitivity or alg1")
     p.add_argument("--target-budget", type=float, default=None,
                    help="overall budget B in (0, 1] to reach (within 0.5%%) with an allocation --strategy")
+    p.add_argument("--alg1-bisections", type=int, default=None,
+                   help="with --strategy alg1: bisections of the tolerance after doubling it (default: 5)")
     p.add_argument("--engine", default="fast", help="fast (prefix cache) or reference (full model per trial)")
     p.add_argument("--first-block", type=int, default=0, help="blocks below this one are never touched")
     p.add_argument("--roles", help="comma-separated roles to search (default: all)")
@@ -70,7 +72,7 @@ def config_from_args(args: argparse.Namespace):
     return SearchConfig(args.model, args.method, metric, strategy, args.first_block,
                         split(args.roles) if args.roles else None, calibration, args.snapshot_every,
                         split(args.snapshot_tasks), args.snapshot_limit, args.engine, args.dtype,
-                        args.target_budget)
+                        args.target_budget, args.alg1_bisections)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,9 @@ class SearchConfig:
     # With a target budget, `strategy` names an allocation (ALLOCATIONS) instead of a per-layer walk.
     # Left out of the stored config when None, so runs without one keep their ids.
     target_budget: float | None = None
+    # alg1 only: bisections of the tolerance after the doubling (None: ALG1_BISECTIONS); fewer runs, a
+    # coarser tolerance, the same landing at B (the last run is stopped at B). Left out when None.
+    alg1_bisections: int | None = None
 
     def __post_init__(self):
         get_method(self.method)
@@ -43,6 +46,8 @@ class SearchConfig:
             hint = " (with --target-budget)" if self.strategy in ALLOCATIONS else ""
             raise SfsdError(f"unknown strategy {self.strategy!r}{hint}: choose one of {', '.join(STRATEGIES)}, "
                             f"or {', '.join(ALLOCATIONS)} with --target-budget")
+        if self.alg1_bisections is not None and (self.alg1_bisections < 0 or self.strategy != "alg1"):
+            raise SfsdError("--alg1-bisections must be >= 0 and goes with --strategy alg1 (and a --target-budget)")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:
@@ -67,6 +72,8 @@ class SearchConfig:
             del data["dtype"]
         if data["target_budget"] is None:
             del data["target_budget"]
+        if data["alg1_bisections"] is None:
+            del data["alg1_bisections"]
         return data
 
     @classmethod

@@ -178,7 +178,7 @@ class AllocationSearch(SurgicalSearch):
 
         def budget_at(tolerance: float) -> tuple[float, Run]:
             metric = replace(self.config.metric, tolerance=round(tolerance, 6))
-            inner = replace(self.config, strategy="linear", target_budget=None, metric=metric)
+            inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None)
             run = run_search(inner, self.root, self.device_name, progress=False)
             result = run.result()
             if result is None:
@@ -187,7 +187,8 @@ class AllocationSearch(SurgicalSearch):
             self.run_store.write_status(message=f"alg1: tolerance {metric.tolerance} -> {result['overall_budget']:.4f}")
             return result["overall_budget"], run
 
-        high, best = bisect_tolerance(budget_at, target, step, cap, ALG1_BISECTIONS)
+        halvings = ALG1_BISECTIONS if self.config.alg1_bisections is None else self.config.alg1_bisections
+        high, best = bisect_tolerance(budget_at, target, step, cap, halvings)
         ranks, stopped = truncate_at_target(self.all_layers, best.decisions(), target)
         runs = {t["run_id"] for t in tried}
         trials = sum(len(Run.open(run_id, self.root).trials()) for run_id in runs)
