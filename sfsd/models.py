@@ -212,6 +212,15 @@ class Placement:
     offload_dir: str | None = None
 
 
+def check_placement(device: str | torch.device | Placement | None) -> None:
+    """Refuse a bad device or device map in one line before a command creates anything (a run, a folder)."""
+    if isinstance(device, Placement):
+        _dispatch_kwargs(device.device_map, device.max_memory, device.offload_dir)
+        device = device.device
+    if device is not None and not isinstance(device, torch.device):
+        pick_device(device)
+
+
 def load_model(
     name_or_path: str, device: str | torch.device | Placement | None = None, dtype: str | torch.dtype | None = "auto",
     compute_device: str | torch.device | None = None, device_map: str | dict | None = None,

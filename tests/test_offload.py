@@ -128,3 +128,14 @@ def test_search_and_uniform_on_a_disk_offloaded_model_equal_in_memory(tiny_folde
     ppl = lambda run: [e["metrics"]["ppl"] for e in run.read_evaluations()]  # noqa: E731
     assert ppl(disk_uniform) == pytest.approx(ppl(memory_uniform), rel=1e-5)
     assert disk_uniform.result()["params"] == memory_uniform.result()["params"]
+
+
+@pytest.mark.parametrize("command", [["uniform"], ["search"], ["search", "--target-budget", "0.8"], ["frontier"]])
+def test_a_bad_device_map_creates_no_run(capsys, tmp_path, monkeypatch, command):
+    from sfsd.runs import RunStore
+
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path / "cache"))
+    code = main([*command, "--device-map", "auto", "--max-memory", "3=2GiB"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "names GPU 3" in err, err
+    assert RunStore().ids() == []

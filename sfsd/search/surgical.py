@@ -30,7 +30,7 @@ from sfsd.decompose import (
 from sfsd.errors import SfsdError
 from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.hf_classes import mark_compressed
-from sfsd.models import load_model, resolve_model
+from sfsd.models import check_placement, load_model, resolve_model
 from sfsd.offload import input_device, like_tensor, onloaded
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
@@ -295,6 +295,7 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
     from sfsd.compress import check_compress_request
 
     check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
+    check_placement(device)
     if config.metric.suite == "paper":
         from sfsd.data.hub import require_hub_split
         from sfsd.data.paper_tasks import PAPER_TRAIN

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sfsd.compress import CalibrationSpec, check_compress_request, compress, describe
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL, load_model, parse_dtype
+from sfsd.models import DEFAULT_MODEL, check_placement, load_model, parse_dtype
 from sfsd.runs import Run
 
 
@@ -51,6 +51,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
     """Compress, measure and evaluate once; a finished run is returned as it is."""
     from sfsd.evaluate import evaluate_tasks, perplexity
 
+    check_placement(device)  # a bad device map fails before the run exists
     run = Run.create(config.to_dict(), root)
     if run.status()["state"] == "done":
         return run
