@@ -81,8 +81,9 @@ def run_case(shape: dict, blocks: int, dtype: str, args, work: Path) -> dict:
             "cuda_peak_bytes": result.get("cuda_peak_bytes"), "seconds": result["seconds"]}
 
 
-def projections(shape: dict, dtype: str, cases: list[dict]) -> list[list]:
-    """Host peak of a target = its weights in `dtype` + the overhead measured here (scaled by statistics)."""
+def projections(shape: dict, dtype: str, cases: list[dict], beta: float) -> list[list]:
+    """Host peak of a target = its weights in `dtype` + the overhead measured here (scaled by statistics)
+    + the thin layers of its other blocks."""
     ok = [c for c in cases if c["dtype"] == dtype and "peak_rss_bytes" in c]
     if len(ok) < 2:
         return []
@@ -96,7 +97,10 @@ def projections(shape: dict, dtype: str, cases: list[dict]) -> list[list]:
     rows = []
     for name, (blocks, hidden, inter, heads, kv) in TARGETS.items():
         weights = (blocks * block_params(hidden, inter, heads, kv) + 2 * 32000 * hidden + hidden) * BYTES[dtype]
-        scaled = overhead - own_stats + block_stats_bytes(hidden, inter)
+        # Each further block adds its thin replacement (beta of its weights, Eq. 3) while the original's
+        # pages stay mapped (the safetensors file is memory-mapped); the overhead holds the first block's.
+        thin = beta * block_params(hidden, inter, heads, kv) * BYTES[dtype] * (blocks - 1)
+        scaled = overhead - own_stats + block_stats_bytes(hidden, inter) + thin
         device_block = block_params(hidden, inter, heads, kv) * BYTES[dtype] + block_stats_bytes(hidden, inter)
         # Eigendecompositions and SVDs dominate at large widths and grow with the cube of the width.
         width_ratio = ((hidden * inter) / (shape["hidden"] * shape["intermediate"])) ** 1.5
@@ -129,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         args.calib_samples, args.calib_seq_len = 8, 32
     depths = [int(b) for b in args.blocks.split(",")]
     dtypes = [d.strip() for d in args.dtypes.split(",")]
-    cases = []
+    cases, sources = [], []
     if args.combine:  # the cases of earlier invocations (each ran alone), nothing measured now
         for name in args.combine.split(","):
             stored = json.loads((RESULTS_DIR / f"{name.strip()}.json").read_text())
             cases += stored["cases"]
             shape = stored["shape"]
+            sources.append({"name": name.strip(), **{k: stored.get(k) for k in ("date", "argv", "wall_seconds",
+                                                                                 "machine")}})
         dtypes = list(dict.fromkeys(c["dtype"] for c in cases))
         cases.sort(key=lambda c: (dtypes.index(c["dtype"]), c["blocks"]))
     else:
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         [[c["blocks"], c["dtype"], gib(c.get("peak_rss_bytes")), gib(c.get("cuda_peak_bytes")),
                           c.get("seconds"), None if "seconds" not in c else c["seconds"] / c["blocks"]]
                          for c in cases])
-    projected = [row for dtype in dtypes for row in projections(shape, dtype, cases)]
+    projected = [row for dtype in dtypes for row in projections(shape, dtype, cases, float(args.beta))]
     projection = md_table(["model", "dtype", "blocks", "weights (GiB)", "projected host peak (GiB)",
                            "one block + statistics on the device (GiB)", "projected hours on this CPU"],
                           projected) if projected else "(fewer than two depths measured: no projection)"
@@ -160,16 +166,21 @@ def main(argv: list[str] | None = None) -> int:
         "saving). CUDA peak: torch.cuda.max_memory_allocated, only where CUDA is present.",
         "Projection: the target's weights (vocabulary 32000) in the dtype + the overhead measured at the "
         "smallest depth (runtime, calibration states, one block's statistics, rescaled to the target's "
-        "statistics size); hours: the measured seconds per block scaled by the cube of the width ratio "
+        f"statistics size) + the thin layers of every further block (beta {args.beta} of its weights: the "
+        "original's pages stay mapped from the safetensors file, clean pages the kernel can drop); "
+        "hours: the measured seconds per block scaled by the cube of the width ratio "
         "((hidden x intermediate)^1.5: the eigendecompositions dominate), on this CPU; a rough guide only.",
         f"Machine: {machine_line()} (shared with other developers' jobs while it ran).",
     ]
     markdown = measured + "\n\n" + projection + "\n\n" + "\n".join(f"- {n}" for n in notes)
     if args.combine:
-        notes.append(f"Combined from the stored results {args.combine} (each measured by its own invocation).")
+        notes.append("Measured by " + "; ".join(
+            f"`python -m bench.scale {' '.join(src['argv'] or [])}` ({src['name']}.json, {src['date']}, "
+            f"{src['wall_seconds'] or 0:.0f} s)" for src in sources)
+            + "; the machine line above is of this tabulation, each source's own is in its JSON.")
         markdown = measured + "\n\n" + projection + "\n\n" + "\n".join(f"- {n}" for n in notes)
     write_result(args.name, args, {"title": "Scale: compress memory and time per block", "shape": shape,
-                                 "cases": cases, "projection": projected,
+                                 "cases": cases, "projection": projected, "sources": sources,
                                  "note": QUICK_NOTE if args.quick else None}, markdown, started)
     return 0
 
