@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", default="0.9,0.8,0.6", help="overall budgets (default: %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="allocation strategies")
     p.add_argument("--ppl-tokens", type=int, default=None, help="eval-split tokens for perplexity (default 16384)")
+    p.add_argument("--alg1-bisections", type=int, default=None, help="alg1's tolerance bisections (default: 5)")
+    p.add_argument("--stored-only", action="store_true",
+                   help="tabulate the points whose runs are finished; list the others as not run (run nothing new)")
     p.add_argument("--search-samples", type=int, default=32,
                    help="search windows of 128 tokens for sensitivity and alg1 (default: %(default)s, sfsd's)")
     args = p.parse_args(argv)
@@ -56,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoConfig
 
     from sfsd.compress import CalibrationSpec
+    from sfsd.errors import SfsdError
     from sfsd.models import DEFAULT_MODEL, resolve_model
+    from sfsd.runs import Run, run_id_for
     from sfsd.runs.frontier import frontier_frame
     from sfsd.search import MetricSpec, SearchConfig, run_search
     from sfsd.search.frontier import evaluate_point
@@ -78,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"allocation: {model}, {num_blocks} blocks, budgets {budgets}, ppl {seq_lens} on {ppl_tokens} tokens",
           flush=True)
 
+    def finished(config) -> bool:
+        try:
+            return Run.open(run_id_for(config.to_dict())).status()["state"] == "done"
+        except SfsdError:
+            return False
+
     def ppl_of(run) -> dict[int, float]:
         return {e["metrics"]["seq_len"]: e["metrics"]["ppl"] for e in run.read_evaluations() if e["kind"] == "ppl"}
 
@@ -98,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                          "run_id": run.id})
         for strategy in strategies:
             search = SearchConfig(model=model, method="feature", metric=metric, calibration=calibration,
-                                  strategy=strategy, target_budget=budget)
+                                  strategy=strategy, target_budget=budget,
+                                  alg1_bisections=args.alg1_bisections if strategy == "alg1" else None)
+            if args.stored_only and not finished(search):
+                rows.append({"budget": budget, "strategy": f"{strategy}: not run", "overall_budget": None, "ppl": {},
+                             "seconds": None, "run_id": run_id_for(search.to_dict())})
+                continue
             run = run_search(search, progress=progress)
             evaluate_point(run, seq_lens, ppl_tokens, [], None, progress=progress)
             result = run.result()
@@ -125,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         "by later budgets that try the same tolerance); Table-1 rows: compression time.",
     ]
     markdown = md_table(headers, table) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    if args.stored_only:
+        markdown += ("\n- Tabulated from stored runs (`--stored-only`): each time above is what its run recorded "
+                     "when it ran; `not run` points are in no run yet.")
     markdown += f"\n- Machine: {machine_line()}."
     frame = frontier_frame(model=model)
     data = {"title": "Allocation at a target budget", "model": model, "budgets": budgets, "rows": rows,
