@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -32,7 +33,11 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert all(len(lines[name]["x"]) == 2 for name in ("uniform (feature)", "spectrum (feature)"))
     assert all(y > 0 for trace in lines.values() for y in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
-    assert any("base model" in shape.get("text", "") for shape in figure["layout"].get("annotations", []))
+    base_labels = [a for a in figure["layout"].get("annotations", []) if "base model" in a.get("text", "")]
+    base_ppl = float(base_labels[0]["text"].split()[-1])
+    # On the log axis the label sits at log10(ppl) (Plotly's own hline label went to 10^ppl and the axis with it).
+    assert len(base_labels) == 1 and abs(base_labels[0]["y"] - math.log10(base_ppl)) < 1e-3
+    assert len({trace["marker"]["color"] for trace in lines.values()}) == 3  # one colour per strategy
     accuracy = json.loads(figures[1].proto.spec)
     assert "piqa" in accuracy["layout"]["yaxis"]["title"]["text"]
     for trace in accuracy["data"]:  # every point with its 95% interval, which contains it

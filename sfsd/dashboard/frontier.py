@@ -3,6 +3,8 @@ method, the base model as a horizontal line (read from the run store through `fr
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -11,7 +13,10 @@ from sfsd.dashboard import data
 from sfsd.dashboard.plots import DASHES, METHOD_COLORS, _layout, empty_figure, method_color, wilson_error_bars
 from sfsd.runs.frontier import ALG1, frontier_frame
 
-STRATEGY_DASH = {"uniform": "dot", "spectrum": "solid", "sensitivity": "dash", "alg1": "dashdot"}
+# One colour per strategy (the page compares strategies; usually of one method), one dash per method.
+STRATEGY_COLORS = {"uniform": "#7f7f7f", "spectrum": "#9467bd", "sensitivity": "#d62728", "alg1": "#2ca02c",
+                   ALG1: "#111111"}
+METHOD_DASH = {"feature": "solid", "weight": "dot", "feature-paper": "dash", "asvd": "dashdot", "svdllm": "longdash"}
 
 
 @st.cache_data(ttl=data.TTL_S, show_spinner=False)
@@ -47,6 +52,18 @@ def _hover_data(group: pd.DataFrame) -> list[list]:
     return cells.where(cells.notna(), "—").values.tolist()
 
 
+def strategy_color(strategy: str) -> str:
+    return STRATEGY_COLORS.get(strategy) or method_color(strategy)
+
+
+def _base_line(fig: go.Figure, y: float, text: str, log: bool) -> None:
+    """A dashed horizontal line with its label. The label is placed by hand: on a log axis Plotly puts an
+    hline's own annotation at y itself instead of log10(y), which stretches the axis to 10^y."""
+    fig.add_hline(y=y, line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5))
+    fig.add_annotation(x=0, xref="paper", y=math.log10(y) if log else y, yref="y", text=text, showarrow=False,
+                       xanchor="left", yanchor="bottom")
+
+
 def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, error_of=None) -> None:
     """One line per (strategy, method) of target-budget runs; Algorithm 1 searches as separate markers."""
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
@@ -55,8 +72,8 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
         label = f"{strategy} ({method})"
         fig.add_trace(go.Scatter(
             x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
-            marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=method_color(method)),
-            line=dict(color=method_color(method), dash=STRATEGY_DASH.get(strategy, DASHES[i % len(DASHES)])),
+            marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=strategy_color(strategy)),
+            line=dict(color=strategy_color(strategy), dash=METHOD_DASH.get(method, DASHES[i % len(DASHES)])),
             error_y=error_of(group) if error_of else None,
             customdata=_hover_data(group),
             hovertemplate=f"{label}<br>x %{{x:.4g}}<br>{hover} %{{y:.4g}}<br>target %{{customdata[1]}}, "
@@ -73,8 +90,7 @@ def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget")
     fig = go.Figure()
     _traces(fig, points_, x, lambda g: g[column].tolist(), column)
     for value in frame.loc[frame["strategy"] == "base", column].dropna().unique():
-        fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
-                      annotation_text=f"base model {column} {value:.4g}", annotation_position="top left")
+        _base_line(fig, float(value), f"base model {column} {value:.4g}", log=True)
     fig.update_xaxes(title=_X_TITLES[x])
     fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]} tokens (log scale)", type="log")
     return _layout(fig, None, height=500)
@@ -99,9 +115,7 @@ def accuracy_figure(frame: pd.DataFrame, task: str, x: str = "overall_budget") -
             error_of=lambda g: wilson_error_bars(g[acc].tolist(), g[n].tolist()))
     for _, row in frame[frame["strategy"] == "base"].dropna(subset=[acc]).iterrows():
         value, count = row[acc], row[n]
-        fig.add_hline(y=100 * float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
-                      annotation_text=f"base model {format_proportion(float(value), int(count))}",
-                      annotation_position="top left")
+        _base_line(fig, 100 * float(value), f"base model {format_proportion(float(value), int(count))}", log=False)
     fig.update_xaxes(title=_X_TITLES[x])
     fig.update_yaxes(title=f"{task} accuracy, eval split (%, 95% Wilson interval)")
     return _layout(fig, None, height=450)
