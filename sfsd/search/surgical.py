@@ -22,6 +22,7 @@ from sfsd.decompose import (
     BETA_GRID,
     DECOMPOSITION_FORMAT,
     Decomposition,
+    apply_ranks,
     low_rank_module,
     overall_budget,
     rank_for_budget,
@@ -197,11 +198,8 @@ class SurgicalSearch:
         if [d["layer"] for d in decided] != expected:
             raise SfsdError(f"the trace of run {self.run_store.id} does not match this search: delete the run "
                             f"with `sfsd runs delete {self.run_store.id}`")
-        for record in decided:
-            if record["rank"] is not None:
-                like = like_tensor(self.model.get_submodule(record["layer"]))
-                set_module(self.model, record["layer"], low_rank_module(decs[record["layer"]], record["rank"], like))
-                self.ranks[record["layer"]] = record["rank"]
+        self.ranks = {record["layer"]: record["rank"] for record in decided if record["rank"] is not None}
+        apply_ranks(self.model, decs, self.ranks)
         return decided[-1]["value"] if decided else None
 
     def heldout(self, base: bool) -> dict:
@@ -339,9 +337,7 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     model, tokenizer = load_model(config.model, device, config.dtype)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
     ranks = {d["layer"]: d["rank"] for d in decided[:step] if d["rank"] is not None}
-    for name, rank in ranks.items():
-        like = like_tensor(model.get_submodule(name))
-        set_module(model, name, low_rank_module(decs[name], rank, like))
+    apply_ranks(model, decs, ranks)
     return model, tokenizer, ranks
 
 

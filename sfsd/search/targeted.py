@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.atomic import write_json
-from sfsd.decompose import BETA_GRID, DECOMPOSITION_FORMAT, Decomposition, low_rank_module, overall_budget, set_module
+from sfsd.decompose import (
+    BETA_GRID,
+    DECOMPOSITION_FORMAT,
+    Decomposition,
+    apply_ranks,
+    low_rank_module,
+    overall_budget,
+    set_module,
+)
 from sfsd.decompose import rank_for_budget as grid_rank
 from sfsd.errors import SfsdError
 from sfsd.evaluate.fingerprint import model_fingerprint
@@ -198,9 +206,7 @@ class AllocationSearch(SurgicalSearch):
     # ---- storing ---------------------------------------------------------------------------------------
 
     def apply(self, decs: dict[str, Decomposition], ranks: dict[str, int]) -> None:
-        for name, rank in ranks.items():
-            like = like_tensor(self.model.get_submodule(name))
-            set_module(self.model, name, low_rank_module(decs[name], rank, like))
+        apply_ranks(self.model, decs, ranks)
         self.ranks = dict(ranks)
 
     def write_decisions(self, ranks: dict[str, int]) -> None:
