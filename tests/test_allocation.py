@@ -63,13 +63,42 @@ def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_di
     assert (out / "config.json").exists()
     if strategy == "alg1":
         tried = result["allocation"]["tolerances"]
-        assert tried[0]["tolerance"] == 0.05 and all(Run.open(t["run_id"]).result() for t in tried)
+        assert tried[0]["tolerance"] == 0.05
+        # The runs that miss B finish; the one that reaches it stops there (resumable, not finished).
+        assert all(Run.open(t["run_id"]).result() for t in tried if t["overall_budget"] > target)
+        assert tried[-1]["overall_budget"] <= target
     if strategy == "sensitivity":
         table = json.loads(run.file("sensitivity.json").read_text())["table"]
         assert len(table) == 21 and all(len(row) == 9 for row in table.values())
         # A second target reuses the stored sensitivities: no trial at all.
         again = run_search(_config(tiny_dir, strategy, 0.5), progress=False).result()
         assert again["trials"] == 0 and abs(again["overall_budget"] / 0.5 - 1) <= 0.005
+
+
+def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache, tiny_dir, tmp_path, capsys):
+    from sfsd.cli import main
+
+    config = replace(_config(tiny_dir, "linear", None), metric=MetricSpec("ppl", 0.4, samples=4, seq_len=32,
+                                                                          batch_size=2))
+    stopped = run_search(config, progress=False, stop_at_budget=0.9)
+    status = stopped.status()
+    assert stopped.result() is None and status["state"] == "cancelled" and status["stopped_at_budget"] <= 0.9
+    prefix = stopped.decisions()
+    assert 0 < len(prefix) < 21
+    assert run_search(config, progress=False, stop_at_budget=0.95).decisions() == prefix  # already there
+    full = run_search(config, root=tmp_path / "other", progress=False)  # from nothing, never stopped
+    fields = ("layer", "rank")
+    assert [[d[f] for f in fields] for d in full.decisions()[:len(prefix)]] == [[d[f] for f in fields] for d in prefix]
+    assert all(abs(a["value"] / b["value"] - 1) < 1e-6 for a, b in zip(full.decisions(), prefix))
+    argv = ["search", "--model", str(tiny_dir), "--metric", "ppl", "--tolerance", "0.4", "--search-samples", "4",
+            "--search-seq-len", "32", "--search-batch-size", "2", "--calib-source", "wiki", "--calib-samples", "16",
+            "--calib-seq-len", "32", "--quiet", "--device", "cpu"]
+    capsys.readouterr()
+    assert main([*argv, "--stop-at-budget", "0.9"]) == 0 and "stopped at overall budget" in capsys.readouterr().out
+    assert main(argv) == 0  # resumed to the end
+    resumed = Run.open(stopped.id)
+    assert [[d[f] for f in fields] for d in resumed.decisions()] == [[d[f] for f in fields] for d in full.decisions()]
+    assert main([*argv, "--stop-at-budget", "1.5"]) == 2
 
 
 def test_uniform_uses_one_beta_for_every_layer(cache, tiny_dir):

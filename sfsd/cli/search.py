@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="overall budget B in (0, 1] to reach (within 0.5%%) with an allocation --strategy")
     p.add_argument("--alg1-bisections", type=int, default=None,
                    help="with --strategy alg1: bisections of the tolerance after doubling it (default: 5)")
+    p.add_argument("--stop-at-budget", type=float, default=None,
+                   help="Algorithm 1 walk: stop (resumably) once the overall budget is at or below this; the "
+                        "decisions so far are the finished run's (not part of the run's id)")
     p.add_argument("--engine", default="fast", help="fast (prefix cache) or reference (full model per trial)")
     p.add_argument("--first-block", type=int, default=0, help="blocks below this one are never touched")
     p.add_argument("--roles", help="comma-separated roles to search (default: all)")
@@ -76,13 +79,20 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from sfsd.errors import SfsdError
     from sfsd.search import run_search
     from sfsd.search.heldout import describe_heldout
 
     config = config_from_args(args)
-    run_ = run_search(config, device=placement_from_args(args), progress=not args.quiet)
+    stop = args.stop_at_budget
+    if stop is not None and (config.target_budget is not None or not 0 < stop <= 1):
+        raise SfsdError("--stop-at-budget takes a budget in (0, 1] and no --target-budget: choose one of them")
+    run_ = run_search(config, device=placement_from_args(args), progress=not args.quiet, stop_at_budget=stop)
     status, result = run_.status(), run_.result()
     print(f"run {run_.id}: {status['state']}")
+    if result is None and stop is not None and status.get("stopped_at_budget", 2.0) <= stop:
+        print(status["message"])
+        return 0
     if result:
         if "target_budget" in result:
             inner = result["allocation"].get("trials_in_runs")

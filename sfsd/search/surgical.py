@@ -108,9 +108,10 @@ def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig
 class SurgicalSearch:
     """One search over a loaded model; `run()` continues from whatever the run store already holds."""
 
-    def __init__(self, config: SearchConfig, run: Run, model: nn.Module, tokenizer: Any, progress: bool = True):
+    def __init__(self, config: SearchConfig, run: Run, model: nn.Module, tokenizer: Any, progress: bool = True,
+                 stop_at_budget: float | None = None):
         self.config, self.run_store, self.model, self.tokenizer = config, run, model, tokenizer
-        self.progress = progress
+        self.progress, self.stop_at_budget = progress, stop_at_budget
         self.adapter = adapter_for(model)
         self.layers = search_layers(model, config)
         self.all_layers = self.adapter.layers()
@@ -119,6 +120,11 @@ class SurgicalSearch:
         self.strategy = STRATEGIES.get(config.strategy)  # None for a target-budget allocation
         self.ranks: dict[str, int] = {}
         self.trials = 0
+
+    def reached_stop(self) -> bool:
+        """Whether the budget is at `stop_at_budget` or below: Algorithm 1 decides the layers in order and
+        never revisits one, so the decisions so far are exactly those of the finished run's prefix."""
+        return self.stop_at_budget is not None and overall_budget(self.all_layers, self.ranks) <= self.stop_at_budget
 
     # ---- set-up ------------------------------------------------------------------------------------------
 
@@ -274,6 +280,12 @@ class SurgicalSearch:
             run.write_status(layers_done=index, trials_done=self.trials, eta_s=eta, current_layer=layer.name)
             if index % self.config.snapshot_every == 0 and index < len(self.layers):
                 self.snapshot(index, current)
+            if self.reached_stop() and index < len(self.layers):
+                budget = overall_budget(self.all_layers, self.ranks)
+                run.mark_cancelled(layers_done=index, stopped_at_budget=budget, message=(
+                    f"stopped at overall budget {budget:.4f} <= {self.stop_at_budget} after {index} layers "
+                    "(these decisions are final): resume with the same command to finish"))
+                return {"state": "cancelled", "overall_budget": budget}
         self.snapshot(len(self.layers), current)
         result = {"ranks": self.ranks, "overall_budget": overall_budget(self.all_layers, self.ranks),
                   "params": count_parameters(self.model), "base_params": base_params, "base_metric": base_value,
@@ -286,10 +298,12 @@ class SurgicalSearch:
 
 
 def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
-               progress: bool = True) -> Run:
+               progress: bool = True, stop_at_budget: float | None = None) -> Run:
     """Run (or resume, or simply return a finished) search; the run's id is derived from `config`.
 
-    A config with a target budget runs an allocation strategy (`sfsd.search.targeted`)."""
+    A config with a target budget runs an allocation strategy (`sfsd.search.targeted`). `stop_at_budget`
+    stops a search (state cancelled, resumable) once its overall budget is at or below it; a run already
+    there is returned as it is. It is not part of the run's id: the decisions do not depend on it."""
     from sfsd.compress import check_compress_request
 
     check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
@@ -305,12 +319,22 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
 
         return run_allocation(config, root, device, progress)
     run, model, tokenizer = create_run(config, root, device)
-    if run.status()["state"] == "done":
+    if run.status()["state"] == "done" or budget_reached(run, adapter_for(model).layers(), stop_at_budget):
         return run
     with run.lock():
         run.mark_running()
-        SurgicalSearch(config, run, model, tokenizer, progress).run()
+        SurgicalSearch(config, run, model, tokenizer, progress, stop_at_budget).run()
     return run
+
+
+def decided_budget(run: Run, all_layers: list[LinearLayer]) -> float:
+    """The overall budget (App. B, over `all_layers`, the model's layers) of a run's decisions so far."""
+    ranks = {d["layer"]: d["rank"] for d in run.decisions() if d.get("rank") is not None}
+    return overall_budget(all_layers, ranks)
+
+
+def budget_reached(run: Run, all_layers: list[LinearLayer], stop_at_budget: float | None) -> bool:
+    return stop_at_budget is not None and decided_budget(run, all_layers) <= stop_at_budget
 
 
 def materialize(run: Run, out: str | Path, device: str | None = None, overwrite: bool = False) -> Path:

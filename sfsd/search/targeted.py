@@ -49,7 +49,7 @@ from sfsd.search.allocation import (
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
-from sfsd.search.surgical import SurgicalSearch, run_record, run_search, search_layers
+from sfsd.search.surgical import SurgicalSearch, decided_budget, run_record, run_search, search_layers
 
 ALG1_BISECTIONS = 5
 SENSITIVITY_FILE = "sensitivity.json"
@@ -187,13 +187,16 @@ class AllocationSearch(SurgicalSearch):
         def budget_at(tolerance: float) -> tuple[float, Run]:
             metric = replace(self.config.metric, tolerance=round(tolerance, 6))
             inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None)
-            run = run_search(inner, self.root, self.device_name, progress=False)
+            # A run that reaches B stops there: its later decisions cannot change where B is first reached.
+            run = run_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
             result = run.result()
-            if result is None:
+            budget = decided_budget(run, self.all_layers) if result is None else result["overall_budget"]
+            if result is None and budget > target:
                 raise SfsdError(f"Algorithm 1 run {run.id} did not finish: resume it, then this search")
-            tried.append({"tolerance": metric.tolerance, "overall_budget": result["overall_budget"], "run_id": run.id})
-            self.run_store.write_status(message=f"alg1: tolerance {metric.tolerance} -> {result['overall_budget']:.4f}")
-            return result["overall_budget"], run
+            tried.append({"tolerance": metric.tolerance, "overall_budget": budget, "run_id": run.id,
+                          "finished": result is not None})
+            self.run_store.write_status(message=f"alg1: tolerance {metric.tolerance} -> {budget:.4f}")
+            return budget, run
 
         halvings = ALG1_BISECTIONS if self.config.alg1_bisections is None else self.config.alg1_bisections
         high, best = bisect_tolerance(budget_at, target, step, cap, halvings)
