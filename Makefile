@@ -24,7 +24,7 @@ app: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(OFFLINE) $(VENV)/bin/python -m pytest -q tests
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 tests
 
 lint: setup
 	$(VENV)/bin/ruff check .
