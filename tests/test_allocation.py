@@ -89,7 +89,8 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
     full = run_search(config, root=tmp_path / "other", progress=False)  # from nothing, never stopped
     fields = ("layer", "rank")
     assert [[d[f] for f in fields] for d in full.decisions()[:len(prefix)]] == [[d[f] for f in fields] for d in prefix]
-    assert all(abs(a["value"] / b["value"] - 1) < 1e-6 for a, b in zip(full.decisions(), prefix))
+    pairs = zip(full.decisions()[:len(prefix)], prefix, strict=True)
+    assert all(abs(a["value"] / b["value"] - 1) < 1e-6 for a, b in pairs)
     argv = ["search", "--model", str(tiny_dir), "--metric", "ppl", "--tolerance", "0.4", "--search-samples", "4",
             "--search-seq-len", "32", "--search-batch-size", "2", "--calib-source", "wiki", "--calib-samples", "16",
             "--calib-seq-len", "32", "--quiet", "--device", "cpu"]
@@ -99,6 +100,20 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
     resumed = Run.open(stopped.id)
     assert [[d[f] for f in fields] for d in resumed.decisions()] == [[d[f] for f in fields] for d in full.decisions()]
     assert main([*argv, "--stop-at-budget", "1.5"]) == 2
+
+
+@pytest.mark.parametrize(("method", "metric", "strategy"), [
+    ("weight", "ppl", "spectrum"), ("asvd", "ppl", "sensitivity"), ("svdllm", "ppl", "uniform"),
+    ("feature-paper", "ppl", "alg1"), ("feature", "task", "sensitivity"), ("feature", "task", "alg1"),
+])
+def test_strategies_work_with_every_method_and_both_metrics(cache, tiny_dir, method, metric, strategy):
+    spec = (MetricSpec("task", 0.0, task="piqa", limit=12, batch_size=4) if metric == "task"
+            else MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2))
+    # The last block only (7 layers): the combinations are about plumbing, not about quality.
+    config = replace(_config(tiny_dir, strategy, 0.8), method=method, metric=spec, first_block=2)
+    result = run_search(config, progress=False).result()
+    assert abs(result["overall_budget"] / 0.8 - 1) <= 0.005 and result["strategy"] == strategy
+    assert result["params"] < result["base_params"] and result["heldout"]["metric"] == metric
 
 
 def test_uniform_uses_one_beta_for_every_layer(cache, tiny_dir):
