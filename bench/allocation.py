@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", default=",".join(STRATEGIES), help="allocation strategies")
     p.add_argument("--ppl-tokens", type=int, default=None, help="eval-split tokens for perplexity (default 16384)")
     p.add_argument("--alg1-bisections", type=int, default=None, help="alg1's tolerance bisections (default: 5)")
+    p.add_argument("--alg1-growth", type=float, default=None, help="alg1's tolerance growth factor (default: 2)")
     p.add_argument("--stored-only", action="store_true",
                    help="tabulate the points whose runs are finished; list the others as not run (run nothing new)")
     p.add_argument("--search-samples", type=int, default=32,
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         for strategy in strategies:
             search = SearchConfig(model=model, method="feature", metric=metric, calibration=calibration,
                                   strategy=strategy, target_budget=budget,
-                                  alg1_bisections=args.alg1_bisections if strategy == "alg1" else None)
+                                  alg1_bisections=args.alg1_bisections if strategy == "alg1" else None,
+                                  alg1_growth=args.alg1_growth if strategy == "alg1" else None)
             if args.stored_only and not finished(search):
                 rows.append({"budget": budget, "strategy": f"{strategy}: not run", "overall_budget": None, "ppl": {},
                              "seconds": None, "run_id": run_id_for(search.to_dict())})

@@ -235,6 +235,15 @@ def test_alg1_without_bisections_runs_only_the_doubling_and_keeps_ids():
     assert coarse.alg1_bisections == 0 and run_id_for(coarse.to_dict()) != run_id_for(config.to_dict())
     with pytest.raises(SfsdError, match="alg1-bisections"):
         replace(config, strategy="spectrum", alg1_bisections=1)
+    calls.clear()
+    tolerance, _ = bisect_tolerance(budget_at, 0.65, 0.05, 1000.0, 0, growth=4)
+    assert calls == [0.05, 0.2, 0.8] and tolerance == 0.8  # fewer runs on the way, a wider bracket
+    assert "alg1_growth" not in config.to_dict()
+    grown = replace(config, alg1_growth=4.0)
+    assert SearchConfig.from_dict(grown.to_dict()) == grown
+    assert run_id_for(grown.to_dict()) != run_id_for(config.to_dict())
+    with pytest.raises(SfsdError, match="alg1-growth"):
+        replace(config, alg1_growth=1.0)
 
 
 def test_old_configs_load_and_keep_their_ids():

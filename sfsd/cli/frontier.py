@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--alg1-bisections", type=int, default=None,
                    help="alg1: bisections of the tolerance after doubling it (default: 5); fewer Algorithm 1 "
                         "runs, a coarser tolerance, the same landing at the budget")
+    p.add_argument("--alg1-growth", type=float, default=None,
+                   help="alg1: factor the tolerance grows by until a run reaches the budget (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dispatch_flags(p)
     add_calibration_flags(p)
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     runs = run_frontier(base, strategies, budgets, _numbers(args.ppl_seq_lens, int, "--ppl-seq-lens"),
                         args.ppl_tokens, tasks, args.limit, device=placement_from_args(args),
-                        progress=not args.quiet, alg1_bisections=args.alg1_bisections)
+                        progress=not args.quiet, alg1_bisections=args.alg1_bisections, alg1_growth=args.alg1_growth)
     frame = frontier_frame(model=args.model)
     ids = {r.id for r in runs} | set(frame.loc[frame["strategy"] == "base", "run_id"])
     print(frame[frame["run_id"].isin(ids)].drop(columns=["model"]).to_string(index=False))

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="overall budget B in (0, 1] to reach (within 0.5%%) with an allocation --strategy")
     p.add_argument("--alg1-bisections", type=int, default=None,
                    help="with --strategy alg1: bisections of the tolerance after doubling it (default: 5)")
+    p.add_argument("--alg1-growth", type=float, default=None,
+                   help="with alg1: factor the tolerance grows by until a run reaches B (default: 2)")
     p.add_argument("--stop-at-budget", type=float, default=None,
                    help="Algorithm 1 walk: stop (resumably) once the overall budget is at or below this; the "
                         "decisions so far are the finished run's (not part of the run's id)")
@@ -75,7 +77,7 @@ def config_from_args(args: argparse.Namespace):
     return SearchConfig(args.model, args.method, metric, strategy, args.first_block,
                         split(args.roles) if args.roles else None, calibration, args.snapshot_every,
                         split(args.snapshot_tasks), args.snapshot_limit, args.engine, args.dtype,
-                        args.target_budget, args.alg1_bisections)
+                        args.target_budget, args.alg1_bisections, args.alg1_growth)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -228,9 +228,10 @@ def truncate_at_target(all_layers: Sequence[LinearLayer], decisions: Sequence[Ma
 
 
 def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: float, step: float, cap: float,
-                     halvings: int) -> tuple[float, Any]:
-    """The smallest tolerance (found by doubling from `step`, then `halvings` bisections) whose Algorithm 1
-    run reaches B: (tolerance, what `budget_at` returned with the budget). SfsdError if `cap` does not.
+                     halvings: int, growth: float = 2.0) -> tuple[float, Any]:
+    """The smallest tolerance (found by multiplying `step` by `growth` until a run reaches B, then `halvings`
+    bisections) whose Algorithm 1 run reaches B: (tolerance, what `budget_at` returned with the budget).
+    SfsdError if `cap` does not.
 
     Tolerance 0 is never run on its own: nearly every trial fails there, so its run costs every layer the
     whole grid (1,890 trials on the default model) and it reaches no target below ~1; the bisection
@@ -241,7 +242,7 @@ def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: fl
         if high >= cap:
             raise SfsdError(f"Algorithm 1 does not reach budget {target} even with tolerance {cap}: "
                             "choose a higher --target-budget or another strategy")
-        low, high = high, min(cap, high * 2)
+        low, high = high, min(cap, round(high * growth, 6))
         budget, best = budget_at(high)
     for _ in range(halvings):
         middle = (low + high) / 2

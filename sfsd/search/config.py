@@ -33,6 +33,9 @@ class SearchConfig:
     # alg1 only: bisections of the tolerance after the doubling (None: ALG1_BISECTIONS); fewer runs, a
     # coarser tolerance, the same landing at B (the last run is stopped at B). Left out when None.
     alg1_bisections: int | None = None
+    # alg1 only: the factor the tolerance grows by until its run reaches B (None: ALG1_GROWTH, 2). A larger
+    # factor runs fewer tolerances far from the start, with a wider bracket to bisect. Left out when None.
+    alg1_growth: float | None = None
 
     def __post_init__(self):
         get_method(self.method)
@@ -48,6 +51,8 @@ class SearchConfig:
                             f"or {', '.join(ALLOCATIONS)} with --target-budget")
         if self.alg1_bisections is not None and (self.alg1_bisections < 0 or self.strategy != "alg1"):
             raise SfsdError("--alg1-bisections must be >= 0 and goes with --strategy alg1 (and a --target-budget)")
+        if self.alg1_growth is not None and (not self.alg1_growth > 1 or self.strategy != "alg1"):
+            raise SfsdError("--alg1-growth must be > 1 and goes with --strategy alg1 (and a --target-budget)")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:
@@ -72,8 +77,9 @@ class SearchConfig:
             del data["dtype"]
         if data["target_budget"] is None:
             del data["target_budget"]
-        if data["alg1_bisections"] is None:
-            del data["alg1_bisections"]
+        for key in ("alg1_bisections", "alg1_growth"):
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod

@@ -22,13 +22,14 @@ MACS_SEQ_LEN = 128  # MACs of one forward pass over this many tokens, as the uni
 
 
 def frontier_configs(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float],
-                     alg1_bisections: int | None = None) -> list[SearchConfig]:
+                     alg1_bisections: int | None = None, alg1_growth: float | None = None) -> list[SearchConfig]:
     """One config per point; every request is checked before any run starts."""
     if not strategies or not budgets:
         raise SfsdError("a frontier needs at least one strategy and one budget: e.g. --strategies spectrum "
                         "--budgets 0.9,0.8")
     return [replace(base, strategy=strategy, target_budget=budget,
-                    alg1_bisections=alg1_bisections if strategy == "alg1" else None)
+                    alg1_bisections=alg1_bisections if strategy == "alg1" else None,
+                    alg1_growth=alg1_growth if strategy == "alg1" else None)
             for strategy in strategies for budget in budgets]
 
 
@@ -36,9 +37,9 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
                  seq_lens: Sequence[int] = (128, 2048), ppl_tokens: int | None = 16384,
                  tasks: Sequence[str] = (), limit: int | None = 100, root: Path | None = None,
                  device: str | None = None, progress: bool = True, say: Callable[[str], None] = print,
-                 alg1_bisections: int | None = None) -> list[Run]:
+                 alg1_bisections: int | None = None, alg1_growth: float | None = None) -> list[Run]:
     """Run (or reuse) every point and the base model, evaluate them; the runs in request order."""
-    configs = frontier_configs(base, strategies, budgets, alg1_bisections)
+    configs = frontier_configs(base, strategies, budgets, alg1_bisections, alg1_growth)
     base_run = run_uniform(UniformConfig(base.model, "none", 1.0, 0, base.calibration, list(tasks), limit,
                                          list(seq_lens), ppl_tokens), root, device, progress)
     say(f"base model: run {base_run.id}")

@@ -52,6 +52,7 @@ from sfsd.search.replay import PrefixCache
 from sfsd.search.surgical import SurgicalSearch, decided_budget, run_record, run_search, search_layers
 
 ALG1_BISECTIONS = 5
+ALG1_GROWTH = 2.0
 SENSITIVITY_FILE = "sensitivity.json"
 
 
@@ -186,7 +187,8 @@ class AllocationSearch(SurgicalSearch):
 
         def budget_at(tolerance: float) -> tuple[float, Run]:
             metric = replace(self.config.metric, tolerance=round(tolerance, 6))
-            inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None)
+            inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None,
+                            alg1_growth=None)
             # A run that reaches B stops there: its later decisions cannot change where B is first reached.
             run = run_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
             result = run.result()
@@ -199,7 +201,8 @@ class AllocationSearch(SurgicalSearch):
             return budget, run
 
         halvings = ALG1_BISECTIONS if self.config.alg1_bisections is None else self.config.alg1_bisections
-        high, best = bisect_tolerance(budget_at, target, step, cap, halvings)
+        growth = ALG1_GROWTH if self.config.alg1_growth is None else self.config.alg1_growth
+        high, best = bisect_tolerance(budget_at, target, step, cap, halvings, growth)
         ranks, stopped = truncate_at_target(self.all_layers, best.decisions(), target)
         runs = {t["run_id"] for t in tried}
         trials = sum(len(Run.open(run_id, self.root).trials()) for run_id in runs)
