@@ -481,3 +481,13 @@ def test_cli_list_show_cancel_delete(capsys, cache):
     assert code == 0 and not run.path.exists()
     code, _, err = _cli(capsys, "runs", "show", run.id)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "sfsd runs" in err
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_listing_quietly(tmp_path):
+    """`sfsd runs | head -1`: the closed pipe ends the command without a traceback."""
+    env = {**os.environ, "SFSD_CACHE_DIR": str(tmp_path)}
+    code = "import sys; from sfsd.cli import main; sys.exit(main(['runs', 'list']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before anything is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr and "BrokenPipe" not in stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from sfsd.errors import SfsdError
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sfsd: interrupted; finished results are kept, partial ones were discarded", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sfsd runs | head`: the reader left; say nothing more, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def dtype_op_missing(exc: RuntimeError) -> str | None:
