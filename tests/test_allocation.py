@@ -82,7 +82,7 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
                                                                           batch_size=2))
     stopped = run_search(config, progress=False, stop_at_budget=0.9)
     status = stopped.status()
-    assert stopped.result() is None and status["state"] == "cancelled" and status["stopped_at_budget"] <= 0.9
+    assert stopped.result() is None and status["state"] == "stopped" and status["stopped_at_budget"] <= 0.9
     prefix = stopped.decisions()
     assert 0 < len(prefix) < 21
     assert run_search(config, progress=False, stop_at_budget=0.95).decisions() == prefix  # already there
@@ -97,6 +97,7 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
     capsys.readouterr()
     assert main([*argv, "--stop-at-budget", "0.9"]) == 0 and "stopped at overall budget" in capsys.readouterr().out
     assert main(argv) == 0  # resumed to the end
+    assert Run.open(stopped.id).status()["state"] == "done"
     resumed = Run.open(stopped.id)
     assert [[d[f] for f in fields] for d in resumed.decisions()] == [[d[f] for f in fields] for d in full.decisions()]
     assert main([*argv, "--stop-at-budget", "1.5"]) == 2

@@ -234,7 +234,7 @@ def start(argv: list[str], root: Path | None = None) -> Started:
     if run.is_active():
         return Started(run.id, None, f"run {run.id} is already running (process {status.get('pid')})")
     pid = launch(run, argv=argv)
-    verb = "resumed" if status["state"] in ("interrupted", "cancelled", "failed") else "started"
+    verb = "resumed" if status["state"] in ("interrupted", "cancelled", "stopped", "failed") else "started"
     return Started(run.id, pid, f"{verb} run {run.id} (process {pid})")
 
 

@@ -360,7 +360,8 @@ def progress_panel(key: str = "progress") -> None:
             continue
         state = view.state
         icon = {"done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
-                "interrupted": ":material/pause_circle:"}.get(state, ":material/radio_button_unchecked:")
+                "interrupted": ":material/pause_circle:", "stopped": ":material/pause_circle:",
+                }.get(state, ":material/radio_button_unchecked:")
         line = f"{icon} `{run_id}`: {state}"
         if view.result and view.result.get("overall_budget") is not None:
             line += f", overall budget {100 * view.result['overall_budget']:.1f}%"

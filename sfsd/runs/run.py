@@ -153,8 +153,9 @@ class Run:
         return {**STATUS_DEFAULTS, **stored}
 
     def status(self) -> dict:
-        """The status as it is now: `state` is pending, running, done, failed, cancelled or interrupted
-        (stopped without finishing: resumable); the written state is kept as `stored_state`.
+        """The status as it is now: `state` is pending, running, done, failed, cancelled, stopped (an
+        Algorithm 1 walk that reached its `stopped_at_budget`) or interrupted (stopped without finishing);
+        all but done resume with the same command. The written state is kept as `stored_state`.
 
         A run reads as running only while a process holds its lock; pending (launched) while the
         launched process lives; done only once result.json exists."""
@@ -167,6 +168,8 @@ class Run:
         elif stored == "pending" and pid and not (self._local_pid_alive(pid) or lock_held(self._path / LOCK)):
             status.update(state="failed", eta_s=None,
                           message=f"process {pid} exited before starting: see {self.log_path}")
+        elif stored == "cancelled" and status.get("stopped_at_budget") is not None:
+            status["state"] = "stopped"
         elif stored == "done" and not (self._path / RESULT).exists():
             status.update(state="interrupted", message="finished without a result: resume with the same command")
         return status
@@ -248,7 +251,7 @@ class Run:
         if not (before["state"] == "pending" and before.get("pid") == os.getpid()):
             self.clear_cancel()  # a request left by an earlier process; a launch-time one is kept
         return self.write_status(state="running", pid=os.getpid(), started=timestamp(), finished=None,
-                                 message="", **fields)
+                                 message="", stopped_at_budget=None, **fields)
 
     def mark_done(self, result: dict, **fields: Any) -> dict:
         """Write result.json, then state done."""
