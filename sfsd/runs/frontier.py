@@ -39,6 +39,15 @@ def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.Dat
     return frame.sort_values(["model", "strategy", "method", "overall_budget"], kind="stable").reset_index(drop=True)
 
 
+def _tolerance(config: dict, result: dict, strategy: str) -> float | None:
+    """A plain Algorithm 1 search's tolerance, or the tolerance whose run a target-budget alg1 stopped at B."""
+    if strategy == ALG1:
+        return (config.get("metric") or {}).get("tolerance")
+    if strategy == "alg1":
+        return (result.get("allocation") or {}).get("tolerance")
+    return None
+
+
 def _point(run) -> dict | None:
     config = run.config
     is_search = config.get("kind") == "search"
@@ -50,7 +59,7 @@ def _point(run) -> dict | None:
     strategy = config["strategy"] if is_target else ALG1 if is_search else "base"
     row = {"model": config["model"], "strategy": strategy, "method": config["method"],
            "target": config.get("target_budget", 1.0 if is_base else None),
-           "tolerance": (config.get("metric") or {}).get("tolerance") if strategy == ALG1 else None,
+           "tolerance": _tolerance(config, result, strategy),
            "overall_budget": result.get("overall_budget", 1.0), "params": result.get("params"),
            "macs": result.get("macs"), "run_id": run.id}
     evaluated = False
