@@ -67,6 +67,10 @@ def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_di
         # The runs that miss B finish; the one that reaches it stops there (resumable, not finished).
         assert all(Run.open(t["run_id"]).result() for t in tried if t["overall_budget"] > target)
         assert tried[-1]["overall_budget"] <= target
+        from sfsd.runs.frontier import frontier_frame
+
+        point = frontier_frame().set_index("run_id").loc[run.id]
+        assert point["tolerance"] == result["allocation"]["tolerance"] == tried[-1]["tolerance"]
     if strategy == "sensitivity":
         table = json.loads(run.file("sensitivity.json").read_text())["table"]
         assert len(table) == 21 and all(len(row) == 9 for row in table.values())
