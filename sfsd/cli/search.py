@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     run_ = run_search(config, device=placement_from_args(args), progress=not args.quiet, stop_at_budget=stop)
     status, result = run_.status(), run_.result()
     print(f"run {run_.id}: {status['state']}")
-    if result is None and stop is not None and status.get("stopped_at_budget", 2.0) <= stop:
+    if status["state"] == "stopped" and stop is not None and status["stopped_at_budget"] <= stop:
         print(status["message"])
         return 0
     if result:
