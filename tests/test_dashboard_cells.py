@@ -13,3 +13,13 @@ def test_snapshot_table_shows_parameters_stored_as_numpy_integers():
                           "run_id": ["search-x"]})
     row = snapshot_table([frame]).iloc[0]
     assert row["params (M)"] == "6.330" and row["budget %"] == "69.48"
+
+
+def test_the_runs_table_says_what_each_run_aims_at():
+    """A tolerance for a search, the budget B and the strategy for an allocation (whose config tolerance is
+    unused), nothing for a run without a metric."""
+    from sfsd.dashboard.data import EMPTY, runs_text
+
+    runs = pd.DataFrame({"metric": ["ppl", "ppl", None], "tolerance": [0.05, 0.05, None],
+                         "strategy": ["linear", "alg1", None], "target_budget": [None, 0.8, None]})
+    assert list(runs_text(runs)["target"]) == ["ppl ±0.05", "alg1 @0.8", EMPTY]

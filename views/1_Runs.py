@@ -29,8 +29,7 @@ else:
     shown["eta"] = [widgets.duration(eta) if state in data.ACTIVE_STATES else data.EMPTY
                     for eta, state in zip(runs["eta_s"], runs["state"], strict=True)]
     # what to read first fits at 1400 px (short headers, fixed widths); the details follow, by scrolling right
-    shown["metric"] = [data.EMPTY if m == data.EMPTY else f"{m} ±{t}" for m, t in zip(shown["metric"],
-                                                                                     shown["tolerance"], strict=True)]
+    shown["metric"] = shown["target"]
     shown["layers"] = [data.EMPTY if d == data.EMPTY else f"{d}/{t}" for d, t in zip(shown["layers_done"],
                                                                                     shown["layers_total"], strict=True)]
     order = ["run_id", "kind", "method", "metric", "state", "progress", "eta", "overall_budget", "layers", "model",

@@ -521,6 +521,15 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame.rename(columns={"params": "params (M)", "budget": "budget %", "time": "time (UTC)"})
 
 
+def _target_text(row: dict, number) -> str:
+    metric, tolerance, budget = row.get("metric"), number(row.get("tolerance")), number(row.get("target_budget"))
+    if not isinstance(metric, str):
+        return EMPTY
+    if budget is not None:
+        return f"{row.get('strategy')} @{budget:g}"  # the metric is in the run id
+    return metric if tolerance is None else f"{metric} ±{tolerance:g}"
+
+
 def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs table as shown: overall budget and tolerance as text, counts as integers, progress a fraction
     (0 where unknown), every empty cell "—" (never "None" or "<NA>")."""
@@ -535,6 +544,9 @@ def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
         out["overall_budget"] = [EMPTY if _number(v) is None else f"{100 * _number(v):.1f}"
                                  for v in out["overall_budget"]]
     if "tolerance" in out:
+        # What a run aims at: a metric within a tolerance, or (an allocation) an overall budget B, whose
+        # config's tolerance is unused (alg1 finds its own).
+        out["target"] = [_target_text(row, _number) for row in out.to_dict("records")]
         out["tolerance"] = [EMPTY if _number(v) is None else f"{_number(v):g}" for v in out["tolerance"]]
     for column in ("layers_done", "layers_total", "pid"):
         if column in out:

@@ -16,10 +16,12 @@ from sfsd.runs.ids import is_run_id, metric_name, metric_tolerance
 from sfsd.runs.run import LOCK, Run
 from sfsd.runs.transfer import imported_origin, origin_line
 
-RUN_COLUMNS = ["run_id", "kind", "model", "method", "metric", "tolerance", "state", "layers_done", "layers_total",
+RUN_COLUMNS = ["run_id", "kind", "model", "method", "metric", "tolerance", "strategy", "target_budget", "state",
+               "layers_done", "layers_total",
                "progress", "eta_s", "created", "updated", "overall_budget", "message", "pid",
                "origin"]
-_RUN_DTYPES = {"tolerance": "float64", "layers_done": "Int64", "layers_total": "Int64", "progress": "float64",
+_RUN_DTYPES = {"tolerance": "float64", "target_budget": "float64", "layers_done": "Int64", "layers_total": "Int64",
+               "progress": "float64",
                "eta_s": "float64", "created": "time", "updated": "time", "overall_budget": "float64", "pid": "Int64"}
 
 
@@ -65,6 +67,7 @@ class RunStore:
         return {
             "run_id": run_id, "kind": config.get("kind"), "model": config.get("model"),
             "method": config.get("method"), "metric": metric_name(config), "tolerance": metric_tolerance(config),
+            "strategy": config.get("strategy"), "target_budget": config.get("target_budget"),
             "state": status["state"], "layers_done": done, "layers_total": total, "progress": progress,
             "eta_s": status.get("eta_s"), "created": config.get("created"),
             "updated": status.get("updated") or config.get("created"),
