@@ -20,10 +20,11 @@ from sfsd.runs.frames import (
 )
 from sfsd.runs.ids import FORMAT_VERSION, KINDS, NON_IDENTITY_FIELDS, identity, run_id_for
 from sfsd.runs.launch import cancel, launch
-from sfsd.runs.run import SPECTRA_COLUMNS, STATUS_DEFAULTS, STORED_STATES, Run
+from sfsd.runs.run import SPECTRA_COLUMNS, STATUS_DEFAULTS, STORED_STATES, Run, decided_ranks
 from sfsd.runs.store import RUN_COLUMNS, RunStore
 
 __all__ = [
+    "decided_ranks",
     "DECISION_COLUMNS",
     "EVALUATION_COLUMNS",
     "FORMAT_VERSION",

@@ -396,6 +396,11 @@ class Run:
 _SPECTRA_DTYPES = {"layer": str, "block": "int64", "role": str, "kind": str, "index": "int64", "value": "float64"}
 
 
+def decided_ranks(decisions: list[dict]) -> dict[str, int]:
+    """The rank of every factorised layer among decision records (an intact layer's rank is None)."""
+    return {d["layer"]: d["rank"] for d in decisions if d.get("rank") is not None}
+
+
 def _check_config(config: dict) -> dict:
     if not isinstance(config, dict):
         raise SfsdError("a run config must be a dict")

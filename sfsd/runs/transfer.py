@@ -39,7 +39,7 @@ from sfsd.paths import cache_dir, models_dir, runs_dir
 from sfsd.runs._files import disk_guard, timestamp
 from sfsd.runs.ids import FORMAT_VERSION, is_run_id, run_id_for
 from sfsd.runs.readonly import require_writable
-from sfsd.runs.run import CANCEL, CONFIG, IMPORTED, LOCK, Run
+from sfsd.runs.run import CANCEL, CONFIG, IMPORTED, LOCK, Run, decided_ranks
 
 ARCHIVE_FORMAT = "sfsd-runs"
 ARCHIVE_VERSION = 1
@@ -162,8 +162,7 @@ def _model_keys(run: Run) -> set[str]:
     decided = run.decisions()
     keys = set()
     for step in steps - {None}:
-        ranks = {d["layer"]: d["rank"] for d in decided[:int(step)] if d.get("rank") is not None}
-        keys.add(compressed_model_key(run.config, ranks))
+        keys.add(compressed_model_key(run.config, decided_ranks(decided[:int(step)])))
     return keys
 
 

@@ -34,7 +34,7 @@ from sfsd.hf_classes import mark_compressed
 from sfsd.models import check_placement, load_model, resolve_model
 from sfsd.offload import input_device, like_tensor, onloaded
 from sfsd.paths import cache_dir
-from sfsd.runs import Run
+from sfsd.runs import Run, decided_ranks
 from sfsd.search.config import SearchConfig
 from sfsd.search.heldout import heldout_value
 from sfsd.search.metrics import METRICS, SearchMetric
@@ -204,7 +204,7 @@ class SurgicalSearch:
         if [d["layer"] for d in decided] != expected:
             raise SfsdError(f"the trace of run {self.run_store.id} does not match this search: delete the run "
                             f"with `sfsd runs delete {self.run_store.id}`")
-        self.ranks = {record["layer"]: record["rank"] for record in decided if record["rank"] is not None}
+        self.ranks = decided_ranks(decided)
         apply_ranks(self.model, decs, self.ranks)
         return decided[-1]["value"] if decided else None
 
@@ -329,8 +329,7 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
 
 def decided_budget(run: Run, all_layers: list[LinearLayer]) -> float:
     """The overall budget (App. B, over `all_layers`, the model's layers) of a run's decisions so far."""
-    ranks = {d["layer"]: d["rank"] for d in run.decisions() if d.get("rank") is not None}
-    return overall_budget(all_layers, ranks)
+    return overall_budget(all_layers, decided_ranks(run.decisions()))
 
 
 def budget_reached(run: Run, all_layers: list[LinearLayer], stop_at_budget: float | None) -> bool:
@@ -360,7 +359,7 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     config = SearchConfig.from_dict(run.config)
     model, tokenizer = load_model(config.model, device, config.dtype)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
-    ranks = {d["layer"]: d["rank"] for d in decided[:step] if d["rank"] is not None}
+    ranks = decided_ranks(decided[:step])
     apply_ranks(model, decs, ranks)
     return model, tokenizer, ranks
 
