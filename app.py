@@ -131,15 +131,15 @@ def runs_table() -> None:
                 "there.")
         return
     # no "kind" column: the run id starts with it (search-..., uniform-...), and the id needs the room
-    columns = ["run_id", "method", "model", "metric", "tolerance", "state", "progress", "overall_budget", "updated",
-               "origin"]
+    columns = ["run_id", "method", "model", "metric", "tolerance", "strategy", "target_budget", "state", "progress",
+               "overall_budget", "updated", "origin"]
     shown = data.runs_text(runs[columns])
     shown["model"] = [data.model_display(m) if isinstance(m, str) else m for m in shown["model"]]  # full: Runs
     # one short "target" instead of metric and tolerance, minutes instead of milliseconds: all fits at 1400 px
-    shown["metric"] = [data.EMPTY if m == data.EMPTY else f"{m} ±{t}" for m, t in zip(shown["metric"],
-                                                                                     shown["tolerance"], strict=True)]
+    shown["metric"] = shown["target"]
     shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
-    shown = shown.drop(columns=["tolerance"] + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
+    hidden = ["tolerance", "strategy", "target_budget", "target"]
+    shown = shown.drop(columns=hidden + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
     widgets.table(shown, "runs", key="start-runs", column_config=widgets.run_columns(method=80, state=80))
 
 
