@@ -98,7 +98,7 @@ def demo_panel(model: str, blocks: int | None) -> None:
     """What the quick demo runs, its command lines, its button; once done, what it ran, how long it took (as
     measured by its process) and where to look."""
     st.subheader("Quick demo")
-    argvs = jobs.demo_argvs(model, blocks)
+    configs = jobs.demo_configs(model, blocks)
     record = jobs.demo_record()
     summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)], record)
     measured = widgets.demo_seconds(record)
@@ -112,7 +112,7 @@ def demo_panel(model: str, blocks: int | None) -> None:
              "feature space and weight space at the same budget, scored on the same documents and on perplexity"
              + (f": {took}" if took else "") + ". Closing the tab does not stop it.")
     with st.expander("Its command lines"):
-        st.code("\n".join(jobs.command_line(argv) for argv in argvs), language="bash", wrap_lines=True)
+        st.code("\n".join(jobs.command_line(config) for config in configs), language="bash", wrap_lines=True)
     widgets.demo_button(key="start-demo")
     if summary:
         st.success(summary, icon=":material/check_circle:")

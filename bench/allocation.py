@@ -70,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         use_private_cache("allocation")
-        model, calibration = str(tiny_model_dir()), CalibrationSpec("wiki", 16, 32)
+        model, calibration = str(tiny_model_dir()), CalibrationSpec(source="wiki", samples=16, seq_len=32)
         seq_lens, ppl_tokens = [32, 128], args.ppl_tokens or 1024
-        metric = MetricSpec("ppl", 0.05, samples=4, seq_len=32, batch_size=4)
+        metric = MetricSpec(name="ppl", tolerance=0.05, samples=4, seq_len=32, batch_size=4)
     else:
         model, calibration = DEFAULT_MODEL, CalibrationSpec()
         seq_lens, ppl_tokens = [128, 2048], args.ppl_tokens or 16384
-        metric = MetricSpec("ppl", 0.05, samples=args.search_samples)
+        metric = MetricSpec(name="ppl", tolerance=0.05, samples=args.search_samples)
     budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     num_blocks = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return {e["metrics"]["seq_len"]: e["metrics"]["ppl"] for e in run.read_evaluations() if e["kind"] == "ppl"}
 
     # limit 100 (no tasks): the same base run as `sfsd frontier`'s
-    base_run = run_uniform(UniformConfig(model, "none", 1.0, 0, calibration, [], 100, seq_lens, ppl_tokens),
+    base_run = run_uniform(UniformConfig(model=model, method="none", beta=1.0, last_blocks=0, calibration=calibration,
+                                         tasks=[], limit=100, ppl_seq_lens=seq_lens, ppl_tokens=ppl_tokens),
                            progress=progress)
     base = ppl_of(base_run)
     rows = [{"budget": "—", "strategy": "base", "overall_budget": 1.0, "ppl": base, "seconds": None,

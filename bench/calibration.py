@@ -109,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         use_private_cache("calibration")
         model_name = str(tiny_model_dir())
-        ratio_spec, full_spec, batch_size = CalibrationSpec("wiki", 16, 32), CalibrationSpec("wiki", 32, 32), 8
+        ratio_spec = CalibrationSpec(source="wiki", samples=16, seq_len=32)
+        full_spec, batch_size = CalibrationSpec(source="wiki", samples=32, seq_len=32), 8
     else:
         model_name = DEFAULT_MODEL
-        ratio_spec, full_spec, batch_size = CalibrationSpec("mix", 64, 128), CalibrationSpec(), args.batch_size
+        ratio_spec = CalibrationSpec(source="mix", samples=64, seq_len=128)
+        full_spec, batch_size = CalibrationSpec(), args.batch_size
     reps = repeats(args, full=3, quick=2)
     device = args.device or "cpu"
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -54,7 +54,8 @@ from bench.common import (
 )
 
 BETAS = (0.9, 0.8, 0.5)
-FULL_CALIBRATION = ("wiki", 64, 128)  # CalibrationSpec of the full-size models (bench.profile_hotspots too)
+FULL_CALIBRATION = dict(source="wiki", samples=64,
+                        seq_len=128)  # CalibrationSpec of the full-size models (bench.profile_hotspots too)
 TARGET_50 = 1.6  # a 50 %-budget model should run >= 1.6x the base model's tokens/s on CPU (issue 15)
 UNFUSED = "50% unfused"  # the ~50 % model with its shared first factors undone
 
@@ -276,10 +277,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         use_private_cache("inference")
-        model_name, calibration = str(tiny_model_dir()), CalibrationSpec("wiki", 8, 32)
+        model_name, calibration = str(tiny_model_dir()), CalibrationSpec(source="wiki", samples=8, seq_len=32)
         batch, seq_len, seconds = args.batch or 2, args.seq_len or 32, args.seconds or 0.2
     else:
-        model_name, calibration = DEFAULT_MODEL, CalibrationSpec(*FULL_CALIBRATION)
+        model_name, calibration = DEFAULT_MODEL, CalibrationSpec(**FULL_CALIBRATION)
         batch, seq_len, seconds = args.batch or 8, args.seq_len or 128, args.seconds or 2.0
     reps = repeats(args, full=5, quick=2)
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

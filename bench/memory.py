@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     cache = use_private_cache("memory-quick" if args.quick else "memory")
     if args.quick:
         model_name = str(tiny_model_dir())
-        metric = MetricSpec("ppl", args.tolerance, samples=4, seq_len=32, batch_size=4)
-        calibration = CalibrationSpec("wiki", 16, 32)
+        metric = MetricSpec(name="ppl", tolerance=args.tolerance, samples=4, seq_len=32, batch_size=4)
+        calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
     else:
         model_name = DEFAULT_MODEL
-        metric = MetricSpec("ppl", args.tolerance, samples=8, seq_len=128, batch_size=8)
+        metric = MetricSpec(name="ppl", tolerance=args.tolerance, samples=8, seq_len=128, batch_size=8)
         calibration = CalibrationSpec()
     config = SearchConfig(model=model_name, metric=metric, calibration=calibration, first_block=args.first_block)
     if not args.reuse_decompositions:

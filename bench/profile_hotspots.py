@@ -42,7 +42,8 @@ def profile_calibration(args) -> str:
     model, tokenizer = load_model(DEFAULT_MODEL, "cpu")
     adapter = adapter_for(model)
     layers = adapter.layers()
-    ids, mask = calibration_tokens(tokenizer, CalibrationSpec("wiki", samples, seq_len), model.config.vocab_size)
+    ids, mask = calibration_tokens(tokenizer, CalibrationSpec(source="wiki", samples=samples, seq_len=seq_len),
+                                   model.config.vocab_size)
     sides = choose_sides(layers, output_side_ok=True)  # the feature-space methods' pass
 
     def stats_pass():
@@ -67,9 +68,11 @@ def search_config(args, engine: str = "fast"):
     from sfsd.search import MetricSpec, SearchConfig
 
     samples, seq_len = (2, 64) if args.quick else (8, 128)
-    return SearchConfig(model=DEFAULT_MODEL, metric=MetricSpec("ppl", 0.05, samples=samples, seq_len=seq_len,
+    return SearchConfig(model=DEFAULT_MODEL,
+                        metric=MetricSpec(name="ppl", tolerance=0.05, samples=samples, seq_len=seq_len,
                                                                batch_size=8),
-                        calibration=CalibrationSpec("wiki", 8, 64), first_block=28, engine=engine)
+                        calibration=CalibrationSpec(source="wiki", samples=8,
+                                                    seq_len=64), first_block=28, engine=engine)
 
 
 def profile_search(args) -> str:
@@ -127,7 +130,7 @@ def profile_inference(args) -> str:
     from sfsd.models import DEFAULT_MODEL, load_model
 
     batch, seq_len = (2, 64) if args.quick else (8, 128)
-    folders = build_models(DEFAULT_MODEL, CalibrationSpec(*FULL_CALIBRATION), quick=False)
+    folders = build_models(DEFAULT_MODEL, CalibrationSpec(**FULL_CALIBRATION), quick=False)
     out = [f"default model, forward of {batch} x {seq_len} tokens (use_cache=False), torch threads "
            f"{torch.get_num_threads()}"]
     for name in ("base", "50%"):

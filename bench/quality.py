@@ -99,7 +99,8 @@ def search_row(model: str, tolerance: float, metric_kwargs: dict, calibration, t
     from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 
     label = f"search ppl +{tolerance:.0%}"
-    config = SearchConfig(model=model, method="feature", metric=MetricSpec("ppl", tolerance, **metric_kwargs),
+    config = SearchConfig(model=model, method="feature",
+                          metric=MetricSpec(name="ppl", tolerance=tolerance, **metric_kwargs),
                           calibration=calibration)
     start = time.perf_counter()
     try:
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         use_private_cache("quality")
         model = str(tiny_model_dir())
-        calibration = CalibrationSpec("wiki", 16, 32)
+        calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
         limit, seq_lens, ppl_tokens = args.limit or 2, [32, 128], args.ppl_tokens or 256
         metric_kwargs = {"samples": 4, "seq_len": 32, "batch_size": 4}
     else:

@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         use_private_cache("search_speed")
         model_name = str(tiny_model_dir())
-        metric = MetricSpec("ppl", args.tolerance, samples=4, seq_len=32, batch_size=4)
-        calibration = CalibrationSpec("wiki", 16, 32)
+        metric = MetricSpec(name="ppl", tolerance=args.tolerance, samples=4, seq_len=32, batch_size=4)
+        calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
         first_block = 2 if args.first_block is None else args.first_block  # the last 2 of 4 blocks
     else:
         model_name = DEFAULT_MODEL
-        metric = MetricSpec("ppl", args.tolerance, samples=8, seq_len=128, batch_size=8)
+        metric = MetricSpec(name="ppl", tolerance=args.tolerance, samples=8, seq_len=128, batch_size=8)
         calibration = CalibrationSpec()
         # The last 2 blocks (14 layers) keep the reference loop, the slow side, to about 5 min per repetition
         # on a 2-core CPU; the whole-model bound is printed next to the result.

@@ -25,7 +25,7 @@ SEARCH_SPLIT_TOKENS = 31_744  # 248 windows of 128: all of the wiki search split
 def search_config(model: str, tokens: int, first_block: int, strategy: str, calibration):
     from sfsd.search import MetricSpec, SearchConfig
 
-    metric = MetricSpec("ppl", TOLERANCE, samples=max(1, tokens // SEQ_LEN), seq_len=SEQ_LEN)
+    metric = MetricSpec(name="ppl", tolerance=TOLERANCE, samples=max(1, tokens // SEQ_LEN), seq_len=SEQ_LEN)
     return SearchConfig(model=model, method="feature", metric=metric, strategy=strategy, first_block=first_block,
                         calibration=calibration)
 
@@ -62,7 +62,8 @@ def main() -> None:
 
     if args.quick:
         use_private_cache("search_transfer")
-        model, sizes, calibration = str(tiny_model_dir()), [256, 512], CalibrationSpec("wiki", 16, 32)
+        model, sizes, calibration = str(tiny_model_dir()), [256, 512], CalibrationSpec(source="wiki", samples=16,
+                                                                                       seq_len=32)
         first_block = 2
     else:
         from transformers import AutoConfig

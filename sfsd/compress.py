@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from sfsd import options
 from sfsd.accounting import count_parameters, layer_table, measure_macs
 from sfsd.adapters import LinearLayer, ModelAdapter, adapter_for
 from sfsd.atomic import atomic_dir
@@ -48,14 +49,14 @@ from sfsd.paths import cache_dir
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CalibrationSpec:
     """Where calibration text comes from and how much of it (the paper: 512 x 128 tokens)."""
 
-    source: str = "mix"
-    samples: int = 512
-    seq_len: int = 128
-    seed: int = 0
+    source: str = options.CALIB_SOURCE.field()
+    samples: int = options.CALIB_SAMPLES.field()
+    seq_len: int = options.CALIB_SEQ_LEN.field()
+    seed: int = options.SEED.field()
 
     def __post_init__(self):
         if self.samples < 1 or self.seq_len < 2:

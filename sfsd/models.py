@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sfsd import options
 from sfsd.atomic import atomic_dir
 from sfsd.errors import SfsdError
 from sfsd.paths import models_dir
@@ -28,7 +29,7 @@ class BundledModel:
     install_hint: str
 
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = options.MODEL.default  # declared with its flag
 BUNDLED = {
     DEFAULT_MODEL: BundledModel(
         name=DEFAULT_MODEL,

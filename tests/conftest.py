@@ -78,12 +78,15 @@ def frontier_store(tmp_path_factory, default_model_dir):
         from sfsd.search import MetricSpec, SearchConfig, run_search
         from sfsd.search.frontier import evaluate_point, run_frontier
 
-        base = SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
-                            calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
+        base = SearchConfig(model=str(model), metric=MetricSpec(name="ppl", tolerance=0.05, samples=4, seq_len=32),
+                            calibration=CalibrationSpec(source="wiki", samples=16,
+                                                        seq_len=32), strategy="spectrum", target_budget=0.8)
         run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048, tasks=["piqa"],
                      limit=12, progress=False, say=lambda _: None)
         # A plain Algorithm 1 search (a tolerance, no target), evaluated the same way: a point of its own.
-        alg1 = run_search(SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.2, samples=4, seq_len=32),
-                                       calibration=CalibrationSpec("wiki", 16, 32), first_block=2), progress=False)
+        alg1 = run_search(SearchConfig(model=str(model),
+                                       metric=MetricSpec(name="ppl", tolerance=0.2, samples=4, seq_len=32),
+                                       calibration=CalibrationSpec(source="wiki", samples=16,
+                                                                   seq_len=32), first_block=2), progress=False)
         evaluate_point(alg1, (32, 64), 2048, ["piqa"], 12, progress=False)
     return {"root": str(root), "model": str(model)}

@@ -37,8 +37,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def _config(model, strategy, target, **extra):
-    metric = MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
-    return SearchConfig(model=str(model), metric=metric, calibration=CalibrationSpec("wiki", 16, 32),
+    metric = MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2)
+    return SearchConfig(model=str(model), metric=metric,
+                        calibration=CalibrationSpec(source="wiki", samples=16, seq_len=32),
                         strategy=strategy, target_budget=target, **extra)
 
 
@@ -82,7 +83,8 @@ def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_di
 def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache, tiny_dir, tmp_path, capsys):
     from sfsd.cli import main
 
-    config = replace(_config(tiny_dir, "linear", None), metric=MetricSpec("ppl", 0.4, samples=4, seq_len=32,
+    config = replace(_config(tiny_dir, "linear", None),
+                     metric=MetricSpec(name="ppl", tolerance=0.4, samples=4, seq_len=32,
                                                                           batch_size=2))
     stopped = run_search(config, progress=False, stop_at_budget=0.9)
     status = stopped.status()
@@ -112,8 +114,8 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
     ("feature-paper", "ppl", "alg1"), ("feature", "task", "sensitivity"), ("feature", "task", "alg1"),
 ])
 def test_strategies_work_with_every_method_and_both_metrics(cache, tiny_dir, method, metric, strategy):
-    spec = (MetricSpec("task", 0.0, task="piqa", limit=12, batch_size=4) if metric == "task"
-            else MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2))
+    spec = (MetricSpec(name="task", tolerance=0.0, task="piqa", limit=12, batch_size=4) if metric == "task"
+            else MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2))
     # The last block only (7 layers): the combinations are about plumbing, not about quality.
     config = replace(_config(tiny_dir, strategy, 0.8), method=method, metric=spec, first_block=2)
     result = run_search(config, progress=False).result()
@@ -262,8 +264,9 @@ def test_killed_frontier_resumes_and_reuses_finished_points(cache, tiny_dir, cap
     from sfsd.runs.frontier import frontier_frame
     from sfsd.search.frontier import run_frontier
 
-    base = SearchConfig(model=str(tiny_dir), metric=MetricSpec("ppl", 0.05, samples=4, seq_len=32),
-                        calibration=CalibrationSpec("wiki", 16, 32), strategy="spectrum", target_budget=0.8)
+    base = SearchConfig(model=str(tiny_dir), metric=MetricSpec(name="ppl", tolerance=0.05, samples=4, seq_len=32),
+                        calibration=CalibrationSpec(source="wiki", samples=16,
+                                                    seq_len=32), strategy="spectrum", target_budget=0.8)
     said: list[str] = []
     runs = run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048,
                         progress=False, say=said.append)

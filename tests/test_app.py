@@ -67,16 +67,15 @@ def _build(root: Path) -> dict:
         from sfsd.search import MetricSpec, SearchConfig, run_search
         from sfsd.search.uniform import UniformConfig, run_uniform
 
-        calibration = CalibrationSpec("wiki", 16, 32)
-        metric = MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
+        calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
+        metric = MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2)
         feature = run_search(SearchConfig(model=str(model), method="feature", metric=metric, calibration=calibration,
                                           snapshot_every=11, snapshot_tasks=["piqa"], snapshot_limit=4), progress=False)
         weight = run_search(SearchConfig(model=str(model), method="weight", metric=metric, calibration=calibration,
                                          first_block=1, snapshot_every=4), progress=False)
         uniform = {}
         for method in ("none", "feature"):
-            config = UniformConfig(str(model), method, UNIFORM["beta"], UNIFORM["last_blocks"], calibration,
-                                   UNIFORM["tasks"], UNIFORM["limit"], UNIFORM["ppl_seq_lens"], UNIFORM["ppl_tokens"])
+            config = UniformConfig(model=str(model), method=method, calibration=calibration, **UNIFORM)
             uniform[method] = run_uniform(config, progress=False).id
         saved = materialize_run(feature.id)
     return {"root": str(root), "model": str(model), "feature": feature.id, "weight": weight.id,
@@ -322,17 +321,28 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
 
 
 def test_uniform_commands_name_the_runs_the_cli_creates(env):
-    from sfsd.dashboard import jobs
-    from sfsd.runs import run_id_for
+    """The run the dashboard creates from a config is the run its shown command line creates in a terminal."""
+    import shlex
 
-    argv = jobs.uniform_argv(env["model"], "feature", calib_source="wiki", calib_samples=16, calib_seq_len=32,
-                             **UNIFORM)
-    assert run_id_for(jobs.run_config(argv)) == env["uniform"]["feature"]
-    argv = jobs.search_argv(env["model"], "weight", "ppl", 0.0, search_samples=4, search_seq_len=32, first_block=1,
-                            calib_source="wiki", calib_samples=16, calib_seq_len=32, snapshot_every=4)
-    argv += ["--search-batch-size", "2"]
-    assert run_id_for(jobs.run_config(argv)) == env["weight"]
-    started = jobs.start(argv)  # finished: not launched again
+    from sfsd.cli import build_parser
+    from sfsd.cli.search import config_from_args, uniform_config_from_args
+    from sfsd.compress import CalibrationSpec
+    from sfsd.dashboard import jobs
+    from sfsd.search import MetricSpec, SearchConfig
+    from sfsd.search.uniform import UniformConfig
+
+    def cli_config(config):
+        args = build_parser().parse_args(shlex.split(jobs.command_line(config))[1:])
+        return (uniform_config_from_args if args.command == "uniform" else config_from_args)(args)
+
+    calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
+    uniform = UniformConfig(model=env["model"], method="feature", calibration=calibration, **UNIFORM)
+    assert jobs.run_id_of(uniform) == jobs.run_id_of(cli_config(uniform)) == env["uniform"]["feature"]
+    search = SearchConfig(model=env["model"], method="weight", first_block=1, calibration=calibration,
+                          metric=MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2),
+                          snapshot_every=4)
+    assert jobs.run_id_of(search) == jobs.run_id_of(cli_config(search)) == env["weight"]
+    started = jobs.start(search)  # finished: not launched again
     assert not started.launched and "already done" in started.message
 
 
@@ -557,7 +567,9 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store
     while time.monotonic() < deadline and not (jobs.demo_record() or {}).get("finished"):
         time.sleep(0.5)
     record = jobs.demo_record()
-    assert record["finished"] and [c["argv"] for c in record["commands"]] == jobs.demo_argvs(store["model"], 3)
+    assert record["finished"] and [c["argv"] for c in record["commands"]] == [jobs.resume_argv(i) for i in ids]
+    assert [c["label"] for c in record["commands"]] == ["search feature", "search weight", "uniform base",
+                                                        "uniform feature", "uniform weight"]
     assert all(c["exit"] == 0 and c["seconds"] > 0 for c in record["commands"])
     for run_id in searches:  # piqa at every snapshot after step 0
         snapshots = Run.open(run_id).read_snapshots()
@@ -596,10 +608,14 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     import signal
     import time
 
+    from sfsd.compress import CalibrationSpec
     from sfsd.dashboard import data, jobs
     from sfsd.runs import Run
+    from sfsd.search.uniform import UniformConfig
 
-    argvs = [jobs.uniform_argv(store["model"], method, 0.5, 1, [], None, [16], 256, "wiki", 8, 16)
+    argvs = [UniformConfig(model=store["model"], method=method, beta=0.5, last_blocks=1, limit=None,
+                           ppl_seq_lens=[16], ppl_tokens=256,
+                           calibration=CalibrationSpec(source="wiki", samples=8, seq_len=16))
              for method in ("weight", "asvd")]
     first, second = jobs.start_all(argvs)
     try:

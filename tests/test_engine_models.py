@@ -18,7 +18,7 @@ from sfsd.decompose.fusion import LOW_RANK_TYPES
 from sfsd.errors import SfsdError
 
 ARCHS = ["llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text", "phi3", "gpt2"]
-CALIB = CalibrationSpec("random", samples=24, seq_len=32)
+CALIB = CalibrationSpec(source="random", samples=24, seq_len=32)
 
 
 def _ids(model, seed=1):

@@ -19,7 +19,7 @@ from sfsd.models import load_model
 
 # The families whose adapters have separate q/k/v and gate/up layers (phi3 and gpt2 store them fused).
 SHARED_INPUT_ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"]
-CALIB = CalibrationSpec("random", samples=24, seq_len=32)
+CALIB = CalibrationSpec(source="random", samples=24, seq_len=32)
 
 
 def _ids(model, seed=1):

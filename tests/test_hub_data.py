@@ -407,8 +407,9 @@ def test_search_on_paper_train_rows_is_recorded_and_scored_as_lm_eval(local_hub,
 
     assert "suite" not in SearchConfig().to_dict()["metric"]  # offline runs keep the ids they had
     tiny = save_tiny_llama(tmp_path / "tiny", default_model_dir, 1)
-    config = SearchConfig(model=str(tiny), metric=MetricSpec("task", 0.0, task="piqa", batch_size=4, suite="paper"),
-                          calibration=CalibrationSpec("paper-mix", 12, 16))
+    config = SearchConfig(model=str(tiny),
+                          metric=MetricSpec(name="task", tolerance=0.0, task="piqa", batch_size=4, suite="paper"),
+                          calibration=CalibrationSpec(source="paper-mix", samples=12, seq_len=16))
     run = run_search(config, progress=False)
     assert run.config["metric"]["suite"] == "paper" and "20% of piqa's train split" in run.config["search_rows"]
     rows = paper_search_rows("piqa")

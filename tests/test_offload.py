@@ -11,7 +11,7 @@ from sfsd.cli import main
 from sfsd.compress import CalibrationSpec, compress, save_compressed
 from sfsd.models import load_model
 
-CALIB = CalibrationSpec("random", samples=8, seq_len=32)
+CALIB = CalibrationSpec(source="random", samples=8, seq_len=32)
 DISK_MAP = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
             "model.layers.1": "disk", "model.layers.2": "disk", "model.norm": "cpu", "lm_head": "cpu"}
 
@@ -104,11 +104,14 @@ def _search_and_uniform(cache, monkeypatch, model, placement):
     from sfsd.search.uniform import UniformConfig, run_uniform
 
     monkeypatch.setenv("SFSD_CACHE_DIR", str(cache))
-    calibration = CalibrationSpec("wiki", samples=8, seq_len=32)
-    search = run_search(SearchConfig(model=str(model), metric=MetricSpec("ppl", 0.2, samples=4, seq_len=32),
+    calibration = CalibrationSpec(source="wiki", samples=8, seq_len=32)
+    search = run_search(SearchConfig(model=str(model),
+                                     metric=MetricSpec(name="ppl", tolerance=0.2, samples=4, seq_len=32),
                                      calibration=calibration, first_block=1, roles=["q", "down"]),
                         device=placement, progress=False)
-    uniform = run_uniform(UniformConfig(str(model), "feature", 0.5, 2, calibration, [], None, [32], 1024),
+    uniform = run_uniform(UniformConfig(model=str(model), method="feature", beta=0.5, last_blocks=2,
+                                        calibration=calibration, tasks=[], limit=None, ppl_seq_lens=[32],
+                                        ppl_tokens=1024),
                           device=placement, progress=False)
     return search, uniform
 

@@ -20,7 +20,7 @@ EVAL = dict(split="eval", seq_len=128, max_tokens=32 * 128, use_cache=False, pro
 def _compressed_ppl(method: str, last_blocks: int = LAST_BLOCKS) -> tuple[float, object]:
     model, tokenizer = load_model(DEFAULT_MODEL, "cpu")
     compress(model, tokenizer, method, beta=0.46, last_blocks=last_blocks,
-             calibration=CalibrationSpec("mix", 32, 128), progress=False)
+             calibration=CalibrationSpec(source="mix", samples=32, seq_len=128), progress=False)
     result = perplexity(model, tokenizer, **EVAL)
     assert result["seq_len"] == 128 and result["n_tokens"] == 32 * 128
     return result["ppl"], model

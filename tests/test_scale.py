@@ -115,12 +115,18 @@ def test_peak_memory_grows_with_depth_by_the_extra_weights_only(capsys, tmp_path
 
 
 def test_run_form_dtype_reaches_the_run_and_auto_keeps_old_ids():
+    import shlex
+
     from sfsd.cli.search import config_from_argv
     from sfsd.dashboard import jobs
     from sfsd.runs.ids import run_id_for
+    from sfsd.search import SearchConfig
 
-    auto = config_from_argv(jobs.search_argv("smollm2-135m")[1:])
-    bf16 = config_from_argv(jobs.search_argv("smollm2-135m", dtype="bfloat16")[1:])
+    def through_the_cli(config):  # the command line the Runs page shows, run in a terminal
+        return config_from_argv(shlex.split(jobs.command_line(config))[2:])
+
+    auto = through_the_cli(SearchConfig(model="smollm2-135m"))
+    bf16 = through_the_cli(SearchConfig(model="smollm2-135m", dtype="bfloat16"))
     assert (auto.dtype, bf16.dtype) == ("auto", "bfloat16")
     assert "dtype" not in auto.to_dict() and bf16.to_dict()["dtype"] == "bfloat16"
     assert run_id_for(auto.to_dict()) != run_id_for(bf16.to_dict())

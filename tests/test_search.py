@@ -36,8 +36,9 @@ def cache(tmp_path, monkeypatch):
 
 
 def _config(model, engine="fast", strategy="linear", metric=None):
-    metric = metric or MetricSpec("ppl", 0.0, samples=4, seq_len=32, batch_size=2)
-    return SearchConfig(model=str(model), metric=metric, calibration=CalibrationSpec("wiki", 16, 32),
+    metric = metric or MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2)
+    return SearchConfig(model=str(model), metric=metric,
+                        calibration=CalibrationSpec(source="wiki", samples=16, seq_len=32),
                         engine=engine, strategy=strategy, snapshot_every=5)
 
 
@@ -87,7 +88,7 @@ def test_bisect_needs_at_most_four_trials_a_layer_and_keeps_passing_choices(cach
 def test_task_metric_base_value_equals_lm_eval(cache, tiny_dir):
     from sfsd.evaluate import evaluate_tasks
 
-    metric = MetricSpec("task", 0.0, task="piqa", limit=12, batch_size=4)
+    metric = MetricSpec(name="task", tolerance=0.0, task="piqa", limit=12, batch_size=4)
     fast = run_search(_config(tiny_dir, metric=metric), progress=False)
     reference = run_search(_config(tiny_dir, "reference", metric=metric), progress=False)
     assert _decisions(fast) == _decisions(reference)
@@ -124,11 +125,11 @@ def test_snapshots_evaluated_after_the_fact(cache, tiny_dir):
 
 def test_bad_search_requests(cache, tiny_dir):
     with pytest.raises(SfsdError, match="unknown metric"):
-        MetricSpec("bleu")
+        MetricSpec(name="bleu")
     with pytest.raises(SfsdError, match="non-negative"):
-        MetricSpec("ppl", -0.1)
+        MetricSpec(name="ppl", tolerance=-0.1)
     with pytest.raises(SfsdError, match="needs --task"):
-        MetricSpec("task", 0.0)
+        MetricSpec(name="task", tolerance=0.0)
     with pytest.raises(SfsdError, match="unknown strategy"):
         SearchConfig(strategy="random")
     with pytest.raises(SfsdError, match="unknown role"):
@@ -143,8 +144,10 @@ def test_killed_search_resumes_to_the_same_result(cache, tiny_dir):
             "--search-samples", "8", "--search-seq-len", "64", "--search-batch-size", "2",
             "--calib-source", "wiki", "--calib-samples", "16", "--calib-seq-len", "32", "--snapshot-every", "5",
             "--engine", "reference", "--quiet"]
-    config = SearchConfig(model=str(tiny_dir), metric=MetricSpec("ppl", 0.0, samples=8, seq_len=64, batch_size=2),
-                          calibration=CalibrationSpec("wiki", 16, 32), snapshot_every=5, engine="reference")
+    config = SearchConfig(model=str(tiny_dir),
+                          metric=MetricSpec(name="ppl", tolerance=0.0, samples=8, seq_len=64, batch_size=2),
+                          calibration=CalibrationSpec(source="wiki", samples=16,
+                                                      seq_len=32), snapshot_every=5, engine="reference")
     child = subprocess.Popen(argv, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = None
     deadline = time.time() + 240
@@ -177,11 +180,12 @@ def test_uniform_protocol_run_stores_params_macs_and_evaluations(cache, tiny_dir
     from sfsd.runs import evaluations_frame
     from sfsd.search.uniform import UniformConfig, run_uniform
 
-    config = UniformConfig(str(tiny_dir), "feature", 0.5, 2, CalibrationSpec("wiki", 8, 32), ["piqa"], 4,
-                           [32], 256)
+    config = UniformConfig(model=str(tiny_dir), method="feature", beta=0.5, last_blocks=2,
+                           calibration=CalibrationSpec(source="wiki", samples=8, seq_len=32), tasks=["piqa"], limit=4,
+                           ppl_seq_lens=[32], ppl_tokens=256)
     run = run_uniform(config, progress=False)
     result = run.result()
-    base = run_uniform(UniformConfig(str(tiny_dir), "none", tasks=["piqa"], limit=4, ppl_seq_lens=[32],
+    base = run_uniform(UniformConfig(model=str(tiny_dir), method="none", tasks=["piqa"], limit=4, ppl_seq_lens=[32],
                                      ppl_tokens=256), progress=False).result()
     assert result["params"] < base["params"] and result["macs"] < base["macs"]
     assert result["overall_budget"] == pytest.approx(1 - 0.5 * (1 - 0.5), abs=0.02)
@@ -196,7 +200,9 @@ def test_uniform_run_stops_on_cancel_and_resumes_without_duplicates(cache, tiny_
     from sfsd.runs import evaluations_frame
     from sfsd.search.uniform import UniformConfig, run_uniform
 
-    config = UniformConfig(str(tiny_dir), "weight", 0.5, 1, CalibrationSpec("wiki", 8, 32), ["piqa"], 4, [32], 256)
+    config = UniformConfig(model=str(tiny_dir), method="weight", beta=0.5, last_blocks=1,
+                           calibration=CalibrationSpec(source="wiki", samples=8, seq_len=32), tasks=["piqa"], limit=4,
+                           ppl_seq_lens=[32], ppl_tokens=256)
     real_evaluate = sfsd.evaluate.evaluate_tasks
 
     def evaluate_then_cancel(*args, **kwargs):  # the user presses cancel while the task is being evaluated

@@ -15,7 +15,7 @@ from sfsd.decompose import fit_decompositions
 from sfsd.errors import SfsdError
 
 FEATURE_METHODS = ["feature", "feature-paper", "feature-official", "feature-uncentred"]
-CALIB = CalibrationSpec("random", samples=12, seq_len=24)
+CALIB = CalibrationSpec(source="random", samples=12, seq_len=24)
 
 
 def _tokens(model):

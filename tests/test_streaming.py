@@ -11,7 +11,7 @@ from sfsd.calibration import choose_sides, collect_statistics
 from sfsd.compress import CalibrationSpec, calibration_tokens, stream_decompositions
 from sfsd.decompose import fit_decompositions, get_method
 
-CALIB = CalibrationSpec("random", samples=12, seq_len=24)
+CALIB = CalibrationSpec(source="random", samples=12, seq_len=24)
 FIELDS = ("basis", "coeffs", "spectrum", "bias", "mean_shift")
 
 

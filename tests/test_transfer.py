@@ -373,8 +373,10 @@ def test_read_only_refuses_launch_cancel_delete_save_and_import(store, small, tm
     monkeypatch.setenv("SFSD_CACHE_DIR", str(cache))
     run = Run.create({"kind": "search", "model": store["model"], "method": "feature"})
     monkeypatch.setenv("SFSD_READONLY", "1")
-    argv = jobs.demo_argv(store["model"], 3)
-    calls = [lambda: jobs.start(argv), lambda: jobs.start_all([argv]), lambda: jobs.spawn(argv),
+    config = jobs.demo_configs(store["model"], 3)[0]
+    argv = jobs.resume_argv(run.id)
+    calls = [lambda: jobs.start(config), lambda: jobs.start_all([config]), lambda: jobs.spawn(argv),
+             lambda: jobs.resume(run.id), lambda: jobs.start_snapshot_eval(run.id, ["piqa"], 5),
              lambda: launch(run, argv), lambda: cancel(run.id), lambda: jobs.cancel_run(run.id),
              lambda: jobs.delete_run(run.id), lambda: jobs.materialize_run(run.id),
              lambda: import_archive(small)]

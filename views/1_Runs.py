@@ -5,14 +5,14 @@ import json
 import pandas as pd
 import streamlit as st
 
+from sfsd import options
 from sfsd.adapters.base import ROLE_ORDER
 from sfsd.compress import CalibrationSpec
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import CALIBRATION_SOURCES, OFFLINE_TASKS
-from sfsd.decompose import METHODS
-from sfsd.models import DTYPE_CHOICES
+from sfsd.errors import SfsdError
 from sfsd.runs.readonly import readonly
-from sfsd.search import METRICS, STRATEGIES
+from sfsd.search import STRATEGIES, MetricSpec, SearchConfig
 
 widgets.page_setup("Runs", "Every search and uniform run in the cache: status, progress, config. Runs execute in "
                    "background processes; this page only watches them.")
@@ -43,54 +43,58 @@ with st.expander("Move runs between machines", icon=":material/move_to_inbox:", 
 
 if not readonly():  # read-only mode: nothing is started from this page
     with st.expander("Start a search", expanded=runs.empty, icon=":material/play_arrow:"):
-        defaults = CalibrationSpec()
+        # every widget is generated from the option its `sfsd search` flag is declared by (sfsd.options)
         c1, c2, c3, c4 = st.columns(4)
-        model = c1.text_input("Model (short name, folder or hub id)", value=data.demo_model(), key="new-model")
-        method = c2.selectbox("Method", list(METHODS), index=list(METHODS).index("feature"), key="new-method")
-        metric = c3.selectbox("Metric", list(METRICS), key="new-metric",
-                              help="ppl: perplexity on wiki windows; task: accuracy on a task's search split")
-        tolerance = c4.number_input("Tolerance", min_value=0.0, max_value=10.0, value=0.05, step=0.01, format="%.3f",
-                                    key="new-tolerance",
-                                    help="ppl: relative increase allowed (0.05 = 5%); task: accuracy drop allowed")
+        model = widgets.option_input(c1, options.MODEL, "new-model", data.demo_model(),
+                                     label="Model (short name, folder or hub id)")
+        method = widgets.option_input(c2, options.METHOD, "new-method")
+        metric_name = widgets.option_input(c3, options.METRIC, "new-metric")
+        tolerance = widgets.option_input(c4, options.TOLERANCE, "new-tolerance", min_value=0.0, max_value=10.0,
+                                         step=0.01, format="%.3f")
         c1, c2, c3, c4 = st.columns(4)
-        task, limit, acc_norm, samples, seq_len = None, None, False, 8, 128
-        if metric == "task":
-            task = c1.selectbox("Task", list(OFFLINE_TASKS), key="new-task")
-            limit = c2.number_input("Documents (0 = all)", min_value=0, value=100, step=10, key="new-limit")
-            acc_norm = c3.checkbox("acc_norm", key="new-accnorm")
+        metric = {"name": metric_name, "tolerance": float(tolerance)}
+        if metric_name == "task":
+            metric["task"] = widgets.option_input(c1, options.SEARCH_TASK, "new-task", choices=OFFLINE_TASKS)
+            metric["limit"] = int(widgets.option_input(c2, options.SEARCH_LIMIT, "new-limit", 100, min_value=0,
+                                                       step=10)) or None
+            metric["use_norm"] = widgets.option_input(c3, options.ACC_NORM, "new-accnorm")
         else:
-            samples = c1.number_input("Search windows", min_value=1, value=32, key="new-samples",
-                                      help="32 windows of 128 tokens (4,096) keep a +5% search near +5% on unseen text")
-            seq_len = c2.number_input("Tokens per window", min_value=2, value=128, step=16, key="new-seqlen")
-        strategy = c4.selectbox("Strategy", list(STRATEGIES), key="new-strategy",
-                                help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
+            metric["samples"] = int(widgets.option_input(c1, options.SEARCH_SAMPLES, "new-samples", min_value=1))
+            metric["seq_len"] = int(widgets.option_input(c2, options.SEARCH_SEQ_LEN, "new-seqlen", min_value=2,
+                                                         step=16))
+        strategy = widgets.option_input(c4, options.STRATEGY, "new-strategy", "linear", choices=list(STRATEGIES),
+                                        help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
         c1, c2, c3, c4 = st.columns(4)
-        calib_source = c1.selectbox("Calibration source", list(CALIBRATION_SOURCES), key="new-calib-source",
-                                    index=list(CALIBRATION_SOURCES).index(defaults.source)
-                                    if defaults.source in CALIBRATION_SOURCES else 0)
-        calib_samples = c2.number_input("Calibration samples", min_value=1, value=128, step=32, key="new-calib-samples")
-        calib_seq_len = c3.number_input("Calibration tokens per sample", min_value=2, value=defaults.seq_len, step=16,
-                                        key="new-calib-seqlen")
+        calibration = CalibrationSpec(
+            source=widgets.option_input(c1, options.CALIB_SOURCE, "new-calib-source", choices=CALIBRATION_SOURCES),
+            # fewer sequences than the paper's 512 by default here: a search started from a laptop's browser
+            samples=int(widgets.option_input(c2, options.CALIB_SAMPLES, "new-calib-samples", 128, min_value=1,
+                                             step=32)),
+            seq_len=int(widgets.option_input(c3, options.CALIB_SEQ_LEN, "new-calib-seqlen", min_value=2, step=16)))
         blocks = data.model_blocks(model)
-        first_block = c4.number_input("First block", min_value=0, max_value=max(0, (blocks or 1000) - 1),
-                                      value=max(0, (blocks or 3) - 3), key="new-first-block",
-                                      help="blocks below it are never touched"
-                                      + (f" (model has {blocks})" if blocks else ""))
+        first_block = widgets.option_input(c4, options.FIRST_BLOCK, "new-first-block", max(0, (blocks or 3) - 3),
+                                           min_value=0, max_value=max(0, (blocks or 1000) - 1),
+                                           help=options.FIRST_BLOCK.help
+                                           + (f" (model has {blocks})" if blocks else ""))
         c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
-        roles = c1.multiselect("Roles (none = all)", [r for r in ROLE_ORDER if r not in ("qkv", "gate_up")],
-                               key="new-roles")
-        snapshot_tasks = c2.multiselect("Tasks evaluated at each snapshot", list(OFFLINE_TASKS), key="new-snap-tasks",
-                                        help="eval-split accuracy for the accuracy-versus-parameters page (slower)")
-        snapshot_every = c3.number_input("Snapshot every (layers)", min_value=1, value=7, key="new-snap-every")
-        dtype = c4.selectbox("Dtype", list(DTYPE_CHOICES), key="new-dtype",
-                             help="auto: the checkpoint's dtype on CUDA, float32 on CPU")
-        argv = jobs.search_argv(model, method, metric, float(tolerance), task, int(limit or 0) or None, acc_norm,
-                                int(samples), int(seq_len), strategy, int(first_block), roles, calib_source,
-                                int(calib_samples), int(calib_seq_len), int(snapshot_every), snapshot_tasks,
-                                dtype=dtype)
-        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
-        if st.button("Start search", key="new-start", type="primary", icon=":material/play_arrow:"):
-            widgets.launch_and_report(argv)
+        roles = widgets.option_input(c1, options.ROLES, "new-roles",
+                                     choices=[r for r in ROLE_ORDER if r not in ("qkv", "gate_up")])
+        snapshot_tasks = widgets.option_input(c2, options.SNAPSHOT_TASKS, "new-snap-tasks", choices=OFFLINE_TASKS,
+                                              help="eval-split accuracy for the accuracy-versus-parameters page "
+                                                   "(slower)")
+        snapshot_every = widgets.option_input(c3, options.SNAPSHOT_EVERY, "new-snap-every", 7, min_value=1)
+        dtype = widgets.option_input(c4, options.DTYPE, "new-dtype")
+        try:
+            config = SearchConfig(model=model, method=method, metric=MetricSpec(**metric), strategy=strategy,
+                                  first_block=int(first_block), roles=roles or None, calibration=calibration,
+                                  snapshot_every=int(snapshot_every), snapshot_tasks=snapshot_tasks, dtype=dtype)
+        except SfsdError as exc:
+            st.error(str(exc))
+            config = None
+        if config is not None:
+            st.code(jobs.command_line(config), language="bash", wrap_lines=True)
+            if st.button("Start search", key="new-start", type="primary", icon=":material/play_arrow:"):
+                widgets.launch_and_report(config)
 
 # ---- one run -----------------------------------------------------------------------------------------------
 

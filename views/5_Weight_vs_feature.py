@@ -2,48 +2,52 @@
 every method side by side: perplexity first, then parameters, MACs, accuracy per task (95% intervals, n) and
 average, with the majority-class and chance rates each accuracy must beat."""
 
+from dataclasses import replace
+
 import streamlit as st
 
+from sfsd import options
+from sfsd.compress import CalibrationSpec
 from sfsd.dashboard import data, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
+from sfsd.errors import SfsdError
 from sfsd.runs.readonly import readonly
+from sfsd.search.uniform import UniformConfig
 
 widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
                    "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike.")
 
 uniform = data.uniform_frame()
-available = jobs.has_command("uniform")
-if not available:
-    st.warning("This sfsd has no `sfsd uniform` command: the table shows the uniform runs already in the store.")
 
 
 def settings(defaults: dict, key: str) -> dict:
-    """Protocol and evaluation settings of new uniform runs (defaults: the group's existing runs)."""
+    """Protocol and evaluation settings of new uniform runs (defaults: the group's existing runs), as
+    UniformConfig's fields; each widget is generated from its option's declaration (sfsd.options)."""
     c1, c2, c3, c4 = st.columns(4)
-    model = c1.text_input("Model", value=defaults.get("model", data.demo_model()), key=f"{key}-model")
+    model = widgets.option_input(c1, options.MODEL, f"{key}-model", defaults.get("model", data.demo_model()))
     blocks = data.model_blocks(model)
-    beta = c2.number_input("beta (share of each layer's parameters)", 0.05, 1.0, float(defaults.get("beta", 0.46)),
-                           0.01, key=f"{key}-beta")
-    last = c3.number_input("Last N blocks", 1, max(1, blocks or 1000),
-                           min(int(defaults.get("last_blocks", 12)), blocks or 1000), key=f"{key}-last")
-    limit = c4.number_input("Documents per task", 1, 10000, int(defaults.get("limit") or 100), key=f"{key}-limit")
+    beta = widgets.option_input(c2, options.BETA, f"{key}-beta", float(defaults.get("beta", options.BETA.default)),
+                                min_value=0.05, max_value=1.0, step=0.01)
+    last = widgets.option_input(c3, options.LAST_BLOCKS, f"{key}-last",
+                                min(max(1, int(defaults.get("last_blocks") or options.LAST_BLOCKS.default)),
+                                    blocks or 1000), min_value=1, max_value=max(1, blocks or 1000))
+    limit = widgets.option_input(c4, options.LIMIT, f"{key}-limit", int(defaults.get("limit") or options.LIMIT.default),
+                                 min_value=1, max_value=10000)
     c1, c2, c3 = st.columns([2, 1, 1])
-    tasks = c1.multiselect("Tasks (eval split)", list(OFFLINE_TASKS),
-                           default=[t for t in defaults.get("tasks", list(OFFLINE_TASKS)) if t in OFFLINE_TASKS],
-                           key=f"{key}-tasks")
-    calibration = defaults.get("calibration") or {}
-    samples = c2.number_input("Calibration samples", 1, 4096, int(calibration.get("samples", 128)),
-                              key=f"{key}-calib")
-    seq_lens = defaults.get("ppl_seq_lens") or [128]
-    ppl_len = c3.number_input("Perplexity window (tokens)", 16, 4096, int(seq_lens[0]), key=f"{key}-ppl")
+    tasks = widgets.option_input(c1, options.TASKS, f"{key}-tasks", defaults.get("tasks", list(OFFLINE_TASKS)),
+                                 choices=OFFLINE_TASKS)
+    calibration = CalibrationSpec(**(defaults.get("calibration") or {"samples": 128}))
+    samples = widgets.option_input(c2, options.CALIB_SAMPLES, f"{key}-calib", calibration.samples, min_value=1,
+                                   max_value=4096)
+    seq_lens = defaults.get("ppl_seq_lens") or options.PPL_SEQ_LENS.default
+    ppl_len = widgets.option_input(c3, options.PPL_SEQ_LENS, f"{key}-ppl", int(seq_lens[0]), min_value=16,
+                                   max_value=4096)
     return {"model": model, "beta": float(beta), "last_blocks": int(last), "tasks": tasks, "limit": int(limit),
-            "ppl_seq_lens": [int(ppl_len)], "ppl_tokens": defaults.get("ppl_tokens"),
-            "calib_source": calibration.get("source", "mix"), "calib_samples": int(samples),
-            "calib_seq_len": calibration.get("seq_len", 128)}
+            "ppl_seq_lens": [int(ppl_len)], "ppl_tokens": defaults.get("ppl_tokens", options.PPL_TOKENS.default),
+            "calibration": replace(calibration, samples=int(samples))}
 
 
 def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
-    argvs = {m: jobs.uniform_argv(method="none" if m == "base" else m, **chosen) for m in methods}
     if not methods:
         st.success("Every method has a run for these settings.")
         return
@@ -51,17 +55,21 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
         names = ", ".join(plots.method_label(m) for m in methods)
         st.caption(f"Missing here: {names} (read-only mode: nothing is started).")
         return
-    st.code("\n".join(jobs.command_line(argv) for argv in argvs.values()), language="bash", wrap_lines=True)
-    if st.button("Run all missing", key=f"{key}-all", type="primary", disabled=not available,
-                 icon=":material/play_arrow:", help="one after the other, in one background process"):
-        widgets.launch_all_and_report(list(argvs.values()))
+    try:
+        configs = {m: UniformConfig(method="none" if m == "base" else m, **chosen) for m in methods}
+    except SfsdError as exc:
+        st.error(str(exc))
+        return
+    st.code("\n".join(jobs.command_line(config) for config in configs.values()), language="bash", wrap_lines=True)
+    if st.button("Run all missing", key=f"{key}-all", type="primary", icon=":material/play_arrow:",
+                 help="one after the other, in one background process"):
+        widgets.launch_all_and_report(list(configs.values()))
     per_row = 3  # wide enough for the longest method name (its --method value) at 1400 px
-    items = list(argvs.items())
+    items = list(configs.items())
     for start in range(0, len(items), per_row):
-        for col, (method, argv) in zip(st.columns(per_row), items[start:start + per_row], strict=False):
-            if col.button(f"Run {method}", key=f"{key}-{method}", disabled=not available, width="stretch",
-                          help=plots.method_label(method)):
-                widgets.launch_and_report(argv)
+        for col, (method, config) in zip(st.columns(per_row), items[start:start + per_row], strict=False):
+            if col.button(f"Run {method}", key=f"{key}-{method}", width="stretch", help=plots.method_label(method)):
+                widgets.launch_and_report(config)
 
 
 if uniform.empty:

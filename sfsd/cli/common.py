@@ -6,23 +6,18 @@ import argparse
 import json
 from pathlib import Path
 
+from sfsd import options
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL
+from sfsd.options import add_config_flags, add_flags
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"short name ({DEFAULT_MODEL}), local folder or hub id (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_dtype_flag(parser)
+    add_flags(parser, options.MODEL, options.DEVICE, options.DTYPE)
 
 
 def add_dispatch_flags(parser: argparse.ArgumentParser) -> None:
     """accelerate's big-model loading, for models larger than the device."""
-    parser.add_argument("--device-map", default=None, choices=["auto", "sequential", "balanced"],
-                        help="spread the model over the GPUs, the CPU and disk with accelerate")
-    parser.add_argument("--max-memory", default=None, help="with --device-map: e.g. 0=20GiB,cpu=60GiB")
-    parser.add_argument("--offload-dir", default=None, help="with --device-map: folder for weights put on disk")
+    add_flags(parser, *options.PLACEMENT[1:])
 
 
 def placement_from_args(args: argparse.Namespace):
@@ -35,22 +30,15 @@ def placement_from_args(args: argparse.Namespace):
     return Placement(args.device, args.device_map, args.max_memory, args.offload_dir)
 
 
-def add_dtype_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dtype", default="auto",
-                        help="auto, float32, bfloat16 or float16 (default: auto = the checkpoint's dtype on CUDA, "
-                             "float32 on CPU)")
-
-
 def add_calibration_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("calibration")
-    group.add_argument("--calib-source", default="mix",
-                       help="offline: mix (equal share of each pack task), wiki, a task name, random; "
-                       "with the hub: paper-mix (the six paper tasks' train splits), wikitext2, c4 "
-                       "(default: %(default)s)")
-    group.add_argument("--calib-samples", type=int, default=512, help="number of sequences (default: 512)")
-    group.add_argument("--calib-seq-len", type=int, default=128, help="tokens per sequence (default: 128)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the calibration sample (default: 0)")
-    group.add_argument("--batch-size", type=int, default=16, help="calibration batch size (default: 16)")
+    from sfsd.compress import CalibrationSpec
+
+    add_config_flags(parser.add_argument_group("calibration"), CalibrationSpec)
+
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated flag's items."""
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def read_ranks(path: str) -> dict[str, int]:

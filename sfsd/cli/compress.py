@@ -8,15 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sfsd.cli.common import (
-    add_calibration_flags,
-    add_dispatch_flags,
-    add_dtype_flag,
-    add_model_flags,
-    fmt_int,
-    read_ranks,
-)
-from sfsd.decompose import METHODS
+from sfsd import options
+from sfsd.cli.common import add_calibration_flags, add_dispatch_flags, add_model_flags, fmt_int, read_ranks
+from sfsd.options import add_flags, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,22 +18,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
     add_dispatch_flags(p)
-    p.add_argument("--method", default="feature", choices=list(METHODS), help="decomposition (default: feature)")
-    p.add_argument("--beta", type=float, help="per-layer parameter budget in (0, 1] (Eq. 3)")
-    p.add_argument("--last-blocks", type=int, help="compress the last N blocks (default: all)")
+    add_flags(p, options.METHOD, options.BETA, options.LAST_BLOCKS, beta=None, last_blocks=None)
     p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
     add_calibration_flags(p)
+    add_flags(p, options.BATCH_SIZE)
     p.set_defaults(func=run_compress)
 
     q = subparsers.add_parser("info", help="ranks, parameters, budget and MACs of a model folder")
     q.add_argument("model", help="a folder saved by `sfsd compress`, or any model")
     q.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
     q.add_argument("--layers", action="store_true", help="print the per-layer table")
-    q.add_argument("--device", default=None)
-    add_dtype_flag(q)
+    add_flags(q, options.DEVICE, options.DTYPE)
     q.set_defaults(func=run_info)
 
 
@@ -55,7 +47,7 @@ def run_compress(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
-    calibration = CalibrationSpec(args.calib_source, args.calib_samples, args.calib_seq_len, args.seed)
+    calibration = config_from_args(CalibrationSpec, args)
     check_compress_request(args.method, args.beta, calibration)
     start = time.perf_counter()
     # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).

@@ -6,8 +6,10 @@ import argparse
 
 import pandas as pd
 
-from sfsd.cli.common import add_dispatch_flags, add_dtype_flag
+from sfsd import options
+from sfsd.cli.common import add_dispatch_flags
 from sfsd.models import DEFAULT_MODEL
+from sfsd.options import add_flags
 
 
 def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
@@ -20,8 +22,7 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_dtype_flag(parser)
+    add_flags(parser, options.DEVICE, options.DTYPE)
     add_dispatch_flags(parser)
     parser.add_argument(
         "--model-key",
@@ -35,10 +36,9 @@ def _task_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite", default="offline", choices=["offline", "paper"], help="offline pack or lm-eval's hub tasks"
     )
-    parser.add_argument("--tasks", default=None, help="comma-separated task names (default: the whole suite)")
+    add_flags(parser, options.TASKS, options.LIMIT, tasks=None, limit=None)  # default: every task, every document
     parser.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split")
-    parser.add_argument("--limit", type=int, default=None, help="first N documents per task (default: all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size (default: %(default)s)")
+    add_flags(parser, options.BATCH_SIZE, batch_size=8)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default: %(default)s)")
     ppl.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split (wiki only)")
     ppl.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
-    ppl.add_argument("--batch-size", type=int, default=None, help="windows per forward pass")
+    add_flags(ppl, options.BATCH_SIZE, batch_size=None)
     _common(ppl)
     ppl.set_defaults(func=cmd_ppl)
 
@@ -72,8 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="StereoSet rows: all (default, the whole set as the official evaluation), or the pack's "
         "search (20%%) / eval (80%%) part",
     )
-    bias.add_argument("--limit", type=int, default=None, help="first N examples (default: all)")
-    bias.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass")
+    add_flags(bias, options.LIMIT, options.BATCH_SIZE, limit=None, batch_size=16)  # default: every example
     _common(bias)
     bias.set_defaults(func=cmd_bias)
 
@@ -85,8 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _task_flags(dis)
     dis.add_argument("--metric", default="acc", choices=["acc", "acc_norm"], help="which prediction to compare")
     dis.add_argument("--show", type=int, default=5, help="flipped examples to print per task (default: 5)")
-    dis.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    add_dtype_flag(dis)
+    add_flags(dis, options.DEVICE, options.DTYPE)
     add_dispatch_flags(dis)
     dis.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
     dis.set_defaults(func=cmd_disagree)

@@ -8,6 +8,9 @@ import math
 
 import pandas as pd
 
+from sfsd import options
+from sfsd.options import add_flags
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("runs", help="list, show, cancel, delete, export or import runs",
@@ -19,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("run_id")
     show.add_argument("--rows", type=int, default=20, help="layers to print (0: all; default: %(default)s)")
     show.set_defaults(func=run_show)
+    resume = sub.add_parser("resume", help="continue (or start) a stored search or uniform run from its own config",
+                            description="What the dashboard starts in the background: the run's config decides "
+                                        "everything; a finished run is left as it is.")
+    resume.add_argument("run_id")
+    add_flags(resume, options.STOP_AT_BUDGET, options.QUIET, *options.PLACEMENT)
+    resume.set_defaults(func=run_resume)
     cancel = sub.add_parser("cancel", help="ask a running run to stop after its current trial")
     cancel.add_argument("run_id")
     cancel.set_defaults(func=run_cancel)
@@ -38,6 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                      "before writing anything.")
     imp.add_argument("archive")
     imp.set_defaults(func=run_import)
+
+
+def run_resume(args: argparse.Namespace) -> int:
+    from sfsd.cli.common import placement_from_args
+    from sfsd.search.resume import resume_run
+
+    run = resume_run(args.run_id, device=placement_from_args(args), progress=not args.quiet,
+                     stop_at_budget=args.stop_at_budget)
+    state = run.status()["state"]
+    print(f"run {run.id}: {state}")
+    return 0 if state in ("done", "stopped") else 1
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Run several `sfsd` command lines one after the other (the dashboard's "run all missing" button, the quick
 demo).
 
-Usage: python -m sfsd.dashboard.chain '<json list of argv lists>' [RECORD.json]. Each command runs to its end
+Usage: python -m sfsd.dashboard.chain '<json list of {"argv": [...], "label": "..."}>' [RECORD.json]. Each
+command (the arguments of `sfsd`) runs to its end
 before the next starts, so that a laptop is not asked to hold five models at once; a failing one does not stop
 the rest. With RECORD, the chain's measured wall-clock time is written there (atomically) when it starts,
 after each command and when it ends: what ran, each command's seconds and exit code, started and finished.
@@ -21,8 +22,9 @@ from sfsd.runs import timestamp
 def main(argv: list[str]) -> int:
     commands = json.loads(argv[0]) if argv else []
     record_path = argv[1] if len(argv) > 1 else None
-    record = {"started": timestamp(), "finished": None, "commands": [{"argv": c, "seconds": None, "exit": None}
-                                                                    for c in commands]}
+    record = {"started": timestamp(), "finished": None,
+              "commands": [{"argv": c["argv"], "label": c.get("label"), "seconds": None, "exit": None}
+                           for c in commands]}
     if record_path:
         write_json(record_path, record)
     worst = 0

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard import data, jobs
 from sfsd.errors import SfsdError
+from sfsd.options import LISTS, Option
 from sfsd.runs import transfer
 from sfsd.runs.readonly import READONLY_ENV, readonly
 
@@ -164,6 +167,27 @@ def search_runs_with(what: str = "layers") -> pd.DataFrame:
     return runs[runs["run_id"].isin(keep)].reset_index(drop=True)
 
 
+# ---- forms generated from the option declarations --------------------------------------------------------
+
+
+def option_input(container, option: Option, key: str, value: Any = None, **kwargs: Any) -> Any:
+    """The form widget of one option (sfsd.options): its label, help, default and choices come from the
+    declaration that the command line's flag comes from; `kwargs` add widget limits (min_value, step, ...) or
+    narrow the choices."""
+    value = option.default if value is None else value
+    common = {"label": kwargs.pop("label", option.form_label()), "key": key, "help": kwargs.pop("help", option.help)}
+    choices = list(kwargs.pop("choices", None) or option.choice_list() or [])
+    if option.kind == "bool":
+        return container.checkbox(value=bool(value), **common)
+    if choices and option.kind in LISTS:
+        return container.multiselect(options=choices, default=[v for v in value or [] if v in choices], **common)
+    if choices:
+        return container.selectbox(options=choices, index=choices.index(value) if value in choices else 0, **common)
+    if option.kind in ("int", "float"):
+        return container.number_input(value=value, **common, **kwargs)
+    return container.text_input(value=str(value or ""), **common)
+
+
 # ---- empty states ----------------------------------------------------------------------------------------
 
 
@@ -174,7 +198,7 @@ def no_runs(what: str, key: str) -> None:
                 "import them there with `sfsd runs import`.", icon=":material/info:")
         return
     model = data.demo_model()
-    commands = "\n".join(jobs.command_line(argv) for argv in jobs.demo_argvs(model, data.model_blocks(model)))
+    commands = "\n".join(jobs.command_line(config) for config in jobs.demo_configs(model, data.model_blocks(model)))
     st.info(f"No {what} yet. Start the quick demo (a feature-space and a weight-space search, about 5 minutes on a "
             f"laptop CPU), start a search on the **Runs** page, or run it from a terminal:\n\n```\n{commands}\n```",
             icon=":material/info:")
@@ -189,7 +213,7 @@ def demo_button(key: str = "demo") -> None:
     model = data.demo_model()
     blocks = data.model_blocks(model)
     if st.button("Start the quick demo search", key=key, type="primary", icon=":material/play_arrow:",
-                 help="\n\n".join(jobs.command_line(argv) for argv in jobs.demo_argvs(model, blocks))):
+                 help="\n\n".join(jobs.command_line(config) for config in jobs.demo_configs(model, blocks))):
         report_started(lambda: jobs.start_demo(model, blocks))
 
 
@@ -244,20 +268,21 @@ def _demo_seconds(views: Sequence[data.RunView], record: dict | None) -> float |
 
 
 def _demo_steps(record: dict) -> str:
-    """Each command of the demo's record with its measured time: "search feature 2m10s, uniform none 31s"."""
-    steps = []
-    for entry in record["commands"]:
-        argv = entry.get("argv") or []
-        method = argv[argv.index("--method") + 1] if "--method" in argv[:-1] else "?"
-        name = f"{argv[0] if argv else '?'} {'base' if method == 'none' else method}"
-        steps.append(f"{name} {duration(entry.get('seconds'))}" + ("" if not entry.get("exit") else " (failed)"))
-    return ", ".join(steps)
+    """Each command of the demo's record with its measured time: "search feature 2m10s, uniform base 31s"."""
+    return ", ".join(f"{entry.get('label') or ' '.join(entry.get('argv') or ['?'])} {duration(entry.get('seconds'))}"
+                     + ("" if not entry.get("exit") else " (failed)") for entry in record["commands"])
 
 
-def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
-    """Start a command in the background, remember its run for the progress panel, say what happened."""
+def launch_and_report(config: jobs.RunConfig) -> jobs.Started | None:
+    """Create a run from its config and start it in the background, remember it for the progress panel, say
+    what happened."""
+    return remember_started(lambda: jobs.start(config))
+
+
+def remember_started(start) -> jobs.Started | None:
+    """Call `start` (which returns one jobs.Started), watch its run, say what happened."""
     try:
-        started = jobs.start(list(argv))
+        started = start()
     except SfsdError as exc:
         st.error(str(exc))
         return None
@@ -271,9 +296,9 @@ def launch_and_report(argv: Sequence[str]) -> jobs.Started | None:
     return started
 
 
-def launch_all_and_report(argvs: Sequence[Sequence[str]]) -> None:
-    """Start several commands one after the other in one background process (see `jobs.start_all`)."""
-    report_started(lambda: jobs.start_all([list(argv) for argv in argvs]))
+def launch_all_and_report(configs: Sequence[jobs.RunConfig]) -> None:
+    """Start several runs one after the other in one background process (see `jobs.start_all`)."""
+    report_started(lambda: jobs.start_all(list(configs)))
 
 
 def report_started(start) -> None:
@@ -329,10 +354,10 @@ def accuracy_panel(runs: pd.DataFrame, key: str) -> None:
         task = c2.selectbox("Task", list(OFFLINE_TASKS), key=f"{key}-task", index=list(OFFLINE_TASKS).index("piqa"))
         limit = c3.number_input("Documents", min_value=10, value=100, step=10, key=f"{key}-limit",
                                 help="per snapshot, first N of the eval split; fewer: faster, wider intervals")
-        argv = ["snapshot-eval", run_id, "--tasks", task, "--limit", str(int(limit))]
-        st.code(jobs.command_line(argv), language="bash", wrap_lines=True)
+        st.code(shlex.join(["sfsd", *jobs.snapshot_eval_argv(run_id, [task], int(limit))]), language="bash",
+                wrap_lines=True)
         if st.button("Compute accuracy", key=f"{key}-start", icon=":material/play_arrow:"):
-            if launch_and_report(argv):
+            if remember_started(lambda: jobs.start_snapshot_eval(run_id, [task], int(limit))):
                 st.caption("It runs in the background: each snapshot's accuracy appears here when it is evaluated "
                            "(reload the page).")
 
@@ -436,9 +461,9 @@ def run_actions(run_id: str, view: data.RunView) -> None:
             except SfsdError as exc:
                 st.error(str(exc))
             data.clear()
-    elif view.kind == "search" and view.state != "done" and view.status.get("command"):
+    elif view.kind in ("search", "uniform") and view.state != "done":
         if actions[0].button("Resume run", key="detail-resume", icon=":material/replay:"):
-            launch_and_report(list(view.status["command"][3:]))
+            remember_started(lambda: jobs.resume(run_id))
     if view.kind == "search" and view.state == "done":
         if actions[1].button("Save its model (materialize)", key="detail-materialize", icon=":material/save:",
                              help="for the Disagreement and Bias pages"):

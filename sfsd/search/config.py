@@ -2,42 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from sfsd import options
 from sfsd.compress import CalibrationSpec
 from sfsd.decompose import get_method
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL, parse_dtype
+from sfsd.models import parse_dtype
 from sfsd.search.allocation import ALLOCATIONS, check_target
 from sfsd.search.metrics import MetricSpec
 from sfsd.search.strategies import STRATEGIES
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchConfig:
-    model: str = DEFAULT_MODEL
-    method: str = "feature"
-    metric: MetricSpec = field(default_factory=MetricSpec)
-    strategy: str = "linear"
-    first_block: int = 0  # blocks below this one are never touched
-    roles: list[str] | None = None  # None: every role of the architecture
-    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
-    snapshot_every: int = 10  # decided layers between snapshots (and one at the end)
-    snapshot_tasks: list[str] = field(default_factory=list)  # evaluated on the eval split at each snapshot
-    snapshot_limit: int | None = 100
-    engine: str = "fast"  # "fast" (prefix cache) or "reference" (full model per trial)
-    dtype: str = "auto"  # the model's dtype (--dtype); materialize and snapshot-eval load in it too
+    """A search's request; each field is an option of `sfsd search` and of the Runs page's form (sfsd.options)."""
+
+    model: str = options.MODEL.field()
+    method: str = options.METHOD.field()
+    metric: MetricSpec = options.nested(MetricSpec)
+    # None: linear, or spectrum with a target budget (resolved at construction, so the stored config names it)
+    strategy: str | None = options.STRATEGY.field()
+    first_block: int = options.FIRST_BLOCK.field()  # blocks below this one are never touched
+    roles: list[str] | None = options.ROLES.field()  # None: every role of the architecture
+    calibration: CalibrationSpec = options.nested(CalibrationSpec)
+    snapshot_every: int = options.SNAPSHOT_EVERY.field()  # decided layers between snapshots (and one at the end)
+    snapshot_tasks: list[str] = options.SNAPSHOT_TASKS.field()  # evaluated on the eval split at each snapshot
+    snapshot_limit: int | None = options.SNAPSHOT_LIMIT.field()
+    engine: str = options.ENGINE.field()  # "fast" (prefix cache) or "reference" (full model per trial)
+    dtype: str = options.DTYPE.field()  # the model's dtype; materialize and snapshot-eval load in it too
     # With a target budget, `strategy` names an allocation (ALLOCATIONS) instead of a per-layer walk.
     # Left out of the stored config when None, so runs without one keep their ids.
-    target_budget: float | None = None
+    target_budget: float | None = options.TARGET_BUDGET.field()
     # alg1 only: bisections of the tolerance after the doubling (None: ALG1_BISECTIONS); fewer runs, a
     # coarser tolerance, the same landing at B (the last run is stopped at B). Left out when None.
-    alg1_bisections: int | None = None
+    alg1_bisections: int | None = options.ALG1_BISECTIONS.field()
     # alg1 only: the factor the tolerance grows by until its run reaches B (None: ALG1_GROWTH, 2). A larger
     # factor runs fewer tolerances far from the start, with a wider bracket to bisect. Left out when None.
-    alg1_growth: float | None = None
+    alg1_growth: float | None = options.ALG1_GROWTH.field()
 
     def __post_init__(self):
+        if self.strategy is None:
+            self.strategy = "linear" if self.target_budget is None else "spectrum"
         get_method(self.method)
         parse_dtype(self.dtype)
         if self.target_budget is not None:

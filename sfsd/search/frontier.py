@@ -8,9 +8,10 @@ reused (and said so), interrupted ones resume, evaluations already stored are no
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from sfsd import options
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.errors import SfsdError
 from sfsd.runs import Run, run_id_for
@@ -19,6 +20,20 @@ from sfsd.search.surgical import compressed_model_key, model_at_step, run_search
 from sfsd.search.uniform import UniformConfig, run_uniform
 
 MACS_SEQ_LEN = 128  # MACs of one forward pass over this many tokens, as the uniform runs record them
+
+
+@dataclass(kw_only=True)
+class FrontierConfig:
+    """What `sfsd frontier` runs beside its base search config: the points and how each is evaluated."""
+
+    strategies: list[str] = options.STRATEGIES.field()
+    budgets: list[float] = options.BUDGETS.field()
+    ppl_seq_lens: list[int] = options.PPL_SEQ_LENS.field([128, 2048])  # the paper's length and the field's
+    ppl_tokens: int | None = options.PPL_TOKENS.field()
+    tasks: list[str] = options.TASKS.field()
+    limit: int | None = options.LIMIT.field()
+    alg1_bisections: int | None = options.ALG1_BISECTIONS.field()
+    alg1_growth: float | None = options.ALG1_GROWTH.field()
 
 
 def frontier_configs(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float],
@@ -34,14 +49,15 @@ def frontier_configs(base: SearchConfig, strategies: Sequence[str], budgets: Seq
 
 
 def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequence[float],
-                 seq_lens: Sequence[int] = (128, 2048), ppl_tokens: int | None = 16384,
-                 tasks: Sequence[str] = (), limit: int | None = 100, root: Path | None = None,
+                 seq_lens: Sequence[int] = (128, 2048), ppl_tokens: int | None = options.PPL_TOKENS.default,
+                 tasks: Sequence[str] = (), limit: int | None = options.LIMIT.default, root: Path | None = None,
                  device: str | None = None, progress: bool = True, say: Callable[[str], None] = print,
                  alg1_bisections: int | None = None, alg1_growth: float | None = None) -> list[Run]:
     """Run (or reuse) every point and the base model, evaluate them; the runs in request order."""
     configs = frontier_configs(base, strategies, budgets, alg1_bisections, alg1_growth)
-    base_run = run_uniform(UniformConfig(base.model, "none", 1.0, 0, base.calibration, list(tasks), limit,
-                                         list(seq_lens), ppl_tokens), root, device, progress)
+    base_run = run_uniform(UniformConfig(model=base.model, method="none", beta=1.0, last_blocks=0,
+                                         calibration=base.calibration, tasks=list(tasks), limit=limit,
+                                         ppl_seq_lens=list(seq_lens), ppl_tokens=ppl_tokens), root, device, progress)
     say(f"base model: run {base_run.id}")
     runs = []
     for config in configs:

@@ -9,27 +9,28 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from sfsd import options
 from sfsd.errors import SfsdError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MetricSpec:
-    """What the search must keep: metric name, tolerance and the search data."""
+    """What the search must keep: metric name, tolerance and the search data (options: sfsd.options)."""
 
-    name: str = "ppl"
-    tolerance: float = 0.05
-    compounding: bool = False  # threshold from the last accepted value instead of the base model's
-    task: str | None = None  # `task` metric: which task (of `suite`)
-    use_norm: bool = False  # `task` metric: acc_norm instead of acc
-    limit: int | None = None  # `task` metric: first N documents of the search split
+    name: str = options.METRIC.field()
+    tolerance: float = options.TOLERANCE.field()
+    compounding: bool = options.COMPOUNDING.field()  # threshold from the last accepted value
+    task: str | None = options.SEARCH_TASK.field()  # `task` metric: which task (of `suite`)
+    use_norm: bool = options.ACC_NORM.field()  # `task` metric: acc_norm instead of acc
+    limit: int | None = options.SEARCH_LIMIT.field()  # `task` metric: first N documents of the search split
     # `ppl` metric: windows of the wiki search split. 32 x 128 = 4,096 tokens: with 8 windows (1,024 tokens)
-    # a +5% search ended +12% on the eval split, with 32 at +6.6% (README, bench.search_transfer).
-    samples: int = 32
-    seq_len: int = 128  # `ppl` metric: tokens per window
-    batch_size: int = 8
+    # a +5% search ended +12% on the eval split, with 32 at +6.6% (docs/results.md, bench.search_transfer).
+    samples: int = options.SEARCH_SAMPLES.field()
+    seq_len: int = options.SEARCH_SEQ_LEN.field()  # `ppl` metric: tokens per window
+    batch_size: int = options.SEARCH_BATCH_SIZE.field()
     # `task` metric: "offline" (the pack's search split) or "paper" (a seeded 20% of the hub task's
     # train split, which lm-eval's evaluation never reads; see sfsd.data.paper_tasks)
-    suite: str = "offline"
+    suite: str = options.SUITE.field()
 
     def __post_init__(self):
         if self.name not in METRICS:

@@ -7,27 +7,30 @@ parameters, MACs and overall budget, so the dashboard and the benchmarks read th
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sfsd import options
 from sfsd.compress import CalibrationSpec, check_compress_request, compress, describe
 from sfsd.errors import SfsdError
-from sfsd.models import DEFAULT_MODEL, check_placement, load_model, parse_dtype
+from sfsd.models import check_placement, load_model, parse_dtype
 from sfsd.runs import Run
 
 
-@dataclass
+@dataclass(kw_only=True)
 class UniformConfig:
-    model: str = DEFAULT_MODEL
-    method: str = "feature"  # or "none" for the base model
-    beta: float = 0.46
-    last_blocks: int = 12
-    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
-    tasks: list[str] = field(default_factory=list)
-    limit: int | None = 100  # documents per task of the eval split
-    ppl_seq_lens: list[int] = field(default_factory=lambda: [128])
-    ppl_tokens: int | None = 16384  # first tokens of the wiki eval split
-    dtype: str = "auto"  # the model's dtype (--dtype)
+    """Table 1's protocol as a run; each field is an option of `sfsd uniform` (sfsd.options)."""
+
+    model: str = options.MODEL.field()
+    method: str = options.UNIFORM_METHOD.field()  # or "none" for the base model
+    beta: float = options.BETA.field()
+    last_blocks: int = options.LAST_BLOCKS.field()
+    calibration: CalibrationSpec = options.nested(CalibrationSpec)
+    tasks: list[str] = options.TASKS.field()
+    limit: int | None = options.LIMIT.field()  # documents per task of the eval split
+    ppl_seq_lens: list[int] = options.PPL_SEQ_LENS.field()
+    ppl_tokens: int | None = options.PPL_TOKENS.field()  # first tokens of the wiki eval split
+    dtype: str = options.DTYPE.field()
 
     def __post_init__(self):
         parse_dtype(self.dtype)
@@ -44,6 +47,12 @@ class UniformConfig:
         if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
             del data["dtype"]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UniformConfig:
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        fields["calibration"] = CalibrationSpec(**fields.get("calibration", {}))
+        return cls(**fields)
 
 
 def run_uniform(config: UniformConfig, root: Path | None = None, device: str | None = None,

@@ -1,0 +1,302 @@
+"""Every option of sfsd, declared once: its flag, help text, default and dashboard label.
+
+A run's config is a dataclass whose fields are options (`SearchConfig`, `MetricSpec`, `CalibrationSpec`,
+`UniformConfig`, `FrontierConfig`); options that are not part of a run's identity (where the model is placed, how
+many documents a one-off evaluation reads, ...) are declared here too. The CLI's flags (`add_flags`,
+`add_config_flags`), the configs built from parsed flags (`config_from_args`), the dashboard's form widgets
+(`sfsd.dashboard.widgets.option_input`) and the equivalent command line a page shows (`command_line`) are all
+generated from these declarations, so a flag, its help and its default cannot drift apart.
+
+This module imports nothing of sfsd at import time (choices that come from a registry are looked up when asked
+for), so every layer can declare its config fields with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import MISSING, dataclass
+from typing import Any
+
+# kinds of value: how a flag's text is parsed and how a value is written back
+SCALARS = {"str": str, "int": int, "float": float}
+LISTS = {"strs": str, "ints": int, "floats": float}  # comma-separated on the command line
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: `--flag VALUE` on the command line, a field of a config, a widget of a form."""
+
+    flag: str
+    help: str
+    default: Any = None
+    kind: str = "str"  # str, int, float, bool (a switch), strs, ints, floats (comma-separated lists)
+    choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
+    label: str | None = None  # the dashboard's label (default: the help's first clause)
+    required: bool = False
+
+    def __post_init__(self):
+        if self.kind == "bool" and self.default is None:
+            object.__setattr__(self, "default", False)  # a switch is off unless given
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def choice_list(self) -> list[str] | None:
+        choices = self.choices() if callable(self.choices) else self.choices
+        return None if choices is None else list(choices)
+
+    def form_label(self) -> str:
+        return self.label or self.help.split(";")[0].split(" (")[0]
+
+    def field(self, default: Any = MISSING) -> Any:
+        """A dataclass field with this option's default (or `default`), carrying the option as metadata."""
+        value = self.default if default is MISSING else default
+        metadata = {"option": self}
+        if isinstance(value, (list, dict)):
+            return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+        return dataclasses.field(default=value, metadata=metadata)
+
+    def parse(self, text: str) -> Any:
+        """A flag's text as a value; a bad number names the flag."""
+        try:
+            if self.kind in LISTS:
+                return [LISTS[self.kind](t.strip()) for t in text.split(",") if t.strip()]
+            return SCALARS[self.kind](text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{self.flag} takes {_kind_text(self.kind)}, got {text!r}") from exc
+
+    def format(self, value: Any) -> list[str]:
+        """The command-line words that set this option to `value` (none for an unset switch or None)."""
+        if value is None or value is False:
+            return []
+        if self.kind == "bool":
+            return [self.flag]
+        if self.kind in LISTS:
+            return [self.flag, ",".join(_number_text(v) for v in value)]
+        return [self.flag, _number_text(value)]
+
+    def add_to(self, parser: argparse._ActionsContainer, default: Any = MISSING) -> None:
+        value = self.default if default is MISSING else default
+        shown = _default_text(self, value)
+        help_text = self.help + (f" (default: {shown})" if shown else "")
+        help_text = help_text.replace("%", "%%")
+        if self.kind == "bool":
+            parser.add_argument(self.flag, dest=self.dest, action="store_true", help=help_text)
+            return
+        choices = self.choice_list()
+        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, required=self.required,
+                            help=help_text, metavar=_metavar(self, choices),
+                            **({"choices": choices} if choices and self.kind == "str" else {}))
+
+
+def _number_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _kind_text(kind: str) -> str:
+    return {"int": "a whole number", "float": "a number", "ints": "comma-separated whole numbers",
+            "floats": "comma-separated numbers"}.get(kind, "text")
+
+
+def _metavar(option: Option, choices: list[str] | None) -> str | None:
+    if choices and option.kind == "str":
+        return "{" + ",".join(choices) + "}"
+    return {"int": "N", "float": "X", "ints": "N,N", "floats": "X,X", "strs": "A,B"}.get(option.kind)
+
+
+def _default_text(option: Option, value: Any) -> str:
+    if value is None or option.kind == "bool" or option.required:
+        return ""
+    if option.kind in LISTS:
+        return ",".join(str(v) for v in value) if value else ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_flags(parser: argparse._ActionsContainer, *options: Option, **defaults: Any) -> None:
+    """Add each option's flag; `defaults` (by dest) overrides a declared default for this command only."""
+    for opt in options:
+        opt.add_to(parser, defaults.get(opt.dest, MISSING))
+
+
+# ---- configs whose fields are options -------------------------------------------------------------------
+
+
+def config_options(cls: type, prefix: str = "") -> list[tuple[str, Option]]:
+    """(field path, option) of every option field of config class `cls`, nested configs flattened
+    ("metric.samples"); a nested config is a field whose metadata names its class under "config"."""
+    found = []
+    for f in dataclasses.fields(cls):
+        if "config" in f.metadata:
+            found += config_options(f.metadata["config"], f"{prefix}{f.name}.")
+        elif "option" in f.metadata:
+            found.append((prefix + f.name, f.metadata["option"]))
+    return found
+
+
+def nested(cls: type) -> Any:
+    """A field holding a nested config (its defaults by default), flattened into its parent's flags."""
+    return dataclasses.field(default_factory=cls, metadata={"config": cls})
+
+
+def add_config_flags(parser: argparse._ActionsContainer, cls: type, *, only: Iterable[str] | None = None,
+                     exclude: Iterable[str] = (), **defaults: Any) -> None:
+    """The flags of config class `cls` (field paths in `only`, all but `exclude`); `defaults` by dest."""
+    wanted = None if only is None else set(only)
+    for path, opt in config_options(cls):
+        if (wanted is None or path in wanted) and path not in set(exclude):
+            opt.add_to(parser, defaults.get(opt.dest, MISSING))
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **fields: Any) -> Any:
+    """The config `cls` of parsed flags, built by keyword: a field whose flag the command does not take keeps
+    its declared default; `fields` (by field name) are set as given."""
+    values = dict(fields)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        if "config" in f.metadata:
+            values[f.name] = config_from_args(f.metadata["config"], args)
+        elif "option" in f.metadata and hasattr(args, f.metadata["option"].dest):
+            values[f.name] = getattr(args, f.metadata["option"].dest)
+    return cls(**values)
+
+
+def config_argv(config: Any) -> list[str]:
+    """The flags that give `config` from its class's defaults (an option at its default is left out)."""
+    words: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "config" in f.metadata:
+            words += config_argv(value)
+        elif "option" in f.metadata and value != _field_default(f):
+            words += f.metadata["option"].format(value)
+    return words
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is MISSING and f.default_factory is not MISSING else f.default
+
+
+def command_line(command: Sequence[str], config: Any = None, extra: Sequence[str] = ()) -> str:
+    """`sfsd COMMAND [flags]`: what a page shows as the terminal equivalent of what it starts."""
+    return shlex.join(["sfsd", *command, *(config_argv(config) if config is not None else []), *extra])
+
+
+# ---- the options ------------------------------------------------------------------------------------------
+
+
+def _methods() -> list[str]:
+    from sfsd.decompose import METHODS
+
+    return list(METHODS)
+
+
+def _uniform_methods() -> list[str]:
+    return [*_methods(), "none"]
+
+
+def _metrics() -> list[str]:
+    from sfsd.search.metrics import METRICS
+
+    return list(METRICS)
+
+
+def _dtypes() -> list[str]:
+    from sfsd.models import DTYPE_CHOICES
+
+    return list(DTYPE_CHOICES)
+
+
+# The model and where it runs
+MODEL = Option("--model", "short name of a bundled model, local folder or hub id", "smollm2-135m", label="Model")
+DEVICE = Option("--device", "cpu, cuda or cuda:N (default: cuda if available)", label="Device")
+DTYPE = Option("--dtype", "auto, float32, bfloat16 or float16; auto = the checkpoint's dtype on CUDA, float32 on CPU",
+               "auto", choices=_dtypes, label="Dtype")
+DEVICE_MAP = Option("--device-map", "spread the model over the GPUs, the CPU and disk with accelerate",
+                    choices=("auto", "sequential", "balanced"))
+MAX_MEMORY = Option("--max-memory", "with --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB")
+OFFLOAD_DIR = Option("--offload-dir", "with --device-map: folder for the weights put on disk")
+PLACEMENT = (DEVICE, DEVICE_MAP, MAX_MEMORY, OFFLOAD_DIR)
+
+# What to compress and how
+METHOD = Option("--method", "decomposition method", "feature", choices=_methods, label="Method")
+BETA = Option("--beta", "per-layer parameter budget in (0, 1] (Eq. 3)", 0.46, "float",
+              label="beta (share of each layer's parameters)")
+UNIFORM_METHOD = Option("--method", "decomposition method, or none: the base model", "feature",
+                        choices=_uniform_methods, label="Method")
+LAST_BLOCKS = Option("--last-blocks", "compress the last N blocks", 12, "int", label="Last N blocks")
+
+# Calibration (CalibrationSpec)
+CALIB_SOURCE = Option("--calib-source", "calibration text: offline mix (an equal share of each pack task), wiki, a "
+                      "task name, random; with the hub: paper-mix (the six paper tasks' train splits), wikitext2, c4",
+                      "mix", label="Calibration source")
+CALIB_SAMPLES = Option("--calib-samples", "calibration sequences", 512, "int", label="Calibration samples")
+CALIB_SEQ_LEN = Option("--calib-seq-len", "tokens per calibration sequence", 128, "int",
+                       label="Calibration tokens per sample")
+SEED = Option("--seed", "seed of the calibration sample", 0, "int", label="Seed")
+# one meaning wherever it is taken: how many sequences (calibration sequences, lm-eval requests, perplexity
+# windows, StereoSet sentences) go through the model in one forward pass; searches set theirs in MetricSpec
+BATCH_SIZE = Option("--batch-size", "sequences per forward pass", 16, "int")
+
+# The search's metric (MetricSpec)
+METRIC = Option("--metric", "what the search keeps: ppl (perplexity on wiki search windows) or task (accuracy on a "
+                "task's search split)", "ppl", choices=_metrics, label="Metric")
+TOLERANCE = Option("--tolerance", "ppl: relative increase allowed (0.05 = within 5%); task: accuracy drop allowed "
+                   "(0.05 = 5 points)", 0.05, "float", label="Tolerance")
+COMPOUNDING = Option("--compounding", "threshold from the last accepted value instead of the base model's",
+                     kind="bool", label="Compounding threshold")
+SEARCH_TASK = Option("--task", "task metric: offline task (boolq, piqa, openbookqa, commonsenseqa, siqa) or, with "
+                     "--suite paper, boolq, piqa, hellaswag, arc_easy, arc_challenge", label="Task")
+ACC_NORM = Option("--acc-norm", "task metric: use length-normalised accuracy", kind="bool", label="acc_norm")
+SEARCH_LIMIT = Option("--search-limit", "task metric: first N documents of the search split (default: all)",
+                      kind="int", label="Search documents (0 = all)")
+SEARCH_SAMPLES = Option("--search-samples", "ppl metric: windows of wiki search text; 32 x 128 = 4,096 tokens keep a "
+                        "+5% search near +5% on unseen text, fewer over-fit the search text", 32, "int",
+                        label="Search windows")
+SEARCH_SEQ_LEN = Option("--search-seq-len", "ppl metric: tokens per search window", 128, "int",
+                        label="Tokens per window")
+SEARCH_BATCH_SIZE = Option("--search-batch-size", "ppl metric: search windows per forward pass", 8, "int")
+SUITE = Option("--suite", "task metric: offline (the pack's search split) or paper (a seeded 20% of the hub task's "
+               "train split, never evaluated; needs the hub)", "offline", choices=("offline", "paper"))
+
+# The search (SearchConfig)
+STRATEGY = Option("--strategy", "per-layer walk: linear (the paper) or bisect; with --target-budget an allocation: "
+                  "uniform, spectrum (default), sensitivity or alg1", label="Strategy")
+TARGET_BUDGET = Option("--target-budget", "overall budget B in (0, 1] to reach (within 0.5%) with an allocation "
+                       "--strategy", kind="float", label="Target budget")
+ALG1_BISECTIONS = Option("--alg1-bisections", "alg1: bisections of the tolerance after growing it (default: 5); "
+                         "fewer Algorithm 1 runs, a coarser tolerance, the same landing at B", kind="int")
+ALG1_GROWTH = Option("--alg1-growth", "alg1: factor the tolerance grows by until a run reaches B (default: 2)",
+                     kind="float")
+ENGINE = Option("--engine", "fast (prefix cache) or reference (the full model per trial)", "fast",
+                choices=("fast", "reference"))
+FIRST_BLOCK = Option("--first-block", "blocks below this one are never touched", 0, "int", label="First block")
+ROLES = Option("--roles", "roles to search (default: all)", kind="strs", label="Roles (none = all)")
+SNAPSHOT_EVERY = Option("--snapshot-every", "decided layers between snapshots (and one at the end)", 10, "int",
+                        label="Snapshot every (layers)")
+SNAPSHOT_TASKS = Option("--snapshot-tasks", "offline tasks evaluated on the eval split at each snapshot", [], "strs",
+                        label="Tasks evaluated at each snapshot")
+SNAPSHOT_LIMIT = Option("--snapshot-limit", "documents per snapshot task", 100, "int",
+                        label="Documents per snapshot task")
+STOP_AT_BUDGET = Option("--stop-at-budget", "Algorithm 1 walk: stop (resumably) once the overall budget is at or "
+                        "below this; the decisions so far are the finished run's (not part of the run's id)",
+                        kind="float")
+
+# Evaluation on the eval split (uniform runs, the frontier, snapshot-eval, sfsd eval)
+TASKS = Option("--tasks", "tasks to evaluate (runs: offline tasks, on the eval split)", [], "strs",
+               label="Tasks (eval split)")
+LIMIT = Option("--limit", "documents (examples) per evaluated task: the first N of the split", 100, "int",
+               label="Documents per task")
+PPL_SEQ_LENS = Option("--ppl-seq-lens", "perplexity window lengths in tokens", [128], "ints",
+                      label="Perplexity window (tokens)")
+PPL_TOKENS = Option("--ppl-tokens", "first tokens of the wiki eval split scored by the perplexity", 16384, "int")
+
+# The frontier (FrontierConfig)
+STRATEGIES = Option("--strategies", "allocation strategies", ["uniform", "spectrum", "sensitivity", "alg1"], "strs")
+BUDGETS = Option("--budgets", "overall budgets", [0.9, 0.8, 0.6], "floats")
+
+QUIET = Option("--quiet", "no progress bars", kind="bool")
