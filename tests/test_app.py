@@ -162,7 +162,7 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     at.selectbox(key="new-metric").select("task").run()
     at.selectbox(key="new-task").select("piqa").run()
     command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
-    assert "--metric task --tolerance 0.05 --task piqa --limit 100" in command
+    assert "--metric task --task piqa --search-limit 100" in command  # options at their defaults are left out
     at.selectbox(key="runs-detail").select(env["feature"]).run()
     no_exception(at)
     assert len(charts(at)) == 1  # the search trace
