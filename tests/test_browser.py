@@ -4,8 +4,9 @@ Every page is opened against a copy of the fixture store of tests/test_app.py an
 charts with data, show no exception and no error or warning alert other than those its allow-list expects
 (screenshots at 1400 px go to tests/artifacts/); the quick demo is started with a click and its progress is
 watched until the search is done; an archive of runs is uploaded into an empty dashboard and its heatmap
-opened; a read-only server shows no control that acts. Waits fail when they time out. Without Chromium the
-tests skip, except under CI=true, where they fail.
+opened; a read-only server shows no control that acts; a page URL opened first on a fresh server shows
+Home first in the sidebar. Waits fail when they time out. Without Chromium the tests skip, except under
+CI=true, where they fail.
 """
 
 from __future__ import annotations
