@@ -1,9 +1,9 @@
-"""sfsd dashboard: the navigation (Home first, then the pages in views/) and the Home page: the model, the runs
+"""sfsd dashboard: the navigation (Home first, then the pages in pages/) and the Home page: the model, the runs
 in the cache, and a one-click quick demo.
 
-The pages live in views/, not pages/: with a folder named pages/ next to the entry script, Streamlit runs a
-page whose URL is opened first (before any visit to Home) as an old-style page without this script, so the
-sidebar lists "app" instead of "Home" and this navigation is never set up.
+A page URL opened first on a freshly started server reaches Streamlit's legacy handling of pages/, which runs
+that page alone; `widgets.page_setup` then reruns it through this navigation (see `widgets.route_through_app`),
+so every page shows "Home" first in the sidebar however it was opened.
 
 `make app` runs `streamlit run app.py --server.address 127.0.0.1`.
 """
@@ -17,8 +17,9 @@ from sfsd.dashboard import data, jobs, widgets
 from sfsd.errors import SfsdError
 from sfsd.runs.readonly import READONLY_ENV, readonly
 
-PAGES_DIR = Path(__file__).resolve().parent / "views"
-# (file in views/, label of its link on Home, icon); the sidebar names pages after their files
+PAGES_DIR = Path(__file__).resolve().parent / "pages"
+# (file in pages/, label of its link on Home, icon); the sidebar names pages after their files, and their URLs
+# are Streamlit's names for the files (1_Runs.py -> /Runs), the names its legacy pages/ handling uses too
 PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("2_Budget_heatmap.py", "Budget heatmap (Fig. 3)", ":material/grid_on:"),
               ("3_Spectra.py", "Eigenvalue spectra", ":material/show_chart:"),
@@ -29,7 +30,7 @@ PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("8_Report.py", "HTML report of a run", ":material/description:"),
               ("9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 
-# where the finished quick demo sends the reader: (file in views/, label, icon)
+# where the finished quick demo sends the reader: (file in pages/, label, icon)
 DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
              ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
              ("4_Accuracy_vs_parameters.py", "Accuracy vs parameters", ":material/trending_down:"),
@@ -63,7 +64,7 @@ def home() -> None:
     for i, (name, label, icon) in enumerate(PAGE_LINKS):
         if readonly() and name == "1_Runs.py":
             label = "Runs: watch, move them"
-        widgets.page_link(f"views/{name}", label, icon, container=cols[i % 4])
+        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % 4])
 
 
 def model_panel(model: str) -> dict | None:
@@ -118,7 +119,7 @@ def demo_panel(model: str, blocks: int | None) -> None:
         st.success(summary, icon=":material/check_circle:")
         st.caption("Where to look next:")
         for name, label, icon in DEMO_NEXT:  # one per line: two columns cut the labels at 1400 px
-            widgets.page_link(f"views/{name}", label, icon)
+            widgets.page_link(f"pages/{name}", label, icon)
 
 
 @st.fragment(run_every=3)

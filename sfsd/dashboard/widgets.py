@@ -22,6 +22,7 @@ WATCHED = "sfsd_watched"  # session state: runs launched from this session
 
 
 def page_setup(title: str, caption: str | None = None) -> None:
+    route_through_app()
     st.set_page_config(page_title=f"sfsd · {title}", layout="wide")
     st.title(title)
     if caption:
@@ -29,6 +30,21 @@ def page_setup(title: str, caption: str | None = None) -> None:
     if readonly():
         st.caption(f":material/lock: Read-only presenting mode ({READONLY_ENV}=1): nothing can be started, cancelled, "
                    "deleted, saved or imported here.")
+
+
+def route_through_app() -> None:
+    """Rerun through app.py's navigation when Streamlit ran this page on its own.
+
+    Until some session on the server has called st.navigation, Streamlit treats pages/ beside app.py as a
+    legacy multipage folder: a page URL opened first on a fresh server runs that page's file alone, with a
+    sidebar that lists "app" and no Home. Marking the folder as handled (what st.navigation itself does) and
+    rerunning runs app.py instead; the rerun keeps this page's hash, and app.py names each page's URL as the
+    legacy folder does (1_Runs.py -> /Runs), so its navigation opens this same page, Home first."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def duration(seconds) -> str:

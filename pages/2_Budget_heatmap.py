@@ -72,7 +72,7 @@ else:
     decided = "intact" if row["intact"] else (f"rank {rank}" if rank is not None else "not decided yet")
     widgets.chart(plots.spectrum_figure(spectrum, int(row["d_in"]), int(row["d_out"]), rank, view.method,
                                         title=f"{layer} ({decided}) · {view.label}"), key="heatmap-spectrum")
-    widgets.page_link("views/3_Spectra.py", label="More on the Spectra page", icon=":material/show_chart:")
+    widgets.page_link("pages/3_Spectra.py", label="More on the Spectra page", icon=":material/show_chart:")
 
 with st.expander("Cells as a table"):
     widgets.table(cells, "budget-heatmap", key="heatmap-cells")
