@@ -36,6 +36,11 @@ class Option:
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
     label: str | None = None  # the dashboard's label (default: the help's first clause)
     required: bool = False
+    # the flag's text for None where None is not the default (e.g. --limit 0: every document)
+    none_text: str | None = None
+    # what the engine uses when the option is not given, for options whose config field stays None then (so that
+    # the runs made before the option existed keep their ids)
+    unset: Any = None
 
     def __post_init__(self):
         if self.kind == "bool" and self.default is None:
@@ -62,6 +67,8 @@ class Option:
 
     def parse(self, text: str) -> Any:
         """A flag's text as a value; a bad number names the flag."""
+        if self.none_text is not None and text == self.none_text:
+            return None
         try:
             if self.kind in LISTS:
                 return [LISTS[self.kind](t.strip()) for t in text.split(",") if t.strip()]
@@ -71,6 +78,8 @@ class Option:
 
     def format(self, value: Any) -> list[str]:
         """The command-line words that set this option to `value` (none for an unset switch or None)."""
+        if value is None and self.none_text is not None:
+            return [self.flag, self.none_text]
         if value is None or value is False:
             return []
         if self.kind == "bool":
@@ -109,6 +118,8 @@ def _metavar(option: Option, choices: list[str] | None) -> str | None:
 
 
 def _default_text(option: Option, value: Any) -> str:
+    if value is None and option.unset is not None:
+        value = option.unset
     if value is None or option.kind == "bool" or option.required:
         return ""
     if option.kind in LISTS:
@@ -213,7 +224,7 @@ def _dtypes() -> list[str]:
 
 # The model and where it runs
 MODEL = Option("--model", "short name of a bundled model, local folder or hub id", "smollm2-135m", label="Model")
-DEVICE = Option("--device", "cpu, cuda or cuda:N (default: cuda if available)", label="Device")
+DEVICE = Option("--device", "cpu, cuda or cuda:N; cuda if available when not given", label="Device")
 DTYPE = Option("--dtype", "auto, float32, bfloat16 or float16; auto = the checkpoint's dtype on CUDA, float32 on CPU",
                "auto", choices=_dtypes, label="Dtype")
 DEVICE_MAP = Option("--device-map", "spread the model over the GPUs, the CPU and disk with accelerate",
@@ -252,7 +263,7 @@ COMPOUNDING = Option("--compounding", "threshold from the last accepted value in
 SEARCH_TASK = Option("--task", "task metric: offline task (boolq, piqa, openbookqa, commonsenseqa, siqa) or, with "
                      "--suite paper, boolq, piqa, hellaswag, arc_easy, arc_challenge", label="Task")
 ACC_NORM = Option("--acc-norm", "task metric: use length-normalised accuracy", kind="bool", label="acc_norm")
-SEARCH_LIMIT = Option("--search-limit", "task metric: first N documents of the search split (default: all)",
+SEARCH_LIMIT = Option("--search-limit", "task metric: first N documents of the search split; all when not given",
                       kind="int", label="Search documents (0 = all)")
 SEARCH_SAMPLES = Option("--search-samples", "ppl metric: windows of wiki search text; 32 x 128 = 4,096 tokens keep a "
                         "+5% search near +5% on unseen text, fewer over-fit the search text", 32, "int",
@@ -260,22 +271,23 @@ SEARCH_SAMPLES = Option("--search-samples", "ppl metric: windows of wiki search 
 SEARCH_SEQ_LEN = Option("--search-seq-len", "ppl metric: tokens per search window", 128, "int",
                         label="Tokens per window")
 SEARCH_BATCH_SIZE = Option("--search-batch-size", "ppl metric: search windows per forward pass", 8, "int")
-SUITE = Option("--suite", "task metric: offline (the pack's search split) or paper (a seeded 20% of the hub task's "
-               "train split, never evaluated; needs the hub)", "offline", choices=("offline", "paper"))
+SUITE = Option("--suite", "task suite: offline (the pack's tasks and splits) or paper (lm-eval's hub tasks; a task "
+               "metric searches a seeded 20% of their train split, never evaluated)", "offline",
+               choices=("offline", "paper"))
 
 # The search (SearchConfig)
 STRATEGY = Option("--strategy", "per-layer walk: linear (the paper) or bisect; with --target-budget an allocation: "
                   "uniform, spectrum (default), sensitivity or alg1", label="Strategy")
 TARGET_BUDGET = Option("--target-budget", "overall budget B in (0, 1] to reach (within 0.5%) with an allocation "
                        "--strategy", kind="float", label="Target budget")
-ALG1_BISECTIONS = Option("--alg1-bisections", "alg1: bisections of the tolerance after growing it (default: 5); "
-                         "fewer Algorithm 1 runs, a coarser tolerance, the same landing at B", kind="int")
-ALG1_GROWTH = Option("--alg1-growth", "alg1: factor the tolerance grows by until a run reaches B (default: 2)",
-                     kind="float")
+ALG1_BISECTIONS = Option("--alg1-bisections", "alg1: bisections of the tolerance after growing it; fewer Algorithm "
+                         "1 runs, a coarser tolerance, the same landing at B", kind="int", unset=5)
+ALG1_GROWTH = Option("--alg1-growth", "alg1: factor the tolerance grows by until a run reaches B", kind="float",
+                     unset=2.0)
 ENGINE = Option("--engine", "fast (prefix cache) or reference (the full model per trial)", "fast",
                 choices=("fast", "reference"))
 FIRST_BLOCK = Option("--first-block", "blocks below this one are never touched", 0, "int", label="First block")
-ROLES = Option("--roles", "roles to search (default: all)", kind="strs", label="Roles (none = all)")
+ROLES = Option("--roles", "roles to search; all when not given", kind="strs", label="Roles (none = all)")
 SNAPSHOT_EVERY = Option("--snapshot-every", "decided layers between snapshots (and one at the end)", 10, "int",
                         label="Snapshot every (layers)")
 SNAPSHOT_TASKS = Option("--snapshot-tasks", "offline tasks evaluated on the eval split at each snapshot", [], "strs",
@@ -289,8 +301,8 @@ STOP_AT_BUDGET = Option("--stop-at-budget", "Algorithm 1 walk: stop (resumably) 
 # Evaluation on the eval split (uniform runs, the frontier, snapshot-eval, sfsd eval)
 TASKS = Option("--tasks", "tasks to evaluate (runs: offline tasks, on the eval split)", [], "strs",
                label="Tasks (eval split)")
-LIMIT = Option("--limit", "documents (examples) per evaluated task: the first N of the split", 100, "int",
-               label="Documents per task")
+LIMIT = Option("--limit", "documents (examples) per evaluated task: the first N of the split; 0: all", 100, "int",
+               label="Documents per task", none_text="0")
 PPL_SEQ_LENS = Option("--ppl-seq-lens", "perplexity window lengths in tokens", [128], "ints",
                       label="Perplexity window (tokens)")
 PPL_TOKENS = Option("--ppl-tokens", "first tokens of the wiki eval split scored by the perplexity", 16384, "int")

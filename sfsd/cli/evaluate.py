@@ -33,10 +33,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _task_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--suite", default="offline", choices=["offline", "paper"], help="offline pack or lm-eval's hub tasks"
-    )
-    add_flags(parser, options.TASKS, options.LIMIT, tasks=None, limit=None)  # default: every task, every document
+    # default: every task of the suite, every document
+    add_flags(parser, options.SUITE, options.TASKS, options.LIMIT, tasks=None, limit=None)
     parser.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split")
     add_flags(parser, options.BATCH_SIZE, batch_size=8)
 
