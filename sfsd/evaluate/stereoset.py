@@ -4,7 +4,7 @@ evaluation reports them.
 Scoring. Each candidate sentence gets its mean per-token log-likelihood: intrasentence examples score
 the whole sentence (conditioned on the BOS token, else EOS, as lm-eval does for an empty context);
 intersentence examples score the candidate sentence conditioned on the context (the official scorer
-instead uses a next-sentence-prediction head for this type; see the README).
+instead uses a next-sentence-prediction head for this type; see docs/evaluation.md).
 
 Aggregation, as moinnadeem/StereoSet `code/evaluation.py` (`ScoreEvaluator.count` / `.score`) does it:
 within a group of examples, counts are kept per target term (the key is the term alone): pro = examples
