@@ -55,3 +55,20 @@ def test_hashes_versions_and_model_identities_are_defined_once():
             if isinstance(node, ast.FunctionDef) and (node.name in names or "sha256" in node.name):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
     assert found == []
+
+
+def test_compress_hashes_the_weights_once(tmp_path, monkeypatch):
+    """The decomposition and statistics keys share one fingerprint (hashing a 7B model costs ~10-25 s)."""
+    from conftest import tiny_model
+
+    import sfsd.compress
+    from sfsd.compress import CalibrationSpec, compress
+
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path))
+    hashed = []
+    fingerprint = sfsd.compress.model_fingerprint
+    monkeypatch.setattr(sfsd.compress, "model_fingerprint", lambda model: hashed.append(1) or fingerprint(model))
+    compress(tiny_model("llama"), None, "feature", beta=0.5, calibration=CalibrationSpec("random", 4, 8),
+             progress=False)
+    assert len(hashed) == 1
+    assert len(list((tmp_path / "statistics").iterdir())) == 1  # the statistics cache was keyed and written
