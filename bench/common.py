@@ -18,13 +18,15 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# After the switches above (transformers reads them when sfsd imports it); run_all imports it from here.
+from sfsd.cache import versions  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -99,16 +101,6 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["cuda"] = torch.cuda.get_device_name(0)
     return info
-
-
-def versions() -> dict[str, str]:
-    found = {}
-    for name in ("sfsd", "torch", "transformers", "lm_eval"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 # ---------------------------------------------------------------- timing

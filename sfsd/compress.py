@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from sfsd import options
 from sfsd.accounting import count_parameters, layer_table, measure_macs
 from sfsd.adapters import LinearLayer, ModelAdapter, adapter_for
 from sfsd.atomic import atomic_dir
+from sfsd.cache import cache_key, model_fingerprint, tensors_sha256
 from sfsd.calibration import (
     Statistics,
     capture_block_inputs,
@@ -29,6 +29,7 @@ from sfsd.calibration import (
 )
 from sfsd.calibration.cache import STATISTICS_FORMAT, StatisticsCache
 from sfsd.decompose import (
+    DECOMPOSITION_FORMAT,
     Decomposition,
     apply_ranks,
     check_beta,
@@ -86,7 +87,7 @@ def stream_decompositions(
     model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration: CalibrationSpec,
     folder: str | Path | None = None, batch_size: int = 16, device: torch.device | str | None = None,
     progress: bool = True, on_block: BlockCallback | None = None, timings: dict | None = None,
-    statistics_cache: bool = False,
+    statistics_cache: bool = False, weights: str | None = None,
 ) -> dict[str, Decomposition]:
     """Decompose `layers` one block at a time (the block-streaming engine behind compress, uniform, search).
 
@@ -102,7 +103,8 @@ def stream_decompositions(
     where cheaper, for the feature-space methods). With `statistics_cache`, they are also written to and
     read from the statistics cache (`statistics_folder`): blocks whose statistics are all there are
     decomposed from them, and no calibration pass runs when every block's are (`timings["forward_blocks"]`
-    lists the blocks that ran a forward pass).
+    lists the blocks that ran a forward pass). `weights` is the model's `model_fingerprint` when the
+    caller already has it (the statistics cache's key needs it; hashing again costs ~1 s per GB).
     """
     from tqdm.auto import tqdm
 
@@ -132,7 +134,7 @@ def stream_decompositions(
     if needs and todo:
         ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
         if statistics_cache:
-            cache = StatisticsCache(statistics_folder(model, calibration, ids, mask, batch_size))
+            cache = StatisticsCache(statistics_folder(model, calibration, ids, mask, batch_size, weights))
             cached = {b for b in todo if all(cache.has(key, side)
                                              for key, (side, _) in statistics_entries(by_block[b], sides).items())}
             timings["statistics_cached_blocks"] = sorted(cached)
@@ -234,52 +236,38 @@ def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn
             torch.cuda.empty_cache()
 
 
-def model_identity(model: nn.Module) -> dict[str, Any]:
-    """What identifies a model's weights in a cache key: its folder and weight files (size and time), or,
-    for a model with no folder, a sha256 of its weights' bytes."""
-    source = str(getattr(model.config, "name_or_path", "") or getattr(model, "name_or_path", "") or "")
-    folder = Path(source) if source else None
-    if folder is not None and folder.is_dir():
-        weights = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.glob("*.safetensors"))
-        return {"folder": str(folder.resolve()), "weights": weights}
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return {"weights": digest.hexdigest()}
+def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str],
+                         weights: str | None = None) -> Path:
+    """Where the streamed decompositions of these layers of this model are kept (and resumed from), the
+    same folder for `compress` (so `sfsd compress`, `sfsd uniform`, Table 1) and the search.
 
-
-def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str]) -> Path:
-    """Where the streamed decompositions of these layers of this model are kept (and resumed from).
-
-    The key covers the model's folder and its weight files (size and time), dtype, method, calibration
-    and layers; a model with no folder is keyed by its weights' bytes.
+    The key covers the weights' content (`weights`: their `model_fingerprint`, hashed here unless the
+    caller already has it), where the model was loaded from, dtype, method, calibration, layers and
+    `DECOMPOSITION_FORMAT`: weights edited in place (same size and time) or factors from older maths
+    are never reused.
     """
-    dtype = str(next(model.parameters()).dtype)
-    key = hashlib.sha256(json.dumps({"model": model_identity(model), "dtype": dtype, "method": method,
-                                     "layers": names, "calibration": asdict(calibration)},
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    key = cache_key("decompositions", DECOMPOSITION_FORMAT, weights=weights or model_fingerprint(model),
+                    model=str(getattr(model.config, "name_or_path", "") or ""),
+                    dtype=str(next(model.parameters()).dtype), method=method, calibration=asdict(calibration),
+                    layers=list(names))
     return cache_dir() / "decompositions" / f"{method}-{key}"
 
 
 def statistics_folder(model: nn.Module, calibration: CalibrationSpec, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor, batch_size: int) -> Path:
+                      attention_mask: torch.Tensor, batch_size: int, weights: str | None = None) -> Path:
     """Where the calibration statistics of this model on these tokens are cached (see `StatisticsCache`).
 
     Shared by every method and layer choice: the entries inside are named by layer or group and side.
-    The key covers the weights (`model_identity`, dtype, and any layer already swapped for a low-rank
-    one), the calibration spec and a sha256 of the very token ids and mask (so a changed tokenizer or data
-    pack is a miss), the batch size (it sets how the float32 batch Grams are summed) and the format.
+    The key covers the weights' content (`weights`: their `model_fingerprint`, hashed here unless given;
+    a layer already swapped for a low-rank one changes it), dtype, the calibration spec and a hash of
+    the very token ids and mask (so a changed tokenizer or data pack is a miss), the batch size (it
+    sets how the float32 batch Grams are summed) and `STATISTICS_FORMAT`.
     """
-    tokens = hashlib.sha256()
-    for tensor in (input_ids, attention_mask):
-        tokens.update(str(tuple(tensor.shape)).encode())
-        tokens.update(tensor.to(torch.int64).contiguous().numpy().tobytes())
-    swapped = sorted(name for name, module in model.named_modules() if hasattr(module, "sfsd_shape"))
-    key = hashlib.sha256(json.dumps({
-        "model": model_identity(model), "dtype": str(next(model.parameters()).dtype), "swapped": swapped,
-        "calibration": asdict(calibration), "tokens": tokens.hexdigest(), "batch_size": batch_size,
-        "format": STATISTICS_FORMAT}, sort_keys=True).encode()).hexdigest()[:16]
+    tokens = tensors_sha256([("input_ids", input_ids.to(torch.int64)),
+                             ("attention_mask", attention_mask.to(torch.int64))])
+    key = cache_key("statistics", STATISTICS_FORMAT, weights=weights or model_fingerprint(model),
+                    dtype=str(next(model.parameters()).dtype), calibration=asdict(calibration), tokens=tokens,
+                    batch_size=batch_size)
     return cache_dir() / "statistics" / key
 
 
@@ -309,6 +297,7 @@ class Compressor:
     folder: Path | None = None  # streamed decompositions are written (and resumed from) here
     device: torch.device | str | None = None  # where each block runs (default: where the model is)
     statistics_cache: bool = True  # reuse (and write) the cached statistics of this model and calibration
+    weights: str | None = None  # the model's model_fingerprint, when the caller already hashed it
 
     def __post_init__(self):
         get_method(self.method)
@@ -342,7 +331,8 @@ class Compressor:
             start = time.perf_counter()
             self.decompositions.update(stream_decompositions(
                 self.model, self.tokenizer, todo, self.method, self.calibration, self.folder, self.batch_size,
-                self.device, self.progress, timings=self.timings, statistics_cache=self.statistics_cache))
+                self.device, self.progress, timings=self.timings, statistics_cache=self.statistics_cache,
+                weights=self.weights))
             self.timings["decompose_s"] = time.perf_counter() - start
         elif todo:
             start = time.perf_counter()
@@ -414,13 +404,16 @@ def compress(
         description = {"protocol": "ranks"}
     chosen = [layer for layer in adapter.layers() if layer.name in ranks]
     calibration = calibration or CalibrationSpec()
-    folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen])
+    # One content hash per call, before any layer is swapped, shared by the decomposition and statistics
+    # keys: ~1 s for the default model, ~10-25 s for a 7B model in bfloat16 (vs minutes per block).
+    weights = model_fingerprint(model)
+    folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen], weights)
 
     def swap(_block: int, decs: dict[str, Decomposition]) -> None:  # the block's outputs are already passed on
         apply_ranks(model, decs, {name: ranks[name] for name in decs})
 
     stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
-                          on_block=swap, timings=timings, statistics_cache=True)
+                          on_block=swap, timings=timings, statistics_cache=True, weights=weights)
     extra = {"overall_budget": overall_budget(adapter.layers(), ranks), "calibration": asdict(calibration),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra)

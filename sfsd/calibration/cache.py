@@ -10,7 +10,6 @@ or fails its checksum. safetensors only: nothing executable is ever loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -22,6 +21,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from sfsd.atomic import atomic_file
+from sfsd.cache import tensors_sha256
 from sfsd.calibration.statistics import Statistics, statistics_from_tensors
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,7 @@ STATISTICS_FORMAT = 1
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().contiguous().cpu()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_sha256((name, tensors[name]) for name in sorted(tensors))
 
 
 def _metadata(data: bytes) -> dict:

@@ -40,6 +40,7 @@ import pandas as pd
 
 from sfsd import __version__ as sfsd_version
 from sfsd.atomic import atomic_dir, write_json
+from sfsd.cache import file_sha256
 from sfsd.data import convert, sources
 from sfsd.data.splits import SPLITS, assign_splits, assign_stratified, rng_for
 from sfsd.errors import SfsdError
@@ -112,10 +113,6 @@ def _check_split(split: str, allowed: tuple[str, ...] = SPLITS) -> None:
 # ---------------------------------------------------------------------------------------------- build
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _write_jsonl(folder: Path, rel: str, rows: list[dict], source: str, files: dict) -> None:
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     path = folder / rel
@@ -127,7 +124,7 @@ def _write_jsonl(folder: Path, rel: str, rows: list[dict], source: str, files: d
         "rows": len(rows),
         "splits": {s: counts.get(s, 0) for s in SPLITS},
         "bytes": len(data),
-        "sha256": _sha256_bytes(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
     }
 
 
@@ -296,7 +293,7 @@ def _verify(root: Path) -> None:
             raise _damaged(root, f"{rel} is missing")
         if path.stat().st_size != info.get("bytes"):
             raise _damaged(root, f"{rel} has {path.stat().st_size} bytes, the manifest says {info.get('bytes')}")
-        if sources.sha256_file(path) != info.get("sha256"):
+        if file_sha256(path) != info.get("sha256"):
             raise _damaged(root, f"{rel} does not match its sha256 in the manifest")
     _verified.add(stamp)
 

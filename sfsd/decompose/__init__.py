@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from sfsd.adapters import LinearLayer, ModelAdapter
 from sfsd.atomic import atomic_dir, write_json
+from sfsd.cache import file_sha256
 from sfsd.calibration import Statistics
 from sfsd.decompose.budget import (
     BETA_GRID,
@@ -30,7 +31,8 @@ from sfsd.errors import SfsdError
 from sfsd.offload import like_tensor, onloaded
 
 # Bump when the maths of a method or the stored fields change: cached decompositions of another
-# format are never reused (the search's cache key includes it). 2: feature-paper/feature-official.
+# format are never reused, since every decomposition folder's key includes it (`sfsd.compress.
+# decomposition_folder`, used by compress, uniform and the search alike). 2: feature-paper/feature-official.
 DECOMPOSITION_FORMAT = 2
 
 
@@ -89,16 +91,6 @@ def apply_ranks(
     return originals
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def decompositions_verified(folder: str | Path) -> bool:
     """True if `folder` holds complete decompositions whose file matches the checksum written with it."""
     import json
@@ -106,7 +98,7 @@ def decompositions_verified(folder: str | Path) -> bool:
     folder = Path(folder)
     try:
         recorded = json.loads((folder / "checksum.json").read_text())["sha256"]
-        return recorded == _sha256(folder / "decompositions.safetensors")
+        return recorded == file_sha256(folder / "decompositions.safetensors")
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -127,7 +119,7 @@ def save_decompositions(decompositions: Mapping[str, Decomposition], folder: str
     with atomic_dir(folder, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "decompositions.safetensors"))
         write_json(tmp / "index.json", index)
-        write_json(tmp / "checksum.json", {"sha256": _sha256(tmp / "decompositions.safetensors")})
+        write_json(tmp / "checksum.json", {"sha256": file_sha256(tmp / "decompositions.safetensors")})
 
 
 def load_decompositions(folder: str | Path, device: str | torch.device = "cpu") -> dict[str, Decomposition]:

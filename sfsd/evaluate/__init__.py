@@ -5,9 +5,9 @@ weights' `model_fingerprint`), the data, the split, the limit and the lm-eval ve
 this package does not import lm-eval (that happens on the first evaluation).
 """
 
-from sfsd.evaluate.cache import EvalCache, cache_key
+from sfsd.cache import model_fingerprint
+from sfsd.evaluate.cache import EvalCache, entry_key
 from sfsd.evaluate.compare import disagreement, flips
-from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.evaluate.harness import (
     ChoiceRequest,
     TaskResults,
@@ -30,7 +30,7 @@ __all__ = [
     "ChoiceRequest",
     "EvalCache",
     "TaskResults",
-    "cache_key",
+    "entry_key",
     "choice_records",
     "continuation_logprobs",
     "disagreement",

@@ -9,7 +9,6 @@ recomputed, never served. Only JSON and Parquet are written (no executable seria
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from sfsd.atomic import write_json
+from sfsd.cache import cache_key, file_sha256
 from sfsd.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -45,18 +45,9 @@ def require(meta: dict, records: pd.DataFrame | None, meta_keys: tuple = (), col
             raise ValueError(f"records lack columns {sorted(missing)}")
 
 
-def cache_key(fields: dict[str, Any]) -> str:
-    """A stable hash of the fields that determine a result."""
-    payload = json.dumps({"format": FORMAT, **fields}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def entry_key(fields: dict[str, Any]) -> str:
+    """The key of the result that `fields` determine (model key, data digest, split, limit, ...)."""
+    return cache_key("evaluation", FORMAT, **fields)
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
@@ -71,7 +62,7 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 class EvalCache:
-    """Stored evaluation results keyed by `cache_key(fields)`."""
+    """Stored evaluation results keyed by `entry_key(fields)`."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_dir() / "evals"
@@ -104,7 +95,7 @@ class EvalCache:
             return meta, None
         path = folder / RECORDS
         info = meta["records"]
-        if path.stat().st_size != info["bytes"] or _sha256(path) != info["sha256"]:
+        if path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
             raise ValueError("records file does not match its checksum")
         records = pd.read_parquet(path)
         if len(records) != info["rows"]:
@@ -120,5 +111,5 @@ class EvalCache:
         if records is not None:
             path = folder / RECORDS
             _write_parquet(records, path)
-            info = {"rows": len(records), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            info = {"rows": len(records), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         write_json(folder / META, {**meta, "key": key, "format": FORMAT, "records": info})

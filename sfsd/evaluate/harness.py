@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from sfsd.cache import model_fingerprint
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
-from sfsd.evaluate.cache import EvalCache, cache_key, require
-from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.evaluate.cache import EvalCache, entry_key, require
 from sfsd.evaluate.leaks import refuse_model_leaks, task_targets
 from sfsd.evaluate.tasks import TaskSpec, check_suite, load_tasks, resolve_specs, rows_spec
 from sfsd.offload import input_device
@@ -323,7 +323,7 @@ def evaluate_tasks(
     records: dict[str, pd.DataFrame] = {}
     todo = []
     for spec in specs:
-        hit = cache.load("tasks", cache_key(_key_fields(spec, key_of, limit)), _check_entry) if cache else None
+        hit = cache.load("tasks", entry_key(_key_fields(spec, key_of, limit)), _check_entry) if cache else None
         if hit is None:
             todo.append(spec)
             continue
@@ -336,7 +336,7 @@ def evaluate_tasks(
             stats = {name: _as_float(metrics.get(f"{name},none")) for name in _METRICS}
             summary = _summary_row(spec, {"n": len(recs), **stats}, limit, key_of)
             if cache:
-                cache.store("tasks", cache_key(_key_fields(spec, key_of, limit)), {"summary": summary}, recs)
+                cache.store("tasks", entry_key(_key_fields(spec, key_of, limit)), {"summary": summary}, recs)
             summaries[spec.task] = {**summary, "cached": False}
             records[spec.task] = recs
     order = [spec.task for spec in specs]

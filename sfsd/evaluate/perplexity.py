@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from sfsd.cache import model_fingerprint
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
-from sfsd.evaluate.cache import EvalCache, cache_key, require
-from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.evaluate.cache import EvalCache, entry_key, require
 from sfsd.evaluate.leaks import refuse_model_leaks
 from sfsd.offload import input_device
 
@@ -150,7 +150,7 @@ def perplexity(
         "max_tokens": max_tokens,
         "data": _pack.digest(text),
     }
-    cache, key = (EvalCache() if use_cache else None), cache_key(fields)
+    cache, key = (EvalCache() if use_cache else None), entry_key(fields)
     hit = cache.load("ppl", key, _check_entry) if cache else None
     if hit is not None:
         return {name: hit[0]["result"][name] for name in RESULT_KEYS} | {"dataset": dataset, "cached": True}

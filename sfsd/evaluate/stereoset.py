@@ -37,9 +37,9 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
+from sfsd.cache import model_fingerprint
 from sfsd.evaluate import _pack
-from sfsd.evaluate.cache import EvalCache, cache_key, require
-from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.evaluate.cache import EvalCache, entry_key, require
 from sfsd.evaluate.scoring import continuation_logprobs, encode_request
 
 BIAS_TYPES = ("gender", "profession", "race", "religion")
@@ -234,7 +234,7 @@ def stereoset(
     rows = rows[:limit] if limit else rows
     key_of = model_key or model_fingerprint(model)
     fields = {"kind": "stereoset", "model": key_of, "split": split, "limit": limit, "data": _pack.digest(rows)}
-    cache, key = (EvalCache() if use_cache else None), cache_key(fields)
+    cache, key = (EvalCache() if use_cache else None), entry_key(fields)
     hit = cache.load("stereoset", key, _check_entry) if cache else None
     if hit is not None and hit[1] is not None:
         return BiasResults(summary=stereoset_scores(hit[1]), records=hit[1])

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sfsd.atomic import atomic_dir
+from sfsd.cache import cache_key, file_sha256
 from sfsd.data.hub import hub_unreachable_reason
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
@@ -23,6 +24,9 @@ from sfsd.paths import cache_dir
 
 SUITES = ("offline", "paper")
 TASK_PREFIX = "sfsd_"
+# Bump when the YAML this module writes (`task_config`, the paper tasks' overrides) changes: task folders
+# are keyed by it, and so, through `TaskSpec.data_digest`, are the evaluation entries of their tasks.
+TASK_FORMAT = 1
 # Our short name -> lm-eval's own task (the paper's commonsense suite; needs the hub).
 PAPER_TASKS = {
     "boolq": "boolq",
@@ -52,7 +56,7 @@ class TaskSpec:
     suite: str
     lm_name: str  # lm-eval's name, e.g. "sfsd_piqa" or "piqa"
     folder: Path | None  # include_path of a generated task, None for lm-eval's own tasks
-    data_digest: str  # content hash of the rows ("hub" for the paper suite)
+    data_digest: str  # the task's key: its rows (or local files) and TASK_FORMAT ("hub" for lm-eval's data)
 
 
 def check_suite(suite: str) -> str:
@@ -95,7 +99,7 @@ def tasks_root() -> Path:
 def materialise_task(task: str, split: str, rows: list[dict], root: Path | None = None) -> Path:
     """Write the rows and the YAML of one (task, split) once; return the folder (an include_path)."""
     root = root if root is not None else tasks_root()
-    folder = root / f"{task}-{split}-{_pack.digest(rows)}"
+    folder = root / f"{task}-{split}-{task_key(task, split, rows)}"
     if (folder / f"{TASK_PREFIX}{task}.yaml").exists():
         return folder
     try:
@@ -112,7 +116,12 @@ def materialise_task(task: str, split: str, rows: list[dict], root: Path | None 
 def rows_spec(task: str, split: str, rows: list[dict]) -> TaskSpec:
     """A generated task over any rows {id, query, choices, label} (the pack's, or hub rows in that form)."""
     folder = materialise_task(task, split, rows)
-    return TaskSpec(task, split, "offline", f"{TASK_PREFIX}{task}", folder, _pack.digest(rows))
+    return TaskSpec(task, split, "offline", f"{TASK_PREFIX}{task}", folder, task_key(task, split, rows))
+
+
+def task_key(task: str, split: str, rows: list[dict]) -> str:
+    """The key of a generated task: its rows' content and the format of the YAML written for them."""
+    return cache_key("lm-eval task", TASK_FORMAT, task=task, split=split, rows=_pack.digest(rows))
 
 
 def offline_spec(task: str, split: str, pack_dir: Path | None = None) -> TaskSpec:
@@ -151,8 +160,6 @@ def materialise_local_paper_task(task: str, eval_split: str, local: Path) -> tup
     Everything else (prompt, choices, target, processing functions, metrics) is lm-eval's own YAML;
     only the dataset location changes, so the paper suite can be exercised without the hub.
     """
-    from sfsd.data.sources import sha256_file
-
     files = sorted(local.glob("*.arrow")) if local.is_dir() else [local]
     split_key = "test_split" if eval_split == "test" else "validation_split"
     config = {
@@ -167,7 +174,7 @@ def materialise_local_paper_task(task: str, eval_split: str, local: Path) -> tup
         "test_split": None,
         split_key: eval_split,
     }
-    digest = _pack.digest({"config": config, "files": [sha256_file(f) for f in files]})
+    digest = cache_key("lm-eval paper task", TASK_FORMAT, config=config, files=[file_sha256(f) for f in files])
     folder = tasks_root() / f"paper-{task}-{digest}"
     if not (folder / f"{TASK_PREFIX}paper_{task}.yaml").exists():
         try:

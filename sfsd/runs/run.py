@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfsd.atomic import atomic_dir, write_json, write_text
+from sfsd.cache import versions
 from sfsd.errors import SfsdError
 from sfsd.paths import runs_dir
 from sfsd.runs._files import (
@@ -417,18 +416,8 @@ def _complete(config: dict) -> dict:
     config = plain(config)
     config["format_version"] = FORMAT_VERSION
     config.setdefault("created", timestamp())
-    config.setdefault("versions", _versions())
+    config.setdefault("versions", versions())
     return config
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in ("sfsd", "torch", "transformers", "lm_eval"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def _load_config(path: Path, run_id: str) -> dict:

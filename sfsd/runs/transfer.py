@@ -1,7 +1,7 @@
 """Runs that travel: export runs into one zip archive, import such an archive into this machine's cache.
 
 Archive layout (format 1):
-    manifest.json             format, format_version, created (UTC), host, versions (sfsd, lm_eval, torch, python),
+    manifest.json             format, format_version, created (UTC), host, versions (`sfsd.cache.versions`),
                               runs, with_model, members [{path, bytes, sha256}]: every other member, exactly
     runs/<run id>/<file>      the run folder (config, status, trace, snapshots, spectra, result, evaluations, log;
                               imported.json of a run that was itself imported)
@@ -29,11 +29,11 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from sfsd.atomic import atomic_dir, atomic_file, write_json
+from sfsd.cache import file_sha256, versions
 from sfsd.errors import SfsdError
 from sfsd.paths import cache_dir, models_dir, runs_dir
 from sfsd.runs._files import disk_guard, timestamp
@@ -196,24 +196,12 @@ def _write_zip(members: dict[str, Path], handle: IO[bytes], with_model: bool) ->
             listed.append({"path": name, "bytes": written, "sha256": digest.hexdigest()})
         manifest = {
             "format": ARCHIVE_FORMAT, "format_version": ARCHIVE_VERSION, "created": timestamp(),
-            "host": socket.gethostname(), "versions": _versions(), "with_model": with_model,
+            "host": socket.gethostname(), "versions": versions(), "with_model": with_model,
             "runs": sorted({name.split("/")[1] for name in members if name.startswith("runs/")}),
             "members": listed,
         }
         archive.writestr(MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    versions = {"python": platform.python_version()}
-    for name in ("sfsd", "lm_eval", "torch"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 # ---- import ---------------------------------------------------------------------------------------------
@@ -288,7 +276,7 @@ def import_archive(source: str | Path | IO[bytes]) -> ImportResult:
         for entry, files in plan.evals.items():
             folder = cache_dir() / "evals" / entry
             if (folder / "meta.json").exists():  # the same key: computed or imported here before; never replaced
-                same = all((folder / name).is_file() and _sha256(folder / name) == plan.sha[path]
+                same = all((folder / name).is_file() and file_sha256(folder / name) == plan.sha[path]
                            for name, path in files.items())
                 result.evals_present += same
                 result.evals_kept += not same
@@ -485,19 +473,11 @@ def _new_items(items: dict[str, dict[str, str]], plan: _Plan, root: Path, what: 
         wanted = {name: plan.sha[path] for name, path in files.items() if name not in ignore}
         here = {path.name: path for path in folder.iterdir()
                 if path.is_file() and not path.name.startswith(".") and path.name not in ignore}
-        differing = sorted(set(wanted) ^ set(here)) or sorted(n for n in wanted if _sha256(here[n]) != wanted[n])
+        differing = sorted(set(wanted) ^ set(here)) or sorted(n for n in wanted if file_sha256(here[n]) != wanted[n])
         if differing:
             raise SfsdError(f"{what} {item_id} already exists here with different contents ({differing[0]}): keep "
                             f"it, or delete it first (`sfsd runs delete {item_id}`) and import again")
     return new
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _extract(archive: zipfile.ZipFile, plan: _Plan, files: dict[str, str], final: Path, label: str,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import asdict
@@ -17,7 +15,8 @@ from tqdm.auto import tqdm
 
 from sfsd.accounting import count_parameters
 from sfsd.adapters import LinearLayer, adapter_for
-from sfsd.compress import Compressor
+from sfsd.cache import cache_key, model_fingerprint, versions
+from sfsd.compress import Compressor, decomposition_folder
 from sfsd.decompose import (
     BETA_GRID,
     DECOMPOSITION_FORMAT,
@@ -29,11 +28,9 @@ from sfsd.decompose import (
     set_module,
 )
 from sfsd.errors import SfsdError
-from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.hf_classes import mark_compressed
-from sfsd.models import check_placement, load_model, resolve_model
+from sfsd.models import check_placement, load_model
 from sfsd.offload import input_device, like_tensor, onloaded
-from sfsd.paths import cache_dir
 from sfsd.runs import Run, decided_ranks
 from sfsd.search.config import SearchConfig
 from sfsd.search.heldout import heldout_value
@@ -57,19 +54,8 @@ def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
 
 def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
     """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
-    identity = {k: config.get(k) for k in ("model", "method", "calibration")} | {"ranks": ranks}
-    identity["format"] = DECOMPOSITION_FORMAT
-    return "searched-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def versions() -> dict[str, str]:
-    import lm_eval
-    import transformers
-
-    import sfsd
-
-    return {"sfsd": sfsd.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "lm_eval": getattr(lm_eval, "__version__", "unknown")}
+    identity = {k: config.get(k) for k in ("model", "method", "calibration")}
+    return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks)
 
 
 def create_run(config: SearchConfig, root: Path | None = None, device: str | None = None):
@@ -89,20 +75,16 @@ def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig
                           progress: bool = True) -> dict[str, Decomposition]:
     """Full factorisations of the searched layers, computed once per (weights, method, calibration, layers).
 
-    The key holds a fingerprint of the weights (not only the model's name: a re-downloaded or fine-tuned
-    checkpoint in the same folder must not reuse stale factors) and the decomposition format version, which
-    changes whenever the maths or the stored fields do.
+    The folder is `compress`'s (`decomposition_folder`): its key holds a fingerprint of the weights (not
+    only the model's name: a re-downloaded or fine-tuned checkpoint in the same folder must not reuse stale
+    factors) and the decomposition format version, which changes whenever the maths or the stored fields do.
     """
     names = [layer.name for layer in layers]
-    key = hashlib.sha256(json.dumps({
-        "model": resolve_model(config.model), "weights": model_fingerprint(model), "format": DECOMPOSITION_FORMAT,
-        "method": config.method, "dtype": str(next(model.parameters()).dtype),
-        "calibration": asdict(config.calibration), "layers": names,
-    }, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir() / "decompositions" / f"{config.method}-{key}"
+    weights = model_fingerprint(model)  # once: the statistics cache's key needs it too
+    folder = decomposition_folder(model, config.method, config.calibration, names, weights)
     # Streamed block by block; blocks already in the folder (checksum verified) are reused.
     return Compressor(model, tokenizer, config.method, config.calibration, layer_names=names, progress=progress,
-                      folder=folder).decompose()
+                      folder=folder, weights=weights).decompose()
 
 
 class SurgicalSearch:

@@ -8,7 +8,6 @@ rank (d_in + d_out) / (d_in d_out), since ranks need not come from the 0.1 grid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.atomic import write_json
+from sfsd.cache import cache_key, model_fingerprint
 from sfsd.decompose import (
     BETA_GRID,
     DECOMPOSITION_FORMAT,
@@ -32,7 +32,6 @@ from sfsd.decompose import (
 )
 from sfsd.decompose import rank_for_budget as grid_rank
 from sfsd.errors import SfsdError
-from sfsd.evaluate.fingerprint import model_fingerprint
 from sfsd.models import load_model, resolve_model
 from sfsd.offload import like_tensor
 from sfsd.paths import cache_dir
@@ -134,12 +133,10 @@ class AllocationSearch(SurgicalSearch):
     def sensitivity_path(self) -> Path:
         """The table's place in the cache: one per model weights, method, calibration, metric and layers."""
         metric = {k: v for k, v in asdict(self.config.metric).items() if k not in ("tolerance", "compounding")}
-        key = hashlib.sha256(json.dumps({
-            "model": resolve_model(self.config.model), "weights": model_fingerprint(self.model),
-            "format": DECOMPOSITION_FORMAT, "method": self.config.method,
-            "calibration": asdict(self.config.calibration), "metric": metric,
-            "layers": [layer.name for layer in self.layers], "grid": list(BETA_GRID),
-        }, sort_keys=True).encode()).hexdigest()[:16]
+        key = cache_key("sensitivity", DECOMPOSITION_FORMAT, model=resolve_model(self.config.model),
+                        weights=model_fingerprint(self.model), method=self.config.method,
+                        calibration=asdict(self.config.calibration), metric=metric,
+                        layers=[layer.name for layer in self.layers], grid=list(BETA_GRID))
         return cache_dir() / "sensitivity" / f"{self.config.method}-{self.config.metric.name}-{key}.json"
 
     def sensitivities(self, decs: dict[str, Decomposition], base_value: float) -> dict | None:
