@@ -68,7 +68,8 @@ def test_compress_hashes_the_weights_once(tmp_path, monkeypatch):
     hashed = []
     fingerprint = sfsd.compress.model_fingerprint
     monkeypatch.setattr(sfsd.compress, "model_fingerprint", lambda model: hashed.append(1) or fingerprint(model))
-    compress(tiny_model("llama"), None, "feature", beta=0.5, calibration=CalibrationSpec("random", 4, 8),
+    compress(tiny_model("llama"), None, "feature", beta=0.5,
+             calibration=CalibrationSpec(source="random", samples=4, seq_len=8),
              progress=False)
     assert len(hashed) == 1
     assert len(list((tmp_path / "statistics").iterdir())) == 1  # the statistics cache was keyed and written
