@@ -117,7 +117,8 @@ class SurgicalSearch:
         self.all_layers = self.adapter.layers()
         self.device = input_device(model)  # a dispatched model's first weights may be on disk
         self.metric: SearchMetric = METRICS[config.metric.name](config.metric, tokenizer, model)
-        self.strategy = STRATEGIES.get(config.strategy)  # None for a target-budget allocation
+        # a target-budget run names an allocation (sfsd.search.allocation), not a per-layer walk
+        self.strategy = None if config.target_budget is not None else STRATEGIES[config.strategy]
         self.ranks: dict[str, int] = {}
         self.trials = 0
 

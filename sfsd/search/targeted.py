@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,14 @@ from sfsd.offload import like_tensor
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.allocation import (
+    ALLOCATIONS,
+    SENSITIVITY_FILE,
+    Allocated,
     bisect_tolerance,
     budget_band,
     check_reachable,
     layer_budget,
-    sensitivity_allocation,
-    spectrum_allocation,
     truncate_at_target,
-    uniform_allocation,
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
@@ -53,7 +53,6 @@ from sfsd.search.surgical import SurgicalSearch, decided_budget, run_record, run
 
 ALG1_BISECTIONS = 5
 ALG1_GROWTH = 2.0
-SENSITIVITY_FILE = "sensitivity.json"
 
 
 def run_allocation(config: SearchConfig, root: Path | None = None, device: str | None = None,
@@ -113,23 +112,9 @@ class AllocationSearch(SurgicalSearch):
 
     # ---- the strategies --------------------------------------------------------------------------------
 
-    def allocate(self, decs: dict[str, Decomposition], base_value: float) -> tuple[dict, dict] | None:
+    def allocate(self, decs: dict[str, Decomposition], base_value: float) -> Allocated:
         """(ranks of the searched layers that are factorised, details for the result); None if cancelled."""
-        strategy, target = self.config.strategy, self.config.target_budget
-        if strategy == "uniform":
-            beta, ranks = uniform_allocation(self.all_layers, self.layers, target)
-            return ranks, {"beta": beta}
-        if strategy == "spectrum":
-            spectra = {name: dec.spectrum.double().cpu().tolist() for name, dec in decs.items()}
-            return spectrum_allocation(self.all_layers, self.layers, spectra, target), {"normalised": "total energy"}
-        if strategy == "sensitivity":
-            table = self.sensitivities(decs, base_value)
-            if table is None:
-                return None
-            return sensitivity_allocation(self.all_layers, self.layers, table, target), {"file": SENSITIVITY_FILE}
-        if strategy == "alg1":
-            return self.algorithm1()
-        raise SfsdError(f"unknown allocation strategy {strategy!r}")
+        return ALLOCATIONS[self.config.strategy].allocate(RunInputs(self, decs, base_value))
 
     def sensitivity_path(self) -> Path:
         """The table's place in the cache: one per model weights, method, calibration, metric and layers."""
@@ -230,3 +215,33 @@ class AllocationSearch(SurgicalSearch):
                 "rank": rank, "params_kept": layer.params if rank is None else rank * (layer.d_in + layer.d_out),
                 "params_full": layer.params, "value": None,
             })
+
+
+@dataclass
+class RunInputs:
+    """The `AllocationInputs` of one run: its layers and target, and its measurements when asked for."""
+
+    search: AllocationSearch
+    decs: dict[str, Decomposition]
+    base_value: float
+
+    @property
+    def all_layers(self) -> list[LinearLayer]:
+        return self.search.all_layers
+
+    @property
+    def layers(self) -> list[LinearLayer]:
+        return self.search.layers
+
+    @property
+    def target(self) -> float:
+        return self.search.config.target_budget
+
+    def spectra(self) -> dict[str, list[float]]:
+        return {name: dec.spectrum.double().cpu().tolist() for name, dec in self.decs.items()}
+
+    def sensitivities(self) -> dict | None:
+        return self.search.sensitivities(self.decs, self.base_value)
+
+    def algorithm1(self) -> tuple[dict, dict]:
+        return self.search.algorithm1()
