@@ -30,6 +30,7 @@ from sfsd.decompose import (
 )
 from sfsd.errors import SfsdError
 from sfsd.evaluate.fingerprint import model_fingerprint
+from sfsd.evaluate.keys import compressed_model_key
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import check_placement, load_model, resolve_model
 from sfsd.offload import input_device, like_tensor, onloaded
@@ -53,13 +54,6 @@ def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
             raise SfsdError(f"unknown role {unknown[0]!r}: this model has {', '.join(adapter.role_names())}")
     forward = adapter.layers(list(range(config.first_block, adapter.num_blocks)), config.roles)
     return list(reversed(forward))
-
-
-def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
-    """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
-    identity = {k: config.get(k) for k in ("model", "method", "calibration")} | {"ranks": ranks}
-    identity["format"] = DECOMPOSITION_FORMAT
-    return "searched-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def versions() -> dict[str, str]:
@@ -298,13 +292,8 @@ class SurgicalSearch:
         return result
 
 
-def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
-               progress: bool = True, stop_at_budget: float | None = None) -> Run:
-    """Run (or resume, or simply return a finished) search; the run's id is derived from `config`.
-
-    A config with a target budget runs an allocation strategy (`sfsd.search.targeted`). `stop_at_budget`
-    stops a search (state cancelled, resumable) once its overall budget is at or below it; a run already
-    there is returned as it is. It is not part of the run's id: the decisions do not depend on it."""
+def check_search_request(config: SearchConfig, device: str | None) -> None:
+    """SfsdError (one line) for a search that cannot run, before any model is loaded."""
     from sfsd.compress import check_compress_request
 
     check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
@@ -315,10 +304,16 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
 
         require_hub_split(PAPER_TRAIN[config.metric.task], f"search on --suite paper {config.metric.task}",
                           "use --suite offline, the pack's search split")
-    if config.target_budget is not None:
-        from sfsd.search.targeted import run_allocation
 
-        return run_allocation(config, root, device, progress)
+
+def run_layer_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
+                     progress: bool = True, stop_at_budget: float | None = None) -> Run:
+    """Run (or resume, or simply return a finished) Algorithm 1 search of a checked request
+    (`check_search_request`); the run's id is derived from `config`.
+
+    `stop_at_budget` stops a search (state cancelled, resumable) once its overall budget is at or below
+    it; a run already there is returned as it is. It is not part of the run's id: the decisions do not
+    depend on it."""
     run, model, tokenizer = create_run(config, root, device)
     if run.status()["state"] == "done" or budget_reached(run, adapter_for(model).layers(), stop_at_budget):
         return run
