@@ -49,7 +49,7 @@ from sfsd.search.allocation import (
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
-from sfsd.search.surgical import SurgicalSearch, decided_budget, run_record, run_search, search_layers
+from sfsd.search.surgical import SurgicalSearch, decided_budget, run_layer_search, run_record, search_layers
 
 ALG1_BISECTIONS = 5
 ALG1_GROWTH = 2.0
@@ -175,7 +175,7 @@ class AllocationSearch(SurgicalSearch):
             inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None,
                             alg1_growth=None)
             # A run that reaches B stops there: its later decisions cannot change where B is first reached.
-            run = run_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
+            run = run_layer_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
             result = run.result()
             budget = decided_budget(run, self.all_layers) if result is None else result["overall_budget"]
             if result is None and budget > target:
