@@ -25,8 +25,6 @@ from bench.common import (
     write_result,
 )
 
-STRATEGIES = ["uniform", "spectrum", "sensitivity", "alg1"]
-
 
 def protocol_config(model: str, budget: float, num_blocks: int, calibration, seq_lens, ppl_tokens):
     """Table 1's protocol at an overall budget: the last 12 of 32 blocks (scaled) at the beta that gives B,
@@ -44,9 +42,11 @@ def protocol_config(model: str, budget: float, num_blocks: int, calibration, seq
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sfsd.search.allocation import ALLOCATIONS
+
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--budgets", default="0.9,0.8,0.6", help="overall budgets (default: %(default)s)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="allocation strategies")
+    p.add_argument("--strategies", default=",".join(ALLOCATIONS), help="allocation strategies (default: all)")
     p.add_argument("--ppl-tokens", type=int, default=None, help="eval-split tokens for perplexity (default 16384)")
     p.add_argument("--alg1-bisections", type=int, default=None, help="alg1's tolerance bisections (default: 5)")
     p.add_argument("--alg1-growth", type=float, default=None, help="alg1's tolerance growth factor (default: 2)")

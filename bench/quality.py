@@ -28,7 +28,6 @@ from bench.common import (
     write_result,
 )
 
-METHODS = ["weight", "feature", "feature-paper", "feature-official", "feature-uncentred", "asvd", "svdllm"]
 # The paper (32 blocks): last 12 at beta 0.46 (~80 %), last 24 at beta 0.33 (~50 %).
 PAPER_BUDGETS = [("~80%", 0.46, 12), ("~50%", 0.33, 24)]
 
@@ -140,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="first tokens of the wiki eval split for perplexity (default 16384; quick 256)")
     p.add_argument("--tolerances", default="0.05,0.10", help="ppl tolerances of the search rows")
     p.add_argument("--no-search", action="store_true", help="only the uniform rows")
-    p.add_argument("--methods", default=None, help="comma-separated (default: all seven; quick: weight,feature)")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every method; quick: weight,feature)")
     p.add_argument("--tasks", default=None, help="comma-separated offline tasks (default: all five; quick: boolq,piqa)")
     args = p.parse_args(argv)
     started = init(args)
@@ -149,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sfsd.compress import CalibrationSpec
     from sfsd.data import OFFLINE_TASKS
+    from sfsd.decompose import METHODS
     from sfsd.models import DEFAULT_MODEL, resolve_model
     from sfsd.search.uniform import UniformConfig
 

@@ -40,8 +40,8 @@ BUNDLED = {
 }
 
 
+DTYPE_CHOICES = options.DTYPE.choices  # declared with the flag
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 def parse_dtype(name: str | torch.dtype | None, allow_auto: bool = True) -> torch.dtype | None:

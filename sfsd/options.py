@@ -7,8 +7,8 @@ many documents a one-off evaluation reads, ...) are declared here too. The CLI's
 (`sfsd.dashboard.widgets.option_input`) and the equivalent command line a page shows (`command_line`) are all
 generated from these declarations, so a flag, its help and its default cannot drift apart.
 
-This module imports nothing of sfsd at import time (choices that come from a registry are looked up when asked
-for), so every layer can declare its config fields with it.
+This module imports nothing of sfsd but the registry (choices that come from a registry are looked up by kind
+when asked for), so every layer can declare its config fields with it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any
+
+from sfsd.registry import names_of
 
 # kinds of value: how a flag's text is parsed and how a value is written back
 SCALARS = {"str": str, "int": int, "float": float}
@@ -201,32 +203,22 @@ def command_line(command: Sequence[str], config: Any = None, extra: Sequence[str
 
 
 def _methods() -> list[str]:
-    from sfsd.decompose import METHODS
-
-    return list(METHODS)
+    return names_of("method")
 
 
 def _uniform_methods() -> list[str]:
-    return [*_methods(), "none"]
+    return [*names_of("method"), "none"]
 
 
 def _metrics() -> list[str]:
-    from sfsd.search.metrics import METRICS
-
-    return list(METRICS)
-
-
-def _dtypes() -> list[str]:
-    from sfsd.models import DTYPE_CHOICES
-
-    return list(DTYPE_CHOICES)
+    return names_of("metric")
 
 
 # The model and where it runs
 MODEL = Option("--model", "short name of a bundled model, local folder or hub id", "smollm2-135m", label="Model")
 DEVICE = Option("--device", "cpu, cuda or cuda:N; cuda if available when not given", label="Device")
 DTYPE = Option("--dtype", "auto, float32, bfloat16 or float16; auto = the checkpoint's dtype on CUDA, float32 on CPU",
-               "auto", choices=_dtypes, label="Dtype")
+               "auto", choices=("auto", "float32", "bfloat16", "float16"), label="Dtype")
 DEVICE_MAP = Option("--device-map", "spread the model over the GPUs, the CPU and disk with accelerate",
                     choices=("auto", "sequential", "balanced"))
 MAX_MEMORY = Option("--max-memory", "with --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB")

@@ -16,9 +16,9 @@ from sfsd.errors import SfsdError
 from sfsd.paths import data_dir
 from sfsd.runs import Run, RunStore, layers_frame, run_id_for
 from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
-from sfsd.search.allocation import bisect_tolerance, budget_band, solve_choices, spectrum_allocation
+from sfsd.search.allocation import ALLOCATIONS, bisect_tolerance, budget_band, solve_choices, spectrum_allocation
 
-STRATEGIES = ["uniform", "spectrum", "sensitivity", "alg1"]
+STRATEGIES = list(ALLOCATIONS)  # every registered allocation strategy is tested
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from sfsd.calibration import OUTPUT, choose_sides, collect_statistics
 from sfsd.calibration.cache import StatisticsCache
 from sfsd.calibration.statistics import add_gram
 from sfsd.compress import CalibrationSpec, calibration_tokens, compress, statistics_folder
-from sfsd.decompose import fit_decompositions
+from sfsd.decompose import METHODS, fit_decompositions
 from sfsd.errors import SfsdError
 
-FEATURE_METHODS = ["feature", "feature-paper", "feature-official", "feature-uncentred"]
+# the methods that can work from output-side statistics: the four feature-space variants
+FEATURE_METHODS = [name for name, method in METHODS.items() if method.output_statistics]
 CALIB = CalibrationSpec(source="random", samples=12, seq_len=24)
 
 

@@ -82,7 +82,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from sfsd.runs import RunStore
+    from sfsd.runs import RunStore, layers_frame
     from sfsd.runs.transfer import imported_origin, origin_line
 
     run = RunStore().run(args.run_id)
@@ -107,7 +107,7 @@ def run_show(args: argparse.Namespace) -> int:
     config = {key: value for key, value in run.config.items() if key != "layers"}
     _print_pairs([(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
                   for key, value in config.items()], indent="  ")
-    _print_layers(run.layers_frame(), args.rows)
+    _print_layers(layers_frame(run), args.rows)
     return 0
 
 

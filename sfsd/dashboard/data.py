@@ -19,6 +19,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from sfsd.dashboard.plots import BASE
+from sfsd.decompose import METHODS
 from sfsd.errors import SfsdError
 from sfsd.evaluate.intervals import format_proportion, mean_interval
 from sfsd.models import DEFAULT_MODEL
@@ -297,8 +299,7 @@ def spectra(run_id: str, layer: str | None = None, role: str | None = None) -> p
 
 # ---- uniform runs (Table 1) -----------------------------------------------------------------------------
 
-UNIFORM_METHODS = ("base", "weight", "feature", "feature-paper", "feature-official", "feature-uncentred", "asvd",
-                   "svdllm")
+UNIFORM_METHODS = (BASE, *METHODS)  # Table 1's rows: the base model, then every method in registry order
 
 
 def _number(value: Any) -> float | None:
@@ -314,7 +315,7 @@ def _number(value: Any) -> float | None:
 def uniform_row(view: RunView) -> dict:
     """One row of Table 1 from a uniform run: protocol, params, MACs, accuracy per task, perplexity."""
     config, result = view.config, view.result or {}
-    method = "base" if view.method == "none" else view.method
+    method = BASE if view.method == "none" else view.method
     calibration = config.get("calibration") if isinstance(config.get("calibration"), dict) else {}
     row = {"run_id": view.run_id, "origin": view.origin, "model": view.model, "method": method,
            "beta": config.get("beta"),
@@ -470,7 +471,7 @@ def table1_warnings(rows: pd.DataFrame) -> list[str]:
         if len(ns) and ns.min() < SMALL_N:
             notes.append(f"{column.removeprefix('acc:')}: only {int(ns.min())} documents (fewer than {SMALL_N}): "
                          f"its 95% intervals are wider than the differences between methods; evaluate more documents.")
-    base = rows[rows["method"] == "base"]
+    base = rows[rows["method"] == BASE]
     for column in (c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()):
         reference = _number(base[column].iloc[0]) if not base.empty else None
         if not reference:

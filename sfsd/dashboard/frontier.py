@@ -11,12 +11,14 @@ import streamlit as st
 
 from sfsd.dashboard import data
 from sfsd.dashboard.plots import DASHES, METHOD_COLORS, _layout, empty_figure, method_color, wilson_error_bars
+from sfsd.decompose import METHODS
 from sfsd.runs.frontier import ALG1, frontier_frame
+from sfsd.search.allocation import ALLOCATIONS
 
 # One colour per strategy (the page compares strategies; usually of one method), one dash per method.
-STRATEGY_COLORS = {"uniform": "#7f7f7f", "spectrum": "#9467bd", "sensitivity": "#d62728", "alg1": "#2ca02c",
-                   ALG1: "#111111"}
-METHOD_DASH = {"feature": "solid", "weight": "dot", "feature-paper": "dash", "asvd": "dashdot", "svdllm": "longdash"}
+# The strategies' colours are those of their registry entries; a plain Algorithm 1 search (ALG1) is black.
+STRATEGY_COLORS = {name: allocation.color for name, allocation in ALLOCATIONS.items()} | {ALG1: "#111111"}
+METHOD_DASH = {name: method.dash for name, method in METHODS.items() if method.dash is not None}
 
 
 @st.cache_data(ttl=data.TTL_S, show_spinner=False)

@@ -15,26 +15,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sfsd.adapters.base import ROLE_ORDER
-from sfsd.decompose import BETA_GRID, rank_for_budget
+from sfsd.decompose import BETA_GRID, METHODS, rank_for_budget
 from sfsd.evaluate.intervals import mean_interval, wilson_interval
 
-METHOD_COLORS = {
-    "feature": "#1f77b4",  # SFSD: blue
-    "feature-paper": "#d62728",  # Sec. 3.2 as written: red
-    "feature-official": "#8c564b",  # the released code: brown
-    "feature-uncentred": "#17becf",  # cyan
-    "weight": "#ff7f0e",  # plain SVD: orange
-    "asvd": "#2ca02c",  # green
-    "svdllm": "#9467bd",  # purple
-    "base": "#7f7f7f",  # the uncompressed model: grey
-}
-METHOD_LABELS = {
-    "feature": "feature space (SFSD, centred + bias)",
-    "feature-paper": "feature space, paper Sec. 3.2 (uncentred + bias)",
-    "feature-official": "feature space, released code (centred, no bias)",
-    "feature-uncentred": "feature space, uncentred, no bias (= SVD-LLM)", "weight": "weight SVD",
-    "asvd": "ASVD", "svdllm": "SVD-LLM", "base": "base model",
-}
+# Every method's colour and label come from its registry entry (sfsd.decompose.methods); "base", the
+# uncompressed model, is not a method but is drawn beside them.
+BASE = "base"
+METHOD_COLORS = {name: method.color for name, method in METHODS.items()} | {BASE: "#7f7f7f"}  # base: grey
+METHOD_LABELS = {name: method.label for name, method in METHODS.items()} | {BASE: "base model"}
 OTHER_COLORS = ["#e377c2", "#bcbd22", "#393b79", "#637939"]
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 TEMPLATE = "plotly_white"
@@ -211,11 +199,7 @@ def selected_layer(event, cells: pd.DataFrame) -> str | None:
 
 # ---- spectra ---------------------------------------------------------------------------------------------
 
-SPECTRUM_NAMES = {"weight": "weight: σ² of W", "feature": "feature: eigenvalues of Cov(Wx)",
-                  "feature-uncentred": "feature (uncentred): eigenvalues of E[yyᵀ]",
-                  "feature-paper": "feature (paper): eigenvalues of E[yyᵀ]",
-                  "feature-official": "feature (released code): eigenvalues of Cov(Wx)",
-                  "asvd": "ASVD: σ² of W·S", "svdllm": "SVD-LLM: σ² of W·L"}
+SPECTRUM_NAMES = {name: method.spectrum for name, method in METHODS.items()}
 
 
 def spectrum_label(kind: str) -> str:
@@ -393,9 +377,9 @@ def metric_vs_params(curves: Sequence[Curve], y_title: str, x_title: str = "para
     for i, (name, value) in enumerate(baselines):
         if value is None or pd.isna(value):
             continue
-        fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS["base"], dash="dash", width=1.5),
+        fig.add_hline(y=float(value), line=dict(color=METHOD_COLORS[BASE], dash="dash", width=1.5),
                       annotation_text=name, annotation_position="top left" if i % 2 == 0 else "bottom left",
-                      annotation_font=dict(color=METHOD_COLORS["base"], size=11))
+                      annotation_font=dict(color=METHOD_COLORS[BASE], size=11))
     _reference_lines(fig, references or {})
     fig.update_xaxes(title=x_title, range=list(x_range) if x_range else None)
     fig.update_yaxes(title=y_title)
@@ -541,7 +525,7 @@ def disagreement_bars(summary: pd.DataFrame, label_a: str, label_b: str, title: 
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     # three bars side by side per task (offset groups), the disagreement one on its own axis
     fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_a"], name=f"accuracy A: {label_a}",
-                         marker_color=METHOD_COLORS["base"], offsetgroup="a",
+                         marker_color=METHOD_COLORS[BASE], offsetgroup="a",
                          error_y=wilson_error_bars(list(summary["acc_a"]), n)))
     fig.add_trace(go.Bar(x=summary["task"], y=100 * summary["acc_b"], name=f"accuracy B: {label_b}",
                          marker_color=METHOD_COLORS["feature"], offsetgroup="b",

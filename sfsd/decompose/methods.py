@@ -29,6 +29,7 @@ import torch
 
 from sfsd.calibration import InputStatistics, OutputStatistics, Statistics
 from sfsd.errors import SfsdError
+from sfsd.registry import Registry
 
 
 @dataclass
@@ -158,36 +159,51 @@ def svd_llm(weight, bias, stats: InputStatistics) -> Decomposition:
 
 @dataclass(frozen=True)
 class Method:
+    """A decomposition and everything shown about it: adding a method means registering one Method here."""
+
     name: str
     fit: Callable[..., Decomposition]
     needs_calibration: bool
     description: str
+    label: str  # legends and tables of the dashboard and the report
+    color: str  # its colour on every page
+    spectrum: str  # what its spectrum is, in the legend of the spectra chart
     # Needs only W Cov(x) W^T, W E[x x^T] W^T and W E[x]: can work from the statistics of y = W x, which
     # are cheaper where a group's outputs are narrower than its input (see calibration.choose_sides).
     output_statistics: bool = False
+    dash: str | None = None  # its line style on the Frontier page; None: by line order
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)", True),
-        Method("feature-paper", feature_paper, True,
-               "feature space as Sec. 3.2 is written: uncentred Y Y^T eigenvectors plus the Eq. 4 bias", True),
-        Method("feature-official", feature_official, True,
-               "feature space as the released code computes it: centred eigenvectors, no compensation bias", True),
-        Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False, compensate=False),
-               True, "feature space, uncentred, no bias (= SVD-LLM on calibration data)", True),
-        Method("weight", weight_space, False, "weight space: truncated SVD of W"),
-        Method("asvd", asvd, True, "ASVD-style input-channel scaling (mean |x|^0.5)"),
-        Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]"),
-    )
-}
+# Registered in Table 1's row order (weight space first), which every list of methods follows.
+METHODS: Registry[Method] = Registry("method")
+for _method in (
+    Method("weight", weight_space, False, "weight space: truncated SVD of W", label="weight SVD",
+           color="#ff7f0e", spectrum="weight: σ² of W", dash="dot"),  # plain SVD: orange
+    Method("feature", feature_space, True, "feature space, centred, with bias compensation (SFSD)",
+           label="feature space (SFSD, centred + bias)", color="#1f77b4",  # SFSD: blue
+           spectrum="feature: eigenvalues of Cov(Wx)", output_statistics=True, dash="solid"),
+    Method("feature-paper", feature_paper, True,
+           "feature space as Sec. 3.2 is written: uncentred Y Y^T eigenvectors plus the Eq. 4 bias",
+           label="feature space, paper Sec. 3.2 (uncentred + bias)", color="#d62728",  # red
+           spectrum="feature (paper): eigenvalues of E[yyᵀ]", output_statistics=True, dash="dash"),
+    Method("feature-official", feature_official, True,
+           "feature space as the released code computes it: centred eigenvectors, no compensation bias",
+           label="feature space, released code (centred, no bias)", color="#8c564b",  # the released code: brown
+           spectrum="feature (released code): eigenvalues of Cov(Wx)", output_statistics=True),
+    Method("feature-uncentred", lambda w, b, s: feature_space(w, b, s, centred=False, compensate=False),
+           True, "feature space, uncentred, no bias (= SVD-LLM on calibration data)",
+           label="feature space, uncentred, no bias (= SVD-LLM)", color="#17becf",  # cyan
+           spectrum="feature (uncentred): eigenvalues of E[yyᵀ]", output_statistics=True),
+    Method("asvd", asvd, True, "ASVD-style input-channel scaling (mean |x|^0.5)", label="ASVD",
+           color="#2ca02c", spectrum="ASVD: σ² of W·S", dash="dashdot"),  # green
+    Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]", label="SVD-LLM",
+           color="#9467bd", spectrum="SVD-LLM: σ² of W·L", dash="longdash"),  # purple
+):
+    METHODS.register(_method.name, _method)
 
 
 def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise SfsdError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.get(name)
 
 
 def decompose_layer(

@@ -366,31 +366,6 @@ class Run:
         filters = [(name, "==", value) for name, value in (("layer", layer), ("kind", kind)) if value is not None]
         return pd.read_parquet(path, filters=filters or None).reset_index(drop=True)
 
-    # ---- frames (the dashboard's view) -----------------------------------------------------------------
-
-    def trace_frame(self, kind: str | None = "trial") -> pd.DataFrame:
-        from sfsd.runs.frames import trace_frame
-
-        return trace_frame(self, kind)
-
-    def layers_frame(self) -> pd.DataFrame:
-        from sfsd.runs.frames import layers_frame
-
-        return layers_frame(self)
-
-    def snapshots_frame(self) -> pd.DataFrame:
-        from sfsd.runs.frames import snapshots_frame
-
-        return snapshots_frame(self)
-
-    def evaluations_frame(self) -> pd.DataFrame:
-        from sfsd.runs.frames import evaluations_frame
-
-        return evaluations_frame(self)
-
-    def spectra_frame(self, layer: str | None = None) -> pd.DataFrame:
-        return self.read_spectra(layer)
-
 
 _SPECTRA_DTYPES = {"layer": str, "block": "int64", "role": str, "kind": str, "index": "int64", "value": "float64"}
 

@@ -157,7 +157,7 @@ def _model_keys(run: Run) -> set[str]:
     steps |= {record.get("step") for record in run.read_evaluations() if record.get("step") is not None}
     if not steps - {None}:
         return set()
-    from sfsd.search.surgical import compressed_model_key  # lazy: the search writes through this package
+    from sfsd.evaluate.keys import compressed_model_key  # lazy: it loads torch
 
     decided = run.decisions()
     keys = set()

@@ -2,9 +2,9 @@
 
 Algorithm 1 answers "how small can the model get within a tolerance?"; these strategies answer "which
 ranks give the best model at the budget B I need?". They are a different kind of thing from the per-layer
-beta walks of `sfsd.search.strategies` (linear, bisect), hence their own registry, ALLOCATIONS. This
-module holds the maths only (no model, no run); `sfsd.search.targeted` drives them on a model and
-stores the result as a run.
+beta walks of `sfsd.search.strategies` (linear, bisect), hence their own registry, ALLOCATIONS
+(at the end of this module). This module holds the maths only (no model, no run); `sfsd.search.targeted`
+drives them on a model, supplies what they measure (`AllocationInputs`) and stores the result as a run.
 
 Every strategy lands within BUDGET_TOLERANCE (relative) of B in the overall budget of Appendix B, counted
 over *all* decomposable layers of the model (layers outside the search stay intact at beta 1).
@@ -14,22 +14,47 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
 from sfsd.adapters import LinearLayer
 from sfsd.decompose.budget import BETA_GRID, layer_beta, overall_budget, rank_for_budget, saves_parameters
 from sfsd.errors import SfsdError
+from sfsd.registry import Registry
 
 BUDGET_TOLERANCE = 0.005  # a strategy's overall budget must lie within B * (1 -/+ this)
 
-ALLOCATIONS: dict[str, str] = {
-    "uniform": "one beta (any rank) for every searched layer, solved exactly for B",
-    "spectrum": "greedy on the normalised spectra: keep directions with the most energy per parameter",
-    "sensitivity": "per-layer metric change at each grid beta, then an exact multiple-choice knapsack (HiGHS)",
-    "alg1": "Algorithm 1 with its tolerance bisected until it reaches B, stopped when it does",
-}
+SENSITIVITY_FILE = "sensitivity.json"  # the sensitivity table, copied into the run folder
+# (ranks of the searched layers that are factorised, details for the run's result); None: cancelled
+Allocated = tuple[dict[str, int], dict] | None
+
+
+class AllocationInputs(Protocol):
+    """What a strategy reads, supplied by the driver (`sfsd.search.targeted`). The measured pieces cost
+    model passes, so they are computed only when a strategy asks for them."""
+
+    all_layers: Sequence[LinearLayer]  # every decomposable layer of the model
+    layers: Sequence[LinearLayer]  # the searched layers
+    target: float
+
+    def spectra(self) -> Mapping[str, Sequence[float]]: ...
+
+    def sensitivities(self) -> Mapping[str, Mapping[str, float]] | None: ...  # None: cancelled
+
+    def algorithm1(self) -> tuple[dict[str, int], dict]: ...
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """A target-budget strategy: adding one means registering one Allocation at the end of this module."""
+
+    name: str
+    description: str
+    allocate: Callable[[AllocationInputs], Allocated]
+    color: str  # its colour on the Frontier page
+    grid_only: bool = False  # picks ranks of the beta grid only (its lowest beta is the floor), else any rank >= 1
 
 
 def budget_band(target: float) -> tuple[float, float]:
@@ -45,7 +70,7 @@ def check_target(target: float) -> float:
 
 def lowest_rank(strategy: str, layer: LinearLayer) -> int:
     """The smallest rank a strategy gives a layer: rank 1, or the rank of the lowest grid beta."""
-    if strategy in ("sensitivity", "alg1"):
+    if ALLOCATIONS[strategy].grid_only:
         return rank_for_budget(BETA_GRID[0], layer.d_in, layer.d_out)
     return 1
 
@@ -257,3 +282,39 @@ def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: fl
 def layer_budget(rank: int | None, layer: LinearLayer) -> float | None:
     """The decision record's `beta` of an allocation: the layer's actual budget (None when intact)."""
     return None if rank is None else layer_beta(rank, layer.d_in, layer.d_out)
+
+
+def _uniform(inputs: AllocationInputs) -> Allocated:
+    beta, ranks = uniform_allocation(inputs.all_layers, inputs.layers, inputs.target)
+    return ranks, {"beta": beta}
+
+
+def _spectrum(inputs: AllocationInputs) -> Allocated:
+    ranks = spectrum_allocation(inputs.all_layers, inputs.layers, inputs.spectra(), inputs.target)
+    return ranks, {"normalised": "total energy"}
+
+
+def _sensitivity(inputs: AllocationInputs) -> Allocated:
+    table = inputs.sensitivities()
+    if table is None:
+        return None
+    return sensitivity_allocation(inputs.all_layers, inputs.layers, table, inputs.target), {"file": SENSITIVITY_FILE}
+
+
+def _algorithm1(inputs: AllocationInputs) -> Allocated:
+    return inputs.algorithm1()
+
+
+ALLOCATIONS: Registry[Allocation] = Registry("allocation strategy")
+for _allocation in (
+    Allocation("uniform", "one beta (any rank) for every searched layer, solved exactly for B", _uniform,
+               color="#7f7f7f"),
+    Allocation("spectrum", "greedy on the normalised spectra: keep directions with the most energy per parameter",
+               _spectrum, color="#9467bd"),
+    Allocation("sensitivity",
+               "per-layer metric change at each grid beta, then an exact multiple-choice knapsack (HiGHS)",
+               _sensitivity, color="#d62728", grid_only=True),
+    Allocation("alg1", "Algorithm 1 with its tolerance bisected until it reaches B, stopped when it does", _algorithm1,
+               color="#2ca02c", grid_only=True),
+):
+    ALLOCATIONS.register(_allocation.name, _allocation)

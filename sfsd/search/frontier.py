@@ -14,9 +14,11 @@ from pathlib import Path
 from sfsd import options
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.errors import SfsdError
+from sfsd.evaluate.keys import compressed_model_key
 from sfsd.runs import Run, run_id_for
 from sfsd.search.config import SearchConfig
-from sfsd.search.surgical import compressed_model_key, model_at_step, run_search
+from sfsd.search.entry import run_search
+from sfsd.search.surgical import model_at_step
 from sfsd.search.uniform import UniformConfig, run_uniform
 
 MACS_SEQ_LEN = 128  # MACs of one forward pass over this many tokens, as the uniform runs record them

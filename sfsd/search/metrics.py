@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from sfsd import options
 from sfsd.errors import SfsdError
+from sfsd.registry import Registry
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,12 +75,12 @@ class SearchMetric:
         return value >= threshold if self.higher_is_better else value <= threshold
 
 
-METRICS: dict[str, type[SearchMetric]] = {}
+METRICS: Registry[type[SearchMetric]] = Registry("metric")
 
 
 def register_metric(cls: type[SearchMetric]) -> type[SearchMetric]:
-    METRICS[cls.name] = cls
-    return cls
+    """Class decorator: register a SearchMetric under its `name`."""
+    return METRICS.register(cls.name, cls)
 
 
 @register_metric

@@ -28,7 +28,7 @@ def config_of(run: Run) -> SearchConfig | UniformConfig:
 def resume_run(run_id: str, root: Path | None = None, device=None, progress: bool = True,
                stop_at_budget: float | None = None) -> Run:
     """Continue (or start) the stored run `run_id` with its own config; a finished run is returned as it is."""
-    from sfsd.search.surgical import run_search
+    from sfsd.search.entry import run_search
     from sfsd.search.uniform import run_uniform
 
     run = Run.open(run_id, root)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from sfsd.registry import Registry
+
 Trial = Callable[[int], bool]  # grid index -> passed
 
 
@@ -31,4 +33,8 @@ def bisect(trial: Trial, grid: Sequence[float]) -> int | None:
     return None if high == len(grid) else high
 
 
-STRATEGIES: dict[str, Callable[[Trial, Sequence[float]], int | None]] = {"linear": linear, "bisect": bisect}
+Strategy = Callable[[Trial, Sequence[float]], int | None]  # (trial, grid) -> index of the chosen beta, None: intact
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+STRATEGIES.register("linear", linear)
+STRATEGIES.register("bisect", bisect)

@@ -15,11 +15,10 @@ from tqdm.auto import tqdm
 
 from sfsd.accounting import count_parameters
 from sfsd.adapters import LinearLayer, adapter_for
-from sfsd.cache import cache_key, model_fingerprint, versions
+from sfsd.cache import model_fingerprint, versions
 from sfsd.compress import Compressor, decomposition_folder
 from sfsd.decompose import (
     BETA_GRID,
-    DECOMPOSITION_FORMAT,
     Decomposition,
     apply_ranks,
     low_rank_module,
@@ -28,6 +27,7 @@ from sfsd.decompose import (
     set_module,
 )
 from sfsd.errors import SfsdError
+from sfsd.evaluate.keys import compressed_model_key
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import check_placement, load_model
 from sfsd.offload import input_device, like_tensor, onloaded
@@ -52,10 +52,6 @@ def search_layers(model: nn.Module, config: SearchConfig) -> list[LinearLayer]:
     return list(reversed(forward))
 
 
-def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
-    """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
-    identity = {k: config.get(k) for k in ("model", "method", "calibration")}
-    return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks)
 
 
 def create_run(config: SearchConfig, root: Path | None = None, device: str | None = None):
@@ -99,7 +95,8 @@ class SurgicalSearch:
         self.all_layers = self.adapter.layers()
         self.device = input_device(model)  # a dispatched model's first weights may be on disk
         self.metric: SearchMetric = METRICS[config.metric.name](config.metric, tokenizer, model)
-        self.strategy = STRATEGIES.get(config.strategy)  # None for a target-budget allocation
+        # a target-budget run names an allocation (sfsd.search.allocation), not a per-layer walk
+        self.strategy = None if config.target_budget is not None else STRATEGIES[config.strategy]
         self.ranks: dict[str, int] = {}
         self.trials = 0
 
@@ -279,13 +276,8 @@ class SurgicalSearch:
         return result
 
 
-def run_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
-               progress: bool = True, stop_at_budget: float | None = None) -> Run:
-    """Run (or resume, or simply return a finished) search; the run's id is derived from `config`.
-
-    A config with a target budget runs an allocation strategy (`sfsd.search.targeted`). `stop_at_budget`
-    stops a search (state cancelled, resumable) once its overall budget is at or below it; a run already
-    there is returned as it is. It is not part of the run's id: the decisions do not depend on it."""
+def check_search_request(config: SearchConfig, device: str | None) -> None:
+    """SfsdError (one line) for a search that cannot run, before any model is loaded."""
     from sfsd.compress import check_compress_request
 
     check_compress_request(config.method, None, config.calibration)  # e.g. a hub source offline, before loading
@@ -296,10 +288,16 @@ def run_search(config: SearchConfig, root: Path | None = None, device: str | Non
 
         require_hub_split(PAPER_TRAIN[config.metric.task], f"search on --suite paper {config.metric.task}",
                           "use --suite offline, the pack's search split")
-    if config.target_budget is not None:
-        from sfsd.search.targeted import run_allocation
 
-        return run_allocation(config, root, device, progress)
+
+def run_layer_search(config: SearchConfig, root: Path | None = None, device: str | None = None,
+                     progress: bool = True, stop_at_budget: float | None = None) -> Run:
+    """Run (or resume, or simply return a finished) Algorithm 1 search of a checked request
+    (`check_search_request`); the run's id is derived from `config`.
+
+    `stop_at_budget` stops a search (state cancelled, resumable) once its overall budget is at or below
+    it; a run already there is returned as it is. It is not part of the run's id: the decisions do not
+    depend on it."""
     run, model, tokenizer = create_run(config, root, device)
     if run.status()["state"] == "done" or budget_reached(run, adapter_for(model).layers(), stop_at_budget):
         return run

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from sfsd import options
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.atomic import write_json
@@ -37,22 +38,21 @@ from sfsd.offload import like_tensor
 from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.allocation import (
+    ALLOCATIONS,
+    SENSITIVITY_FILE,
+    Allocated,
     bisect_tolerance,
     budget_band,
     check_reachable,
     layer_budget,
-    sensitivity_allocation,
-    spectrum_allocation,
     truncate_at_target,
-    uniform_allocation,
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
-from sfsd.search.surgical import SurgicalSearch, decided_budget, run_record, run_search, search_layers
+from sfsd.search.surgical import SurgicalSearch, decided_budget, run_layer_search, run_record, search_layers
 
-ALG1_BISECTIONS = 5
-ALG1_GROWTH = 2.0
-SENSITIVITY_FILE = "sensitivity.json"
+ALG1_BISECTIONS = options.ALG1_BISECTIONS.unset  # when the config leaves them None (declared with their flags)
+ALG1_GROWTH = options.ALG1_GROWTH.unset
 
 
 def run_allocation(config: SearchConfig, root: Path | None = None, device: str | None = None,
@@ -112,23 +112,9 @@ class AllocationSearch(SurgicalSearch):
 
     # ---- the strategies --------------------------------------------------------------------------------
 
-    def allocate(self, decs: dict[str, Decomposition], base_value: float) -> tuple[dict, dict] | None:
+    def allocate(self, decs: dict[str, Decomposition], base_value: float) -> Allocated:
         """(ranks of the searched layers that are factorised, details for the result); None if cancelled."""
-        strategy, target = self.config.strategy, self.config.target_budget
-        if strategy == "uniform":
-            beta, ranks = uniform_allocation(self.all_layers, self.layers, target)
-            return ranks, {"beta": beta}
-        if strategy == "spectrum":
-            spectra = {name: dec.spectrum.double().cpu().tolist() for name, dec in decs.items()}
-            return spectrum_allocation(self.all_layers, self.layers, spectra, target), {"normalised": "total energy"}
-        if strategy == "sensitivity":
-            table = self.sensitivities(decs, base_value)
-            if table is None:
-                return None
-            return sensitivity_allocation(self.all_layers, self.layers, table, target), {"file": SENSITIVITY_FILE}
-        if strategy == "alg1":
-            return self.algorithm1()
-        raise SfsdError(f"unknown allocation strategy {strategy!r}")
+        return ALLOCATIONS[self.config.strategy].allocate(RunInputs(self, decs, base_value))
 
     def sensitivity_path(self) -> Path:
         """The table's place in the cache: one per model weights, method, calibration, metric and layers."""
@@ -187,7 +173,7 @@ class AllocationSearch(SurgicalSearch):
             inner = replace(self.config, strategy="linear", target_budget=None, metric=metric, alg1_bisections=None,
                             alg1_growth=None)
             # A run that reaches B stops there: its later decisions cannot change where B is first reached.
-            run = run_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
+            run = run_layer_search(inner, self.root, self.device_name, progress=False, stop_at_budget=target)
             result = run.result()
             budget = decided_budget(run, self.all_layers) if result is None else result["overall_budget"]
             if result is None and budget > target:
@@ -227,3 +213,33 @@ class AllocationSearch(SurgicalSearch):
                 "rank": rank, "params_kept": layer.params if rank is None else rank * (layer.d_in + layer.d_out),
                 "params_full": layer.params, "value": None,
             })
+
+
+@dataclass
+class RunInputs:
+    """The `AllocationInputs` of one run: its layers and target, and its measurements when asked for."""
+
+    search: AllocationSearch
+    decs: dict[str, Decomposition]
+    base_value: float
+
+    @property
+    def all_layers(self) -> list[LinearLayer]:
+        return self.search.all_layers
+
+    @property
+    def layers(self) -> list[LinearLayer]:
+        return self.search.layers
+
+    @property
+    def target(self) -> float:
+        return self.search.config.target_budget
+
+    def spectra(self) -> dict[str, list[float]]:
+        return {name: dec.spectrum.double().cpu().tolist() for name, dec in self.decs.items()}
+
+    def sensitivities(self) -> dict | None:
+        return self.search.sensitivities(self.decs, self.base_value)
+
+    def algorithm1(self) -> tuple[dict, dict]:
+        return self.search.algorithm1()

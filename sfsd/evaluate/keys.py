@@ -1,0 +1,16 @@
+"""Evaluation cache keys of models that exist only as a run's decisions (never saved to disk).
+
+Here, below both the search (which evaluates such models) and the run store (whose export ships their
+cached evaluations), so that neither has to import the other.
+"""
+
+from __future__ import annotations
+
+from sfsd.cache import cache_key
+from sfsd.decompose import DECOMPOSITION_FORMAT
+
+
+def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
+    """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
+    identity = {k: config.get(k) for k in ("model", "method", "calibration")}
+    return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks)
