@@ -37,7 +37,6 @@ class Option:
     kind: str = "str"  # str, int, float, bool (a switch), strs, ints, floats (comma-separated lists)
     choices: Sequence[str] | Callable[[], Sequence[str]] | None = None
     label: str | None = None  # the dashboard's label (default: the help's first clause)
-    required: bool = False
     # the flag's text for None where None is not the default (e.g. --limit 0: every document)
     none_text: str | None = None
     # what the engine uses when the option is not given, for options whose config field stays None then (so that
@@ -99,8 +98,7 @@ class Option:
             parser.add_argument(self.flag, dest=self.dest, action="store_true", help=help_text)
             return
         choices = self.choice_list()
-        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, required=self.required,
-                            help=help_text, metavar=_metavar(self, choices),
+        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, help=help_text, metavar=_metavar(self, choices),
                             **({"choices": choices} if choices and self.kind == "str" else {}))
 
 
@@ -122,11 +120,11 @@ def _metavar(option: Option, choices: list[str] | None) -> str | None:
 def _default_text(option: Option, value: Any) -> str:
     if value is None and option.unset is not None:
         value = option.unset
-    if value is None or option.kind == "bool" or option.required:
+    if value is None or option.kind == "bool":
         return ""
     if option.kind in LISTS:
-        return ",".join(str(v) for v in value) if value else ""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+        return ",".join(_number_text(v) for v in value)
+    return _number_text(value)
 
 
 def add_flags(parser: argparse._ActionsContainer, *options: Option, **defaults: Any) -> None:
