@@ -98,7 +98,8 @@ class Option:
             parser.add_argument(self.flag, dest=self.dest, action="store_true", help=help_text)
             return
         choices = self.choice_list()
-        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, help=help_text, metavar=_metavar(self, choices),
+        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, help=help_text,
+                            metavar=_metavar(self, choices),
                             **({"choices": choices} if choices and self.kind == "str" else {}))
 
 
@@ -136,15 +137,15 @@ def add_flags(parser: argparse._ActionsContainer, *options: Option, **defaults: 
 # ---- configs whose fields are options -------------------------------------------------------------------
 
 
-def config_options(cls: type, prefix: str = "") -> list[tuple[str, Option]]:
-    """(field path, option) of every option field of config class `cls`, nested configs flattened
-    ("metric.samples"); a nested config is a field whose metadata names its class under "config"."""
+def config_options(cls: type, prefix: str = "") -> list[tuple[str, Option, Any]]:
+    """(field path, option, the field's default) of every option field of config class `cls`, nested configs
+    flattened ("metric.samples"); a nested config is a field whose metadata names its class under "config"."""
     found = []
     for f in dataclasses.fields(cls):
         if "config" in f.metadata:
             found += config_options(f.metadata["config"], f"{prefix}{f.name}.")
         elif "option" in f.metadata:
-            found.append((prefix + f.name, f.metadata["option"]))
+            found.append((prefix + f.name, f.metadata["option"], _field_default(f)))
     return found
 
 
@@ -155,11 +156,12 @@ def nested(cls: type) -> Any:
 
 def add_config_flags(parser: argparse._ActionsContainer, cls: type, *, only: Iterable[str] | None = None,
                      exclude: Iterable[str] = (), **defaults: Any) -> None:
-    """The flags of config class `cls` (field paths in `only`, all but `exclude`); `defaults` by dest."""
+    """The flags of config class `cls` (field paths in `only`, all but `exclude`), each with its field's default
+    (a config may give an option its own, as the frontier's two perplexity lengths); `defaults` by dest."""
     wanted = None if only is None else set(only)
-    for path, opt in config_options(cls):
+    for path, opt, default in config_options(cls):
         if (wanted is None or path in wanted) and path not in set(exclude):
-            opt.add_to(parser, defaults.get(opt.dest, MISSING))
+            opt.add_to(parser, defaults.get(opt.dest, default))
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **fields: Any) -> Any:

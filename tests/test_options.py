@@ -57,6 +57,15 @@ def test_a_config_field_and_its_flag_share_one_default():
     assert args.search_samples == SearchConfig().metric.samples == options.SEARCH_SAMPLES.default
 
 
+def test_a_config_s_own_default_is_its_flag_s_default():
+    from sfsd.cli import build_parser
+    from sfsd.search.frontier import FrontierConfig
+
+    args = build_parser().parse_args(["frontier"])
+    assert args.ppl_seq_lens == FrontierConfig().ppl_seq_lens == [128, 2048]
+    assert options.config_from_args(FrontierConfig, args) == FrontierConfig()
+
+
 def test_configs_are_built_by_keyword_only():
     from sfsd.compress import CalibrationSpec
     from sfsd.search import MetricSpec, SearchConfig
