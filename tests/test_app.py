@@ -162,6 +162,7 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
 
 
+@pytest.mark.slow  # a background `sfsd snapshot-eval` over every snapshot
 def test_accuracy_is_computed_for_a_finished_search_from_its_empty_state(store, tmp_path, monkeypatch):
     import shutil
     import time
@@ -451,6 +452,7 @@ def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
     assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
 
 
+@pytest.mark.slow  # the quick demo's five runs in a background process
 def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store):
     import time
 

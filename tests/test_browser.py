@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from conftest import cache_env
 
+pytestmark = pytest.mark.slow  # a streamlit server and Chromium per test module, the demo run in the browser
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
