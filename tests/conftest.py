@@ -80,6 +80,7 @@ def cache(session_cache, tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
     return root
 
+
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
             pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -213,3 +214,20 @@ def dashboard_store(tmp_path_factory, default_model_dir) -> dict:
         saved = materialize_run(feature.id)
     return {"root": str(root), "model": str(model), "feature": feature.id, "weight": weight.id,
             "uniform": uniform, "saved": str(saved)}
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory, dashboard_store) -> dict:
+    """A session-private copy of the dashboard store that holds the session's one quick-demo run: the browser
+    test starts it with a click and watches it progress; the demo's AppTest (marked `reuses_demo`, so that it
+    runs last) then reads the same finished runs, or starts them itself when the browser test did not run."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("demo") / "store"
+    shutil.copytree(dashboard_store["root"], root, symlinks=True, ignore=shutil.ignore_patterns("lock"))
+    return {**dashboard_store, "root": str(root)}
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Tests marked `reuses_demo` run after all others (in their order), i.e. after the browser's demo test."""
+    items.sort(key=lambda item: item.get_closest_marker("reuses_demo") is not None)

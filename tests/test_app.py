@@ -452,12 +452,24 @@ def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
     assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
 
 
-@pytest.mark.slow  # the quick demo's five runs in a background process
-def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store):
+@pytest.fixture
+def demo_env(demo_store, monkeypatch):
+    monkeypatch.setenv("SFSD_CACHE_DIR", demo_store["root"])
+    monkeypatch.setenv("SFSD_DEMO_MODEL", demo_store["model"])
+    return demo_store
+
+
+@pytest.mark.slow  # the quick demo's five runs in a background process, unless the browser test ran them
+@pytest.mark.reuses_demo
+def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
+    """On conftest's `demo_store`: the demo the browser test started with a click when it ran (its runs are then
+    done and `start_demo` launches nothing), else the demo started here."""
     import time
 
     from sfsd.dashboard import jobs
     from sfsd.runs import Run
+
+    store = demo_env
 
     started = jobs.start_demo(store["model"], 3)  # what the button does, in one process
     ids = jobs.demo_run_ids(store["model"], 3)
