@@ -7,7 +7,7 @@ READONLY ?=
 # Another address than 127.0.0.1 exposes the dashboard to the network: allowed only with READONLY=1.
 ADDRESS ?= 127.0.0.1
 
-.PHONY: setup app test test-all lint bench clean-cache
+.PHONY: setup app test test-fast test-all lint bench clean-cache
 
 setup: $(VENV)/.setup-done
 
@@ -22,9 +22,15 @@ app: setup
 	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none \
 		--client.toolbarMode $(if $(filter 1,$(READONLY)),viewer,auto)
 
+# Everything, what CI runs (.ci/run).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 tests
+
+# The edit loop: everything but the tests marked `slow` (real browser, real default model, background runs).
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=10 -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,6 @@ from conftest import save_tiny_llama
 from sfsd.adapters import LinearLayer
 from sfsd.compress import CalibrationSpec
 from sfsd.errors import SfsdError
-from sfsd.paths import data_dir
 from sfsd.runs import Run, RunStore, layers_frame, run_id_for
 from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 from sfsd.search.allocation import ALLOCATIONS, bisect_tolerance, budget_band, solve_choices, spectrum_allocation
@@ -24,16 +23,6 @@ STRATEGIES = list(ALLOCATIONS)  # every registered allocation strategy is tested
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, default_model_dir):
     return save_tiny_llama(tmp_path_factory.mktemp("alloc") / "tiny-llama", default_model_dir, 3)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    """A private cache (runs, decompositions) that shares the real data pack."""
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "data").symlink_to(data_dir())
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
-    return root
 
 
 def _config(model, strategy, target, **extra):

@@ -1,101 +1,27 @@
 """The dashboard, page by page, with Streamlit's AppTest against a run store the real search wrote.
 
-The store (`shared_store`) holds two searches on a tiny random LLaMA (feature with task snapshots, weight),
-three uniform runs (base, weight, feature) and the feature search's saved model; it is built once per
-session and reused by tests/test_browser.py.
+The store (conftest's `dashboard_store`) holds two searches on a tiny random LLaMA (feature with task snapshots,
+weight), three uniform runs (base, weight, feature) and the feature search's saved model; it is built once per
+session and shared with tests/test_browser.py and tests/test_transfer.py.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from conftest import PAGES, UNIFORM, no_exception, open_page
+from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {
-    "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
-    "accuracy": "pages/4_Accuracy_vs_parameters.py", "table1": "pages/5_Weight_vs_feature.py",
-    "disagreement": "pages/6_Disagreement.py", "bias": "pages/7_Bias.py", "report": "pages/8_Report.py",
-}
-TINY_LLAMA = dict(vocab_size=49152, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                  num_attention_heads=4, num_key_value_heads=2, pad_token_id=2)
-UNIFORM = dict(beta=0.5, last_blocks=2, tasks=["piqa"], limit=5, ppl_seq_lens=[32], ppl_tokens=1024)
-
-
-@contextmanager
-def cache_env(root: Path):
-    old = os.environ.get("SFSD_CACHE_DIR")
-    os.environ["SFSD_CACHE_DIR"] = str(root)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SFSD_CACHE_DIR", None)
-        else:
-            os.environ["SFSD_CACHE_DIR"] = old
-
-
-def _build(root: Path) -> dict:
-    """Tiny model, two real searches, three real uniform runs and one saved compressed model."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from sfsd.compress import CalibrationSpec
-    from sfsd.models import DEFAULT_MODEL, resolve_model
-    from sfsd.paths import data_dir
-
-    pack, tokenizer_dir = data_dir(), resolve_model(DEFAULT_MODEL)  # the real cache, before switching
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "data").exists():
-        (root / "data").symlink_to(pack)
-    model = root / "tiny-llama"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).save_pretrained(model)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(model)
-    with cache_env(root):
-        from sfsd.dashboard.jobs import materialize_run
-        from sfsd.search import MetricSpec, SearchConfig, run_search
-        from sfsd.search.uniform import UniformConfig, run_uniform
-
-        calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
-        metric = MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2)
-        feature = run_search(SearchConfig(model=str(model), method="feature", metric=metric, calibration=calibration,
-                                          snapshot_every=11, snapshot_tasks=["piqa"], snapshot_limit=4), progress=False)
-        weight = run_search(SearchConfig(model=str(model), method="weight", metric=metric, calibration=calibration,
-                                         first_block=1, snapshot_every=4), progress=False)
-        uniform = {}
-        for method in ("none", "feature"):
-            config = UniformConfig(model=str(model), method=method, calibration=calibration, **UNIFORM)
-            uniform[method] = run_uniform(config, progress=False).id
-        saved = materialize_run(feature.id)
-    return {"root": str(root), "model": str(model), "feature": feature.id, "weight": weight.id,
-            "uniform": uniform, "saved": str(saved)}
-
-
-def shared_store(tmp_path_factory) -> dict:
-    """The session's fixture store, built by whichever test module asks first."""
-    base = tmp_path_factory.getbasetemp()
-    root, done = base / "dashboard-store", base / "dashboard-store.json"
-    with open(base / "dashboard-store.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            done.write_text(json.dumps(_build(root)))
-    return json.loads(done.read_text())
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return shared_store(tmp_path_factory)
+def store(dashboard_store):
+    return dashboard_store
 
 
 @pytest.fixture
@@ -105,20 +31,8 @@ def env(store, monkeypatch):
     return store
 
 
-def open_page(name: str | None = None, timeout: float = 90) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
-    if name is not None:
-        at.switch_page(PAGES[name])
-    return at.run()
-
-
 def charts(at: AppTest) -> list:
     return at.get("plotly_chart")
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def texts(at: AppTest) -> str:
@@ -248,6 +162,7 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
 
 
+@pytest.mark.slow  # a background `sfsd snapshot-eval` over every snapshot
 def test_accuracy_is_computed_for_a_finished_search_from_its_empty_state(store, tmp_path, monkeypatch):
     import shutil
     import time
@@ -548,11 +463,24 @@ def test_heatmap_cells_show_intact_layers_full_and_undecided_ones_blank():
     assert plots.selected_layer({"selection": {"points": []}}, cells.reset_index()) is None
 
 
-def test_finished_quick_demo_says_what_it_ran_and_where_to_look(empty_env, store):
+@pytest.fixture
+def demo_env(demo_store, monkeypatch):
+    monkeypatch.setenv("SFSD_CACHE_DIR", demo_store["root"])
+    monkeypatch.setenv("SFSD_DEMO_MODEL", demo_store["model"])
+    return demo_store
+
+
+@pytest.mark.slow  # the quick demo's five runs in a background process, unless the browser test ran them
+@pytest.mark.reuses_demo
+def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
+    """On conftest's `demo_store`: the demo the browser test started with a click when it ran (its runs are then
+    done and `start_demo` launches nothing), else the demo started here."""
     import time
 
     from sfsd.dashboard import jobs
     from sfsd.runs import Run
+
+    store = demo_env
 
     started = jobs.start_demo(store["model"], 3)  # what the button does, in one process
     ids = jobs.demo_run_ids(store["model"], 3)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # conftest's frontier_store: a real frontier and an evaluated search
 
 
 def open_frontier(monkeypatch, root: str) -> AppTest:

@@ -1,19 +1,19 @@
 """The dashboard in a real browser: `streamlit run app.py` as a server, headless Chromium through Playwright.
 
-Every page is opened against a copy of the fixture store of tests/test_app.py and must render its Plotly
-charts with data, show no exception and no error or warning alert other than those its allow-list expects
-(screenshots at 1400 px go to tests/artifacts/); the quick demo is started with a click and its progress is
-watched until the search is done; an archive of runs is uploaded into an empty dashboard and its heatmap
-opened; a read-only server shows no control that acts; a page URL opened first on a fresh server shows
-Home first in the sidebar. Waits fail when they time out. Without Chromium the tests skip, except under
-CI=true, where they fail.
+Every page is opened against a copy of the dashboard's fixture store (conftest's `dashboard_store`) and must
+render its Plotly charts with data, show no exception and no error or warning alert other than those its
+allow-list expects (screenshots at 1400 px go to tests/artifacts/); the Frontier page on conftest's
+`frontier_store` draws its charts and a click on a point opens that run's heatmap; the quick demo is started
+with a click and its progress is watched until the search is done; an archive of runs is uploaded into an
+empty dashboard and its heatmap opened; a read-only server shows no control that acts; a page URL opened
+first on a fresh server shows Home first in the sidebar. Waits fail when they time out. Without Chromium the
+tests skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from test_app import cache_env, shared_store
+from conftest import cache_env
+
+pytestmark = pytest.mark.slow  # a streamlit server and Chromium per test module, the demo run in the browser
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,12 +77,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A private copy of the shared fixture store: the demo run started here stays out of the other tests."""
-    shared = shared_store(tmp_path_factory)
-    root = tmp_path_factory.mktemp("browser") / "store"
-    shutil.copytree(shared["root"], root, symlinks=True, ignore=shutil.ignore_patterns("lock"))
-    return {**shared, "root": str(root)}
+def store(demo_store):
+    """conftest's `demo_store`, a private copy of the fixture store: the demo started here stays out of the other
+    tests but the demo's AppTest, which reads its finished runs."""
+    return demo_store
 
 
 @contextmanager
@@ -306,6 +306,27 @@ def test_clicking_a_heatmap_cell_opens_its_spectrum(server, page):
     settle(page)
     assert_clean(page)
     page.screenshot(path=str(ARTIFACTS / "heatmap-clicked.png"), full_page=True)
+
+
+def test_frontier_page_draws_its_charts_and_a_click_opens_the_heatmap(frontier_store, page):
+    with serve(frontier_store["root"], frontier_store["model"]) as url:
+        page.goto(f"{url}/Frontier")
+        settle(page)
+        assert_clean(page)
+        # frontier, accuracy with error bars, two heatmaps side by side
+        assert wait_charts(page, 4) >= 4
+        bars = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1]._fullData"
+                             ".map(t => t.error_y && t.error_y.visible ? t.error_y.array.length : 0)")
+        assert bars and all(bars), bars
+        page.screenshot(path=str(ARTIFACTS / "frontier.png"), full_page=True)
+        box = page.locator(".js-plotly-plot").first.locator(".scatterlayer .points path").first.bounding_box()
+        click_at(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the first marker
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot .gtitle')]"
+                               ".some(t => t.textContent.startsWith('clicked point'))", timeout=60000)
+        settle(page)
+        assert wait_charts(page, 5) >= 5
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "frontier-clicked.png"), full_page=True)
 
 
 def test_quick_demo_starts_from_the_browser_and_progresses(server, page, store):

@@ -37,7 +37,6 @@ from sfsd.data import (  # noqa: E402
 from sfsd.data.splits import assign_splits, assign_stratified, rng_for, split_sizes  # noqa: E402
 from sfsd.errors import SfsdError  # noqa: E402
 
-ORIGINAL_CACHE = os.environ.get("SFSD_CACHE_DIR")
 SOURCE_ROWS = {"boolq": 3270, "piqa": 1500, "openbookqa": 500, "commonsenseqa": 1221, "siqa": 1954}
 
 
@@ -441,17 +440,10 @@ def test_cli_fetch_and_show(pack_env, capsys):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(default_model_dir):
     from transformers import AutoTokenizer
 
-    from sfsd.models import resolve_model
-
-    with pytest.MonkeyPatch.context() as mp:  # the shared model cache, not a test's temporary one
-        if ORIGINAL_CACHE is None:
-            mp.delenv("SFSD_CACHE_DIR", raising=False)
-        else:
-            mp.setenv("SFSD_CACHE_DIR", ORIGINAL_CACHE)
-        return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m"))
+    return AutoTokenizer.from_pretrained(default_model_dir)
 
 
 def test_mix_is_balanced_and_unpadded(pack_env, tokenizer):

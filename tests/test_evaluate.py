@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,12 +81,10 @@ def model():
 
 
 @pytest.fixture(autouse=True)
-def cache_root(tmp_path, monkeypatch):
-    """Every test gets its own empty sfsd cache (results, generated task YAMLs, datasets' Arrow files)."""
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path / "cache"))
+def offline(monkeypatch):
+    """The hub off for every test (each also has its own cache: results, task YAMLs, datasets' Arrow files)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    return tmp_path / "cache"
 
 
 class ForwardCounter:
@@ -112,7 +110,7 @@ def run_eval(model, tokenizer, **kwargs):
 # ---------------------------------------------------------------- task YAMLs and requests
 
 
-def test_task_yaml_is_generated_per_split(cache_root):
+def test_task_yaml_is_generated_per_split(cache):
     rows = _pack.task_rows("piqa", "search", FIXTURES)
     folder = tasks.materialise_task("piqa", "search", rows)
     config = yaml.safe_load((folder / "sfsd_piqa.yaml").read_text())
@@ -120,7 +118,7 @@ def test_task_yaml_is_generated_per_split(cache_root):
     assert config["output_type"] == "multiple_choice"
     assert config["dataset_path"] == "json"
     data_file = Path(config["dataset_kwargs"]["data_files"]["test"])
-    assert data_file.parent == folder and str(folder).startswith(str(cache_root))
+    assert data_file.parent == folder and str(folder).startswith(str(cache))
     written = [json.loads(line) for line in data_file.read_text().splitlines()]
     assert written == rows and {r["split"] for r in written} == {"search"}
     assert [m["metric"] for m in config["metric_list"]] == ["acc", "acc_norm"]
@@ -263,9 +261,9 @@ def _corrupt(entry: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["bad json", "truncated parquet", "missing parquet", "wrong content"])
-def test_damaged_cache_entry_is_recomputed(model, tokenizer, cache_root, how):
+def test_damaged_cache_entry_is_recomputed(model, tokenizer, cache, how):
     first = run_eval(model, tokenizer, tasks=["piqa"], limit=3, model_key="tiny-0")
-    (entry,) = (cache_root / "evals" / "tasks").iterdir()
+    (entry,) = (cache / "evals" / "tasks").iterdir()
     _corrupt(entry, how)
     with ForwardCounter(model) as counter:
         again = run_eval(model, tokenizer, tasks=["piqa"], limit=3, model_key="tiny-0")
@@ -276,12 +274,12 @@ def test_damaged_cache_entry_is_recomputed(model, tokenizer, cache_root, how):
     assert not list(entry.glob("*.tmp"))
 
 
-def test_cache_writes_json_and_parquet_only(model, tokenizer, cache_root):
+def test_cache_writes_json_and_parquet_only(model, tokenizer, cache):
     run_eval(model, tokenizer, tasks=["piqa"], limit=2)
     stereoset(model, tokenizer, pack_dir=FIXTURES)
-    suffixes = {p.suffix for p in (cache_root / "evals").rglob("*") if p.is_file()}
+    suffixes = {p.suffix for p in (cache / "evals").rglob("*") if p.is_file()}
     assert not suffixes & {".pkl", ".pickle", ".db", ".sqlite"}
-    assert {p.name for p in (cache_root / "evals" / "stereoset").rglob("*") if p.is_file()} == {
+    assert {p.name for p in (cache / "evals" / "stereoset").rglob("*") if p.is_file()} == {
         "meta.json",
         "records.parquet",
     }
@@ -298,23 +296,39 @@ def test_model_fingerprint_follows_weights():
 # ---------------------------------------------------------------- paper suite
 
 
-def test_paper_suite_offline_is_a_clear_error(model, tokenizer):
-    start = time.monotonic()
-    with pytest.raises(SfsdError) as info:
+class Connections:
+    """Records every TCP connection attempt (host, timeout) and lets it go through."""
+
+    def __init__(self, monkeypatch):
+        self.attempts: list[tuple[str, float | None]] = []
+        connect = socket.create_connection
+
+        def recorded(address, timeout=None, *args, **kwargs):
+            self.attempts.append((address[0], timeout))
+            return connect(address, timeout, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "create_connection", recorded)
+
+
+def test_paper_suite_offline_is_a_clear_error(model, tokenizer, monkeypatch):
+    connections = Connections(monkeypatch)
+    with ForwardCounter(model) as counter, pytest.raises(SfsdError) as info:
         run_eval(model, tokenizer, suite="paper", tasks=["piqa"])
     message = str(info.value)
     assert "--suite offline" in message and "\n" not in message
-    assert time.monotonic() - start < 5
+    assert connections.attempts == [] and counter.calls == 0  # refused at once: no network, no forward
 
 
 def test_paper_suite_without_network_is_a_clear_error(model, tokenizer, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE")
     monkeypatch.setattr(hub, "HUB_HOST", "hub.invalid")  # never resolves
-    start = time.monotonic()
-    with pytest.raises(SfsdError, match="--suite offline"):
+    connections = Connections(monkeypatch)
+    with ForwardCounter(model) as counter, pytest.raises(SfsdError, match="--suite offline"):
         run_eval(model, tokenizer, suite="paper")
-    assert time.monotonic() - start < 10
+    # one probe of the hub with a bounded timeout, then the error: no retries, no download, no forward
+    assert [host for host, _ in connections.attempts] == ["hub.invalid"] and counter.calls == 0
+    assert 0 < connections.attempts[0][1] <= 10
 
 
 # ---------------------------------------------------------------- perplexity

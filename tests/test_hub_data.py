@@ -128,14 +128,8 @@ def model():
 
 
 @pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    """Results go to a fresh cache; the offline pack (read only) is the shared one."""
-    from sfsd.paths import data_dir
-
-    shared = data_dir()
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "data").symlink_to(shared, target_is_directory=True)
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path / "cache"))
+def offline(monkeypatch):
+    """The hub off (results go to conftest's private cache, where the offline pack is the shared one)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 

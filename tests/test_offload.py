@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import save_tiny_llama
+from conftest import make_private_cache, save_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from sfsd.cli import main
@@ -103,7 +103,7 @@ def _search_and_uniform(cache, monkeypatch, model, placement):
     from sfsd.search import MetricSpec, SearchConfig, run_search
     from sfsd.search.uniform import UniformConfig, run_uniform
 
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(cache))
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(make_private_cache(cache)))
     calibration = CalibrationSpec(source="wiki", samples=8, seq_len=32)
     search = run_search(SearchConfig(model=str(model),
                                      metric=MetricSpec(name="ppl", tolerance=0.2, samples=4, seq_len=32),

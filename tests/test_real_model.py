@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import cache_env, make_private_cache
 
 from sfsd.accounting import count_parameters
 from sfsd.compress import CalibrationSpec, compress, describe
@@ -11,6 +12,20 @@ from sfsd.evaluate import perplexity
 from sfsd.models import DEFAULT_MODEL, load_model
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_cache(tmp_path_factory):
+    """One private cache for the module: the accounting test reuses the calibration statistics the Table-1 test
+    computed a moment before (same model, same tokens), never any from an earlier session."""
+    with cache_env(make_private_cache(tmp_path_factory.mktemp("real-model-cache"))) as root:
+        yield root
+
+
+@pytest.fixture(autouse=True)
+def cache(module_cache):
+    """This module's tests share `module_cache` (instead of conftest's cache of their own)."""
+    return module_cache
 
 
 LAST_BLOCKS = 11  # the paper's Table 1 (last 12 of 32 blocks at beta 0.46, ~80 %) scaled to 30 blocks

@@ -82,13 +82,6 @@ def root(tmp_path):
     return tmp_path / "runs"
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """The default run store in a temporary cache (what the CLI uses)."""
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(tmp_path))
-    return tmp_path / "runs"
-
-
 def _child(code: str, run: Run, root: Path) -> list[str]:
     return [sys.executable, "-c", code, run.id, str(root)]
 
@@ -459,8 +452,8 @@ def _cli(capsys, *argv):
 
 
 def test_cli_list_show_cancel_delete(capsys, cache):
-    assert _cli(capsys, "runs") == (0, f"no runs in {cache}\n", "")
-    run = _filled_run(cache)
+    assert _cli(capsys, "runs") == (0, f"no runs in {cache / 'runs'}\n", "")
+    run = _filled_run(cache / "runs")
     for argv in (("runs",), ("runs", "list")):
         code, out, _ = _cli(capsys, *argv)
         assert code == 0 and run.id in out and "2/4 (50%)" in out and "pending" in out

@@ -66,6 +66,7 @@ def test_unknown_dtype_on_a_loading_command_is_one_line(capsys, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # two compressions of the real default model
 def test_bfloat16_end_to_end_matches_float32_perplexity(capsys, tmp_path, default_model_dir):
     """The real default model, compressed in float32 and in bfloat16, saved, reloaded plainly, evaluated."""
     from sfsd.evaluate import perplexity
@@ -96,6 +97,7 @@ def _peak(folder, tmp_path, name):
     return result["peak_rss_bytes"]
 
 
+@pytest.mark.slow  # two compressions in measured subprocesses
 def test_peak_memory_grows_with_depth_by_the_extra_weights_only(capsys, tmp_path):
     """Two depths of one width: the streamed compress holds one block's statistics, not every block's.
 

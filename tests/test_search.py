@@ -14,7 +14,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sfsd.compress import CalibrationSpec
 from sfsd.errors import SfsdError
-from sfsd.paths import data_dir
 from sfsd.runs import Run, layers_frame, snapshots_frame, spectra_frame
 from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 
@@ -24,22 +23,16 @@ def tiny_dir(tmp_path_factory, default_model_dir):
     return save_tiny_llama(tmp_path_factory.mktemp("search") / "tiny-llama", default_model_dir, 4)
 
 
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    """A private cache (runs, decompositions) that shares the real data pack."""
-    pack = data_dir()
-    root = tmp_path / "cache"
-    root.mkdir()
-    (root / "data").symlink_to(pack)
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
-    return root
-
-
 def _config(model, engine="fast", strategy="linear", metric=None):
     metric = metric or MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2)
     return SearchConfig(model=str(model), metric=metric,
                         calibration=CalibrationSpec(source="wiki", samples=16, seq_len=32),
                         engine=engine, strategy=strategy, snapshot_every=5)
+
+
+def _files(root):
+    """Every file under `root` with its size and modification time."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 def _decisions(run):
@@ -63,10 +56,11 @@ def test_fast_search_decides_exactly_like_the_reference_loop(cache, tiny_dir):
     assert list(snaps["step"]) == [0, 5, 10, 15, 20, 25, 28] and snaps["params"].is_monotonic_decreasing
     assert set(spectra_frame(fast)["kind"]) == {"feature", "weight"}
     assert fast.status()["state"] == "done"
-    # Asking again finds the finished run and computes nothing.
-    start = time.perf_counter()
+    # Asking again finds the finished run and computes nothing: no file of the cache is written or touched
+    # (a trial appends to the trace, a start rewrites the status, a decomposition or statistic adds files).
+    before = _files(cache)
     assert run_search(_config(tiny_dir, "fast"), progress=False).id == fast.id
-    assert time.perf_counter() - start < 30
+    assert _files(cache) == before
 
 
 def test_bisect_needs_at_most_four_trials_a_layer_and_keeps_passing_choices(cache, tiny_dir):

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_llama
+from conftest import make_private_cache, save_tiny_llama
 from safetensors.torch import load_file
 
 from sfsd.cli import main
 from sfsd.decompose import DECOMPOSITION_FORMAT
-from sfsd.paths import data_dir
 
 EDITED = "model.layers.1.self_attn.q_proj.weight"  # a layer every compression below decomposes
 CALIBRATION = ["--calib-source", "random", "--calib-samples", "4", "--calib-seq-len", "8"]
@@ -28,16 +27,10 @@ UNIFORM = ["--method", "feature", "--beta", "0.5", "--last-blocks", "2", *CALIBR
 
 
 def _private_cache(root: Path, monkeypatch) -> Path:
-    """`root` as SFSD_CACHE_DIR, sharing the real data pack (perplexity reads its wiki split)."""
+    """Another empty private cache as SFSD_CACHE_DIR (the prepared inputs linked): "no cache at all"."""
     root.mkdir(parents=True)
-    (root / "data").symlink_to(data_dir().resolve())
-    monkeypatch.setenv("SFSD_CACHE_DIR", str(root))
+    monkeypatch.setenv("SFSD_CACHE_DIR", str(make_private_cache(root)))
     return root
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    return _private_cache(tmp_path / "cache", monkeypatch)
 
 
 @pytest.fixture()

@@ -1,6 +1,7 @@
 """Runs that travel: `sfsd runs export` / `import` between two caches, tampered archives, read-only mode.
 
-The runs are the real ones of tests/test_app.py's fixture store (searches and uniform runs on a tiny LLaMA).
+The runs are the real ones of the dashboard's fixture store (conftest's `dashboard_store`: searches and uniform
+runs on a tiny LLaMA).
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_app import PAGES, cache_env, no_exception, open_page, shared_store
+from conftest import PAGES, ROOT, cache_env, no_exception, open_page
 
 from sfsd.errors import SfsdError
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return shared_store(tmp_path_factory)
+def store(dashboard_store):
+    return dashboard_store
 
 
 def all_runs(store: dict) -> list[str]:
