@@ -146,4 +146,6 @@ def runs_table() -> None:
 
 pages = [st.Page(home, title="Home", icon=":material/home:", default=True),
          *(st.Page(str(PAGES_DIR / name)) for name, _, _ in PAGE_LINKS)]
-st.navigation(pages).run()
+navigation = st.navigation(pages)
+widgets.mark_routed()
+navigation.run()

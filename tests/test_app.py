@@ -57,8 +57,11 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     assert not cells.isin(["None", "<NA>", "nan", ""]).any().any()  # empty cells read "—"
     assert (runs.loc[runs["run_id"].str.startswith("uniform-"), "metric"] == "—").all()  # no search target
     demo = at.button(key="start-demo")
-    assert "first-block 0" in demo.help and env["model"] in demo.help  # the last 4 blocks: all 3 here
-    assert "--method feature" in demo.help and "--method weight" in demo.help and "--snapshot-tasks piqa" in demo.help
+    # options at their defaults are left out of a shown command: the last 4 blocks of 3 are all (--first-block 0),
+    # the first search is feature space (--method feature)
+    assert "--first-block" not in demo.help and env["model"] in demo.help
+    assert demo.help.count("sfsd search") == 2 and "--method weight" in demo.help
+    assert "--snapshot-tasks piqa" in demo.help
     assert "sfsd uniform" in demo.help and "--method none" in demo.help  # Table 1's trio at one budget
     from sfsd.dashboard import data, widgets
 

@@ -44,7 +44,20 @@ def route_through_app() -> None:
 
     if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if not _session_routed():  # routed once already: a rerun would only drop this run's button click
+            st.rerun()
+
+
+ROUTED = "_sfsd_routed_by_app"  # session state: app.py's navigation has run in this session
+
+
+def mark_routed() -> None:
+    """Called by app.py before its navigation runs a page: this session's pages are routed through it."""
+    st.session_state[ROUTED] = True
+
+
+def _session_routed() -> bool:
+    return bool(st.session_state.get(ROUTED))
 
 
 def duration(seconds) -> str:
