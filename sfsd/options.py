@@ -42,6 +42,8 @@ class Option:
     # what the engine uses when the option is not given, for options whose config field stays None then (so that
     # the runs made before the option existed keep their ids)
     unset: Any = None
+    # False: argparse does not refuse other values; the engine does, with its own one-line error
+    argparse_choices: bool = True
 
     def __post_init__(self):
         if self.kind == "bool" and self.default is None:
@@ -100,7 +102,8 @@ class Option:
         choices = self.choice_list()
         parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, help=help_text,
                             metavar=_metavar(self, choices),
-                            **({"choices": choices} if choices and self.kind == "str" else {}))
+                            **({"choices": choices} if choices and self.kind == "str" and self.argparse_choices
+                               else {}))
 
 
 def _number_text(value: Any) -> str:
@@ -218,7 +221,8 @@ def _metrics() -> list[str]:
 MODEL = Option("--model", "short name of a bundled model, local folder or hub id", "smollm2-135m", label="Model")
 DEVICE = Option("--device", "cpu, cuda or cuda:N; cuda if available when not given", label="Device")
 DTYPE = Option("--dtype", "auto, float32, bfloat16 or float16; auto = the checkpoint's dtype on CUDA, float32 on CPU",
-               "auto", choices=("auto", "float32", "bfloat16", "float16"), label="Dtype")
+               "auto", choices=("auto", "float32", "bfloat16", "float16"), label="Dtype",
+               argparse_choices=False)  # parse_dtype's error names the choices and says what to do
 DEVICE_MAP = Option("--device-map", "spread the model over the GPUs, the CPU and disk with accelerate",
                     choices=("auto", "sequential", "balanced"))
 MAX_MEMORY = Option("--max-memory", "with --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB")
