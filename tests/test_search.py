@@ -235,6 +235,8 @@ def test_decomposition_cache_never_reuses_stale_factors(cache, tiny_dir, monkeyp
     changed = surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
     assert len(folders()) == 2
     assert not torch.allclose(changed[layers[0].name].coeffs, first[layers[0].name].coeffs)
-    monkeypatch.setattr("sfsd.compress.DECOMPOSITION_FORMAT", surgical.DECOMPOSITION_FORMAT + 1)  # read there
+    from sfsd.decompose import DECOMPOSITION_FORMAT
+
+    monkeypatch.setattr("sfsd.compress.DECOMPOSITION_FORMAT", DECOMPOSITION_FORMAT + 1)  # read there
     surgical.cached_decompositions(model, tokenizer, config, layers, progress=False)
     assert len(folders()) == 3
