@@ -7,6 +7,9 @@ thin layers and loads the safetensors weights as they are; `save_pretrained` wri
 
 Layers that read the same input share one stacked first factor (`sfsd.decompose.fusion`), recorded in the
 config as `sfsd_fused`; folders saved before that existed have no such record and load unfused.
+
+Structurally pruned blocks (`sfsd.decompose.pruning`) are recorded as `sfsd_pruned` (their head and channel
+counts); the model class rebuilds those smaller layers first, then any low-rank ones.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, base_model_type
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
+from sfsd.decompose.pruning import install_pruned_layers
 
 PREFIX = "sfsd_"
 _CLASSES: dict[str, tuple[type, type]] = {}
@@ -48,6 +52,7 @@ def _make_classes(model_type: str) -> tuple[type, type]:
 
     def __init__(self, config, *args, **kwargs):
         base_model.__init__(self, config, *args, **kwargs)
+        install_pruned_layers(self, getattr(config, "sfsd_pruned", None))
         install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None))
 
     model_cls = type(f"Sfsd{base_model.__name__}", (base_model,), {"config_class": config_cls, "__init__": __init__})
@@ -83,6 +88,25 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     model.config.sfsd = dict(extra or {})
     model.__class__ = model_cls
     return fuse_compressed(model)
+
+
+def mark_pruned(model: nn.Module, record: dict[str, Any], method: str = "llm-pruner",
+                extra: dict | None = None) -> nn.Module:
+    """Turn an in-memory structurally pruned model into its registered sfsd class, in place, recording the
+    pruned widths (`sfsd.decompose.pruning.pruned_record`); a compressed model keeps its low-rank record."""
+    register_all()
+    if not is_compressed(model):
+        model_type = base_model_type(model.config.model_type)
+        config_cls, model_cls = _CLASSES[model_type]
+        model.config.__class__ = config_cls
+        vars(model.config).pop("model_type", None)
+        model.config.sfsd_method = method
+        model.config.sfsd_layers = {}
+        model.config.sfsd_fused = {}
+        model.config.sfsd = dict(extra or {})
+        model.__class__ = model_cls
+    model.config.sfsd_pruned = record
+    return model
 
 
 def fuse_compressed(model: nn.Module) -> nn.Module:
