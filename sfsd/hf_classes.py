@@ -18,12 +18,13 @@ from typing import Any
 
 from torch import nn
 
-from sfsd.adapters import SUPPORTED_MODEL_TYPES, base_model_type
+from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
-from sfsd.decompose.pruning import install_pruned_layers
+from sfsd.errors import SfsdError
 
 PREFIX = "sfsd_"
+PRUNED_FORMAT = 1  # the version of the `sfsd_pruned` record in a saved config
 _CLASSES: dict[str, tuple[type, type]] = {}
 
 
@@ -40,6 +41,37 @@ def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]],
         like = next(old.parameters())
         new = LowRankLinear(spec["d_in"], spec["d_out"], spec["rank"], spec["bias"], like.device, like.dtype)
         setattr(parent, child, new)
+
+
+def set_pruned_widths(block: nn.Module, heads: int, kv_heads: int, channels: int) -> None:
+    """The attributes that the forward of LLaMA/Qwen2/Mistral/Gemma attention and MLP read besides the weights."""
+    block.self_attn.num_key_value_groups = heads // kv_heads
+    if hasattr(block.mlp, "intermediate_size"):
+        block.mlp.intermediate_size = channels
+
+
+def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """Put (uninitialised) linear layers of the recorded widths into every structurally pruned block
+    (`sfsd.decompose.pruning`), before `from_pretrained` loads the weights."""
+    if not record:
+        return
+    if record.get("format") != PRUNED_FORMAT:
+        raise SfsdError(f"this folder's pruning record has format {record.get('format')}, not {PRUNED_FORMAT}: "
+                        "update sfsd")
+    adapter = adapter_for(model)
+    for block, widths in record["blocks"].items():
+        module = adapter.blocks[int(block)]
+        attn, mlp = module.self_attn, module.mlp
+        head_dim, hidden = attn.head_dim, attn.o_proj.out_features
+        q, kv, channels = widths["heads"] * head_dim, widths["kv_heads"] * head_dim, widths["channels"]
+        for parent, name, d_in, d_out in ((attn, "q_proj", hidden, q), (attn, "k_proj", hidden, kv),
+                                          (attn, "v_proj", hidden, kv), (attn, "o_proj", q, hidden),
+                                          (mlp, "gate_proj", hidden, channels), (mlp, "up_proj", hidden, channels),
+                                          (mlp, "down_proj", channels, hidden)):
+            old = getattr(parent, name)
+            setattr(parent, name, nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device,
+                                            dtype=old.weight.dtype))
+        set_pruned_widths(module, widths["heads"], widths["kv_heads"], channels)
 
 
 def _make_classes(model_type: str) -> tuple[type, type]:

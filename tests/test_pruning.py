@@ -130,7 +130,7 @@ def _zeroed(model, kept: dict) -> torch.nn.Module:
     return ref
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma", "mistral", "qwen3", "gemma2", "gemma3_text"])
 @pytest.mark.parametrize("heads,kv_heads", [(2, 2), (2, 1), (1, 1)], ids=["query-heads", "kv-groups", "both"])
 def test_surgery_is_exact(model_type, heads, kv_heads):
     """Pruned logits equal the intact model's with the same heads and channels switched off; the layers
@@ -146,14 +146,15 @@ def test_surgery_is_exact(model_type, heads, kv_heads):
     for b, channels in ((0, 40), (2, 41)):
         kept[b]["channel_indices"] = sorted(order[b][:channels].tolist())
         attn, mlp = model.model.layers[b].self_attn, model.model.layers[b].mlp
-        assert attn.q_proj.weight.shape == (heads * 16, 64) and attn.o_proj.weight.shape == (64, heads * 16)
-        assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (kv_heads * 16, 64)
+        hd = attn.head_dim  # 16, or Qwen3's default 128
+        assert attn.q_proj.weight.shape == (heads * hd, 64) and attn.o_proj.weight.shape == (64, heads * hd)
+        assert attn.k_proj.weight.shape == attn.v_proj.weight.shape == (kv_heads * hd, 64)
         assert mlp.gate_proj.weight.shape == mlp.up_proj.weight.shape == (channels, 64)
         assert mlp.down_proj.weight.shape == (64, channels)
         assert len(kept[b]["kv_heads"]) == kv_heads and attn.num_key_value_groups == heads // kv_heads
         if model_type == "qwen2":
             assert attn.q_proj.bias.shape == (heads * 16,) and attn.k_proj.bias.shape == (kv_heads * 16,)
-    assert model.model.layers[1].self_attn.q_proj.weight.shape == (64, 64)  # not pruned
+    assert model.model.layers[1].self_attn.q_proj.weight.shape == original.model.layers[1].self_attn.q_proj.weight.shape
     torch.testing.assert_close(_logits(model, ids), _logits(_zeroed(original, kept), ids), rtol=0, atol=1e-5)
 
 

@@ -40,7 +40,8 @@ channel total is spread over the blocks, so their channel counts differ by at mo
 is then at most half a channel's parameters for the whole range (within 0.5% unless the range is tiny).
 
 The pruned widths are recorded in the config as `sfsd_pruned` (`hf_classes.mark_pruned`), from which the
-registered `sfsd_<type>` class rebuilds the smaller layers on `from_pretrained`.
+registered `sfsd_<type>` class rebuilds the smaller layers on `from_pretrained` (`hf_classes.
+install_pruned_layers`).
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sfsd.adapters import adapter_for
+from sfsd.adapters.families import LlamaLikeAdapter
 from sfsd.errors import SfsdError
+from sfsd.hf_classes import PRUNED_FORMAT, mark_pruned, set_pruned_widths
 
 KINDS = ("param_first", "vectorize")
 GQA_MODES = ("auto", "kv-groups", "query-heads")
-PRUNED_FORMAT = 1  # the version of the `sfsd_pruned` record in a saved config
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
 
@@ -91,9 +94,6 @@ class BlockShape:
 
 def _prunable_adapter(model: nn.Module):
     """The model's adapter if its blocks can be pruned here, else a one-line error (nothing changed)."""
-    from sfsd.adapters import adapter_for
-    from sfsd.adapters.families import LlamaLikeAdapter
-
     adapter = adapter_for(model)
     if not isinstance(adapter, LlamaLikeAdapter):
         raise SfsdError(f"structured pruning needs separate q/k/v/o and gate/up/down projections, which "
@@ -281,13 +281,6 @@ def _sliced(layer: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tens
     return new
 
 
-def _set_widths(block: nn.Module, heads: int, kv_heads: int, channels: int) -> None:
-    """The attributes the forward of LLaMA/Qwen2/Mistral/Gemma attention and MLP read beyond the weights."""
-    block.self_attn.num_key_value_groups = heads // kv_heads
-    if hasattr(block.mlp, "intermediate_size"):
-        block.mlp.intermediate_size = channels
-
-
 def _check_selection(shape: BlockShape, heads: torch.Tensor, kv_heads: torch.Tensor, channels: torch.Tensor):
     if not (len(heads) and len(kv_heads) and len(channels)):
         raise SfsdError("a block would keep no head or no channel: keep at least one of each")
@@ -325,7 +318,7 @@ def _cut(module: nn.Module, shape: BlockShape, heads, kv_heads, channels) -> Non
     mlp.gate_proj = _sliced(mlp.gate_proj, rows=channels)
     mlp.up_proj = _sliced(mlp.up_proj, rows=channels)
     mlp.down_proj = _sliced(mlp.down_proj, cols=channels)
-    _set_widths(module, len(heads), len(kv_heads), len(channels))
+    set_pruned_widths(module, len(heads), len(kv_heads), len(channels))
 
 
 def select_groups(shape: BlockShape, scores: Mapping[str, torch.Tensor], heads: int, kv_heads: int,
@@ -377,32 +370,6 @@ def pruned_record(kept: Mapping[int, Mapping], **info) -> dict:
         for b, k in kept.items()}}
 
 
-def install_pruned_layers(model: nn.Module, record: Mapping | None) -> None:
-    """Put (uninitialised) linear layers of the recorded widths into every pruned block, as `from_pretrained`
-    needs before it loads the weights."""
-    if not record:
-        return
-    if record.get("format") != PRUNED_FORMAT:
-        raise SfsdError(f"this folder's pruning record has format {record.get('format')}, not {PRUNED_FORMAT}: "
-                        "update sfsd")
-    from sfsd.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    for b, widths in record["blocks"].items():
-        module = adapter.blocks[int(b)]
-        attn, mlp = module.self_attn, module.mlp
-        hd, hidden = attn.head_dim, attn.o_proj.out_features
-        q, kv, c = widths["heads"] * hd, widths["kv_heads"] * hd, widths["channels"]
-        for parent, name, d_in, d_out in ((attn, "q_proj", hidden, q), (attn, "k_proj", hidden, kv),
-                                          (attn, "v_proj", hidden, kv), (attn, "o_proj", q, hidden),
-                                          (mlp, "gate_proj", hidden, c), (mlp, "up_proj", hidden, c),
-                                          (mlp, "down_proj", c, hidden)):
-            old = getattr(parent, name)
-            setattr(parent, name, nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device,
-                                            dtype=old.weight.dtype))
-        _set_widths(module, widths["heads"], widths["kv_heads"], c)
-
-
 # ---- the one call --------------------------------------------------------------------------------------------
 
 def prune(model: nn.Module, input_ids: torch.Tensor, blocks: Iterable[int], keep_fraction: float,
@@ -412,7 +379,6 @@ def prune(model: nn.Module, input_ids: torch.Tensor, blocks: Iterable[int], keep
     `save_pretrained` and reloads with `AutoModelForCausalLM.from_pretrained` after `import sfsd`.
     Returns what each block kept and the parameter counts."""
     from sfsd.accounting import count_parameters
-    from sfsd.hf_classes import mark_pruned
 
     plan = plan_for_budget(model, blocks, keep_fraction, gqa)  # checks everything before anything changes
     _check_kind(kind)
