@@ -132,6 +132,25 @@ def block_shape(block: nn.Module) -> BlockShape:
                       channels=mlp.gate_proj.out_features, biases=tuple(m.bias is not None for m in layers))
 
 
+def unpruned_weight_params(model: nn.Module) -> dict[str, int]:
+    """The weight parameters each layer of a pruned block had before pruning (from the config's widths), by
+    module name: the reference of the pruned model's budget."""
+    record = getattr(model.config, "sfsd_pruned", None) or {}
+    config, adapter = model.config, adapter_for(model)
+    full = {}
+    for block in record.get("blocks", {}):
+        attn = adapter.blocks[int(block)].self_attn
+        hidden, head_dim = attn.o_proj.out_features, attn.head_dim
+        q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+        widths = {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
+                  "gate_proj": (hidden, config.intermediate_size), "up_proj": (hidden, config.intermediate_size),
+                  "down_proj": (config.intermediate_size, hidden)}
+        for layer in adapter.layers([int(block)]):
+            d_in, d_out = widths[layer.name.rsplit(".", 1)[-1]]
+            full[layer.name] = d_in * d_out
+    return full
+
+
 def llm_pruner_blocks(num_blocks: int) -> list[int]:
     """LLaMA-7B's pruned range, blocks 4..30 of 32 (the first four and the last two intact), scaled to a depth."""
     return list(range(round(4 * num_blocks / 32), round(30 * num_blocks / 32)))
@@ -162,13 +181,15 @@ def _block_scores(block: nn.Module, shape: BlockShape, kind: str) -> dict[str, t
 
 
 def taylor_importance(model: nn.Module, input_ids: torch.Tensor, blocks: Iterable[int], kind: str = "param_first",
-                      batch_size: int = 8) -> dict[int, dict[str, torch.Tensor]]:
+                      batch_size: int = 8, attention_mask: torch.Tensor | None = None,
+                      ) -> dict[int, dict[str, torch.Tensor]]:
     """First-order Taylor importance of every coupled group of `blocks` on calibration text (float32, CPU).
 
     Per block: `heads` (n_q: |W * dL/dW| over the head's rows of q_proj and columns of o_proj), `kv_heads`
     (n_kv: over the KV head's rows of k_proj and v_proj) and `channels` (intermediate: over row i of gate_proj
     and up_proj and column i of down_proj). L is the mean LM loss over all predicted tokens of `input_ids`
-    (n x T, labels = the ids), accumulated over batches of `batch_size`. The model's gradients and
+    (n x T, labels = the ids; padding, where `attention_mask` is 0, predicts nothing), accumulated over
+    batches of `batch_size`. The model's gradients and
     requires_grad flags are as before when it returns.
     """
     adapter = _prunable_adapter(model)
@@ -180,16 +201,25 @@ def taylor_importance(model: nn.Module, input_ids: torch.Tensor, blocks: Iterabl
     wanted |= {id(getattr(adapter.blocks[b].mlp, n).weight) for b in blocks for n in _MLP}
     saved = [(p, p.requires_grad, p.grad) for p in model.parameters()]
     device = next(model.parameters()).device
-    total = input_ids.shape[0] * (input_ids.shape[1] - 1)
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    labels = input_ids.masked_fill(mask == 0, -100)
+    total = int((labels[:, 1:] != -100).sum())
+    if total == 0:
+        raise SfsdError("the calibration text has no token to predict: use more or longer calibration samples")
     try:
         for param, _, _ in saved:
             param.grad = None
             param.requires_grad_(id(param) in wanted)
         with torch.enable_grad():
             for start in range(0, input_ids.shape[0], batch_size):
-                batch = input_ids[start:start + batch_size].to(device)
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-                (loss * (batch.shape[0] * (batch.shape[1] - 1) / total)).backward()
+                rows = slice(start, start + batch_size)
+                batch, target = input_ids[rows].to(device), labels[rows].to(device)
+                predicted = int((target[:, 1:] != -100).sum())
+                if predicted == 0:
+                    continue
+                loss = model(input_ids=batch, attention_mask=mask[rows].to(device), labels=target,
+                             use_cache=False).loss
+                (loss * (predicted / total)).backward()  # the batch's share of the mean over all tokens
         return {b: _block_scores(adapter.blocks[b], block_shape(adapter.blocks[b]), kind) for b in blocks}
     finally:
         for param, flag, grad in saved:
@@ -373,7 +403,8 @@ def pruned_record(kept: Mapping[int, Mapping], **info) -> dict:
 # ---- the one call --------------------------------------------------------------------------------------------
 
 def prune(model: nn.Module, input_ids: torch.Tensor, blocks: Iterable[int], keep_fraction: float,
-          kind: str = "param_first", gqa: str = "auto", batch_size: int = 8) -> dict:
+          kind: str = "param_first", gqa: str = "auto", batch_size: int = 8,
+          attention_mask: torch.Tensor | None = None) -> dict:
     """Importance, plan, surgery and marking in one call (in place): `blocks`' q/k/v/o/gate/up/down keep
     `keep_fraction` of their parameters, by Taylor importance on `input_ids`. The model then saves with
     `save_pretrained` and reloads with `AutoModelForCausalLM.from_pretrained` after `import sfsd`.
@@ -383,7 +414,7 @@ def prune(model: nn.Module, input_ids: torch.Tensor, blocks: Iterable[int], keep
     plan = plan_for_budget(model, blocks, keep_fraction, gqa)  # checks everything before anything changes
     _check_kind(kind)
     before = count_parameters(model)
-    importance = taylor_importance(model, input_ids, plan.blocks, kind, batch_size)
+    importance = taylor_importance(model, input_ids, plan.blocks, kind, batch_size, attention_mask)
     kept = prune_model(model, plan.blocks, plan.heads, plan.kv_heads, plan.channels, importance)
     mark_pruned(model, pruned_record(kept, kind=kind, gqa=plan.gqa, keep_fraction=plan.keep_fraction))
     return {"method": "llm-pruner", "kind": kind, "gqa": plan.gqa, "keep_fraction": plan.keep_fraction,
