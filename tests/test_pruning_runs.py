@@ -74,7 +74,9 @@ def test_compress_without_last_blocks_prunes_llm_pruners_own_range(capsys, tiny_
     from sfsd.decompose.pruning import llm_pruner_blocks
 
     pruned = _compress(capsys, tiny_folder, tmp_path / "own", "llm-pruner")
-    assert sorted(map(int, pruned.config.sfsd_pruned["blocks"])) == llm_pruner_blocks(4) == [0, 1, 2]
+    assert sorted(map(int, pruned.config.sfsd_pruned["blocks"])) == llm_pruner_blocks(4)
+    assert pruned.config.sfsd["last_blocks"] is None
+    assert llm_pruner_blocks(32) == list(range(4, 30)) and llm_pruner_blocks(30) == list(range(4, 28))
 
 
 def test_uniform_run_of_llm_pruner_is_a_table1_row(tiny_folder):
@@ -89,7 +91,7 @@ def test_uniform_run_of_llm_pruner_is_a_table1_row(tiny_folder):
                                         calibration=calibration, tasks=["piqa"], limit=4, ppl_seq_lens=[32],
                                         ppl_tokens=512), progress=False)
         assert run.status()["state"] == "done"
-        results[method] = run.read_result()
+        results[method] = run.result()
     assert results["llm-pruner"]["overall_budget"] == pytest.approx(results["feature"]["overall_budget"], abs=0.005)
     assert results["llm-pruner"]["layers_decomposed"] == 14
     rows = data.table1_rows(data.uniform_frame(), str(tiny_folder), 0.5, 2)
