@@ -204,7 +204,7 @@ for _method in (
     Method("llm-pruner", None, True,
            "LLM-Pruner block-wise structured pruning (Taylor param_first importance of heads and MLP channels, "
            "no LoRA recovery)", label="LLM-Pruner (structured, no recovery)", color="#e377c2",  # pink
-           spectrum="", dash="dash", structured=True),
+           spectrum="", dash="longdashdot", structured=True),
 ):
     METHODS.register(_method.name, _method)
 
