@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="first tokens of the wiki eval split for perplexity (default 16384; quick 256)")
     p.add_argument("--tolerances", default="0.05,0.10", help="ppl tolerances of the search rows")
     p.add_argument("--no-search", action="store_true", help="only the uniform rows")
-    p.add_argument("--methods", default=None, help="comma-separated (default: every method; quick: weight,feature)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated (default: every method; quick: weight,feature,llm-pruner)")
     p.add_argument("--tasks", default=None, help="comma-separated offline tasks (default: all five; quick: boolq,piqa)")
     args = p.parse_args(argv)
     started = init(args)
@@ -166,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         calibration = CalibrationSpec()  # the paper's: mix, 512 x 128
         limit, seq_lens, ppl_tokens = args.limit or 100, [128, 2048], args.ppl_tokens or 16384
         metric_kwargs = {"samples": 8, "seq_len": 128, "batch_size": 8}
-    methods = [m.strip() for m in (args.methods or ("weight,feature" if args.quick else ",".join(METHODS))).split(",")
-               if m.strip()]
+    chosen = args.methods or ("weight,feature,llm-pruner" if args.quick else ",".join(METHODS))
+    methods = [m.strip() for m in chosen.split(",") if m.strip()]
     num_blocks = AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers
     budgets = [(label, beta, scaled_blocks(blocks, num_blocks)) for label, beta, blocks in PAPER_BUDGETS]
     progress = not args.quick

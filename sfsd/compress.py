@@ -33,11 +33,13 @@ from sfsd.decompose import (
     Decomposition,
     apply_ranks,
     check_beta,
+    check_layer_method,
     decompositions_verified,
     fit_decompositions,
     get_method,
     load_decompositions,
     overall_budget,
+    rank_for_budget,
     save_decompositions,
     uniform_ranks,
     validate_ranks,
@@ -300,7 +302,7 @@ class Compressor:
     weights: str | None = None  # the model's model_fingerprint, when the caller already hashed it
 
     def __post_init__(self):
-        get_method(self.method)
+        check_layer_method(self.method)
         self.adapter: ModelAdapter = adapter_for(self.model)
         self.layers = self.adapter.layers(self.blocks, self.roles)
         if self.layer_names is not None:
@@ -393,6 +395,11 @@ def compress(
     """
     if (beta is None) == (ranks is None):
         raise SfsdError("give either a budget (--beta with --last-blocks) or explicit --ranks, not both")
+    if get_method(method).structured:
+        if ranks is not None:
+            raise SfsdError(f"{method} has no per-layer ranks: give a budget (--beta, with --last-blocks)")
+        return prune_uniform(model, tokenizer, method, beta, last_blocks, calibration or CalibrationSpec(),
+                             batch_size, seq_len, progress)
     adapter = adapter_for(model)
     base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
     if ranks is None:
@@ -419,6 +426,41 @@ def compress(
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra)
 
 
+def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, last_blocks: int | None,
+                  calibration: CalibrationSpec, batch_size: int = 16, seq_len: int = 128,
+                  progress: bool = True) -> nn.Module:
+    """Structured pruning at the parameters of the uniform protocol (in place): the pruned blocks' q/k/v/o/
+    gate/up/down keep the share of their parameters that the thin layers of Eq. 3 keep at `beta` on the same
+    blocks, so a pruned row of Table 1 has the same parameter count as its feature- and weight-space rows.
+
+    Blocks: the last `last_blocks` (Table 1's protocol); None: LLM-Pruner's own range, its LLaMA-7B
+    defaults (blocks 4..30 of 32) scaled to the model's depth. The Taylor importance is computed on the
+    run's calibration text (the same tokens as the other rows)."""
+    from sfsd.decompose.pruning import llm_pruner_blocks, prune
+
+    check_beta(beta)
+    adapter = adapter_for(model)
+    n = adapter.num_blocks
+    if last_blocks is not None and not 1 <= last_blocks <= n:
+        raise SfsdError(f"--last-blocks must be in 1..{n} for this model, got {last_blocks}")
+    blocks = llm_pruner_blocks(n) if last_blocks is None else list(range(n - last_blocks, n))
+    chosen = [layer for layer in adapter.layers() if layer.block in set(blocks)]
+    ranks = uniform_ranks(chosen, beta, len(blocks), n) if last_blocks is not None else \
+        {layer.name: rank_for_budget(beta, layer.d_in, layer.d_out) for layer in chosen}
+    keep = overall_budget(chosen, ranks)  # Eq. 3's share of these layers' weights
+    base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
+    ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
+    start = time.perf_counter()
+    record = prune(model, ids, blocks, keep, batch_size=batch_size, attention_mask=mask)
+    extra = {"calibration": asdict(calibration), "protocol": "uniform", "beta": beta, "last_blocks": last_blocks,
+             "blocks": blocks, "keep_fraction": record["keep_fraction"], "importance": record["kind"],
+             "gqa": record["gqa"], "base": base, "prune_seconds": time.perf_counter() - start,
+             "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    model.config.sfsd = extra
+    model.config.sfsd["overall_budget"] = describe(model, macs=False)["overall_budget"]
+    return model
+
+
 def save_compressed(model: nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
     """Save as a Hugging Face folder (safetensors, config with ranks, tokenizer) atomically."""
     out = Path(out)
@@ -443,6 +485,7 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
         for layer in layers
     }
     table = layer_table(layers, ranks, biases)
+    pruned = _pruned_widths(model, table)
     params = count_parameters(model)
     info = {
         "model_type": model.config.model_type,
@@ -452,8 +495,9 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
         "params": params,
         "params_linear": int(table["params"].sum()),
         "params_linear_full": int(table["params_full"].sum()),
-        "overall_budget": overall_budget(layers, ranks),
-        "layers_decomposed": len(ranks),
+        "overall_budget": overall_budget(layers, ranks) if not pruned else
+        float(table["params_weights"].sum() / table["params_full"].sum()),
+        "layers_decomposed": len(ranks) + pruned,
         "layers_total": len(layers),
         "seq_len": seq_len,
         "table": table,
@@ -461,6 +505,21 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
     if macs:
         info["macs"] = measure_macs(model, seq_len)
     return info
+
+
+def _pruned_widths(model: nn.Module, table: pd.DataFrame) -> int:
+    """For a structurally pruned model: each pruned layer's full parameters and kept share in `table` (in
+    place; `params_weights` is the weights alone); the number of pruned layers."""
+    from sfsd.decompose.pruning import unpruned_weight_params
+
+    full = unpruned_weight_params(model)
+    if not full:
+        return 0
+    table["params_weights"] = table["d_in"] * table["d_out"]
+    table["params_full"] = table["name"].map(full).fillna(table["params_full"]).astype(int)
+    table["beta"] = table["params_weights"] / table["params_full"]
+    table["intact"] = ~table["name"].isin(full)
+    return len(full)
 
 
 def info_as_json(info: dict[str, Any]) -> str:

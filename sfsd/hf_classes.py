@@ -7,6 +7,9 @@ thin layers and loads the safetensors weights as they are; `save_pretrained` wri
 
 Layers that read the same input share one stacked first factor (`sfsd.decompose.fusion`), recorded in the
 config as `sfsd_fused`; folders saved before that existed have no such record and load unfused.
+
+Structurally pruned blocks (`sfsd.decompose.pruning`) are recorded as `sfsd_pruned` (their head and channel
+counts); the model class rebuilds those smaller layers first, then any low-rank ones.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ from typing import Any
 
 from torch import nn
 
-from sfsd.adapters import SUPPORTED_MODEL_TYPES, base_model_type
+from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
+from sfsd.errors import SfsdError
 
 PREFIX = "sfsd_"
+PRUNED_FORMAT = 1  # the version of the `sfsd_pruned` record in a saved config
 _CLASSES: dict[str, tuple[type, type]] = {}
 
 
@@ -38,6 +43,37 @@ def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]],
         setattr(parent, child, new)
 
 
+def set_pruned_widths(block: nn.Module, heads: int, kv_heads: int, channels: int) -> None:
+    """The attributes that the forward of LLaMA/Qwen2/Mistral/Gemma attention and MLP read besides the weights."""
+    block.self_attn.num_key_value_groups = heads // kv_heads
+    if hasattr(block.mlp, "intermediate_size"):
+        block.mlp.intermediate_size = channels
+
+
+def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """Put (uninitialised) linear layers of the recorded widths into every structurally pruned block
+    (`sfsd.decompose.pruning`), before `from_pretrained` loads the weights."""
+    if not record:
+        return
+    if record.get("format") != PRUNED_FORMAT:
+        raise SfsdError(f"this folder's pruning record has format {record.get('format')}, not {PRUNED_FORMAT}: "
+                        "update sfsd")
+    adapter = adapter_for(model)
+    for block, widths in record["blocks"].items():
+        module = adapter.blocks[int(block)]
+        attn, mlp = module.self_attn, module.mlp
+        head_dim, hidden = attn.head_dim, attn.o_proj.out_features
+        q, kv, channels = widths["heads"] * head_dim, widths["kv_heads"] * head_dim, widths["channels"]
+        for parent, name, d_in, d_out in ((attn, "q_proj", hidden, q), (attn, "k_proj", hidden, kv),
+                                          (attn, "v_proj", hidden, kv), (attn, "o_proj", q, hidden),
+                                          (mlp, "gate_proj", hidden, channels), (mlp, "up_proj", hidden, channels),
+                                          (mlp, "down_proj", channels, hidden)):
+            old = getattr(parent, name)
+            setattr(parent, name, nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device,
+                                            dtype=old.weight.dtype))
+        set_pruned_widths(module, widths["heads"], widths["kv_heads"], channels)
+
+
 def _make_classes(model_type: str) -> tuple[type, type]:
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
@@ -48,6 +84,7 @@ def _make_classes(model_type: str) -> tuple[type, type]:
 
     def __init__(self, config, *args, **kwargs):
         base_model.__init__(self, config, *args, **kwargs)
+        install_pruned_layers(self, getattr(config, "sfsd_pruned", None))
         install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None))
 
     model_cls = type(f"Sfsd{base_model.__name__}", (base_model,), {"config_class": config_cls, "__init__": __init__})
@@ -83,6 +120,25 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     model.config.sfsd = dict(extra or {})
     model.__class__ = model_cls
     return fuse_compressed(model)
+
+
+def mark_pruned(model: nn.Module, record: dict[str, Any], method: str = "llm-pruner",
+                extra: dict | None = None) -> nn.Module:
+    """Turn an in-memory structurally pruned model into its registered sfsd class, in place, recording the
+    pruned widths (`sfsd.decompose.pruning.pruned_record`); a compressed model keeps its low-rank record."""
+    register_all()
+    if not is_compressed(model):
+        model_type = base_model_type(model.config.model_type)
+        config_cls, model_cls = _CLASSES[model_type]
+        model.config.__class__ = config_cls
+        vars(model.config).pop("model_type", None)
+        model.config.sfsd_method = method
+        model.config.sfsd_layers = {}
+        model.config.sfsd_fused = {}
+        model.config.sfsd = dict(extra or {})
+        model.__class__ = model_cls
+    model.config.sfsd_pruned = record
+    return model
 
 
 def fuse_compressed(model: nn.Module) -> nn.Module:

@@ -205,7 +205,11 @@ def command_line(command: Sequence[str], config: Any = None, extra: Sequence[str
 # ---- the options ------------------------------------------------------------------------------------------
 
 
-def _methods() -> list[str]:
+def _methods() -> list[str]:  # what a search can use: the methods with a per-layer rank
+    return names_of("method", where=lambda method: not method.structured)
+
+
+def _all_methods() -> list[str]:
     return names_of("method")
 
 
@@ -230,11 +234,15 @@ OFFLOAD_DIR = Option("--offload-dir", "with --device-map: folder for the weights
 PLACEMENT = (DEVICE, DEVICE_MAP, MAX_MEMORY, OFFLOAD_DIR)
 
 # What to compress and how
-METHOD = Option("--method", "decomposition method", "feature", choices=_methods, label="Method")
+METHOD = Option("--method", "decomposition method", "feature", choices=_methods, label="Method",
+                argparse_choices=False)  # the config's error says where a pruning method goes instead
 BETA = Option("--beta", "per-layer parameter budget in (0, 1] (Eq. 3)", 0.46, "float",
               label="beta (share of each layer's parameters)")
-UNIFORM_METHOD = Option("--method", "decomposition method, or none: the base model", "feature",
+UNIFORM_METHOD = Option("--method", "decomposition or pruning method, or none: the base model", "feature",
                         choices=_uniform_methods, label="Method")
+COMPRESS_METHOD = Option("--method", "decomposition method, or llm-pruner (structured pruning; without "
+                         "--last-blocks it prunes LLM-Pruner's own block range)", "feature", choices=_all_methods,
+                         label="Method")
 LAST_BLOCKS = Option("--last-blocks", "compress the last N blocks", 12, "int", label="Last N blocks")
 
 # Calibration (CalibrationSpec)

@@ -7,8 +7,8 @@ dashboard's lists, legends and colours are all read from the registry, so adding
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from sfsd.errors import SfsdError
 
@@ -19,11 +19,12 @@ Entry = TypeVar("Entry")
 BY_KIND: dict[str, Registry] = {}
 
 
-def names_of(kind: str) -> list[str]:
-    """The names registered under `kind`; the module that fills it must have been imported."""
+def names_of(kind: str, where: Callable[[Any], bool] | None = None) -> list[str]:
+    """The names registered under `kind` (those whose entry passes `where`, if given); the module that fills
+    it must have been imported."""
     if kind not in BY_KIND:
         raise LookupError(f"no {kind} registry is loaded yet: import the module that defines it first")
-    return BY_KIND[kind].names()
+    return [name for name, entry in BY_KIND[kind].items() if where is None or where(entry)]
 
 
 class Registry(Generic[Entry]):

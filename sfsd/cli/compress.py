@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
     add_dispatch_flags(p)
-    add_flags(p, options.METHOD, options.BETA, options.LAST_BLOCKS, beta=None, last_blocks=None)
+    add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, beta=None, last_blocks=None)
     p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -199,7 +199,9 @@ def selected_layer(event, cells: pd.DataFrame) -> str | None:
 
 # ---- spectra ---------------------------------------------------------------------------------------------
 
-SPECTRUM_NAMES = {name: method.spectrum for name, method in METHODS.items()}
+SPECTRUM_NAMES = {name: method.spectrum for name, method in METHODS.items() if not method.structured}
+# Methods that remove whole heads and channels: nothing is ordered by energy, so they have no spectrum.
+NO_SPECTRUM = [method.label for method in METHODS.values() if method.structured]
 
 
 def spectrum_label(kind: str) -> str:

@@ -26,7 +26,14 @@ from sfsd.decompose.budget import (
     validate_ranks,
 )
 from sfsd.decompose.lowrank import LowRankLinear
-from sfsd.decompose.methods import METHODS, Decomposition, decompose_layer, get_method
+from sfsd.decompose.methods import (
+    METHODS,
+    Decomposition,
+    check_layer_method,
+    decompose_layer,
+    get_method,
+    layer_methods,
+)
 from sfsd.errors import SfsdError
 from sfsd.offload import like_tensor, onloaded
 
@@ -149,12 +156,14 @@ __all__ = [
     "LowRankLinear",
     "apply_ranks",
     "check_beta",
+    "check_layer_method",
     "decompose_layer",
     "decompositions_verified",
     "fit_decompositions",
     "full_rank",
     "get_method",
     "layer_beta",
+    "layer_methods",
     "load_decompositions",
     "low_rank_module",
     "overall_budget",

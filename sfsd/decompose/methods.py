@@ -172,6 +172,9 @@ class Method:
     # are cheaper where a group's outputs are narrower than its input (see calibration.choose_sides).
     output_statistics: bool = False
     dash: str | None = None  # its line style on the Frontier page; None: by line order
+    # Removes whole heads and MLP channels of a block range (sfsd.decompose.pruning) instead of factoring
+    # each layer: no rank, no spectrum, no per-layer search; `fit` is None.
+    structured: bool = False
 
 
 # Registered in Table 1's row order (weight space first), which every list of methods follows.
@@ -198,6 +201,10 @@ for _method in (
            color="#2ca02c", spectrum="ASVD: σ² of W·S", dash="dashdot"),  # green
     Method("svdllm", svd_llm, True, "SVD-LLM-style whitening by the Cholesky factor of E[x x^T]", label="SVD-LLM",
            color="#9467bd", spectrum="SVD-LLM: σ² of W·L", dash="longdash"),  # purple
+    Method("llm-pruner", None, True,
+           "LLM-Pruner block-wise structured pruning (Taylor param_first importance of heads and MLP channels, "
+           "no LoRA recovery)", label="LLM-Pruner (structured, no recovery)", color="#e377c2",  # pink
+           spectrum="", dash="longdashdot", structured=True),
 ):
     METHODS.register(_method.name, _method)
 
@@ -206,12 +213,26 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
+def layer_methods() -> list[str]:
+    """The methods that factor each layer at a rank (what a search and the spectra work with)."""
+    return [name for name, method in METHODS.items() if not method.structured]
+
+
+def check_layer_method(name: str) -> Method:
+    """The method `name`, refused in one line when it prunes structurally (it has no per-layer rank)."""
+    method = get_method(name)
+    if method.structured:
+        raise SfsdError(f"{name} prunes whole heads and channels, with no per-layer rank to search or slice: "
+                        f"use it with `sfsd uniform --method {name}` or `sfsd compress --method {name}`")
+    return method
+
+
 def decompose_layer(
     method: str, weight: torch.Tensor, bias: torch.Tensor | None, stats: Statistics | None,
     dtype: torch.dtype = torch.float32,
 ) -> Decomposition:
     """Factor one layer in float64 and store the factors in `dtype`."""
-    chosen = get_method(method)
+    chosen = check_layer_method(method)
     if isinstance(stats, OutputStatistics) and not chosen.output_statistics:
         raise SfsdError(f"{method} needs the statistics of each layer's inputs, not its outputs: "
                         "collect them with choose_sides(layers, output_side_ok=False)")

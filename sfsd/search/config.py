@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from sfsd import options
 from sfsd.compress import CalibrationSpec
-from sfsd.decompose import get_method
+from sfsd.decompose import check_layer_method
 from sfsd.errors import SfsdError
 from sfsd.models import parse_dtype
 from sfsd.search.allocation import ALLOCATIONS, check_target
@@ -44,7 +44,7 @@ class SearchConfig:
     def __post_init__(self):
         if self.strategy is None:
             self.strategy = "linear" if self.target_budget is None else "spectrum"
-        get_method(self.method)
+        check_layer_method(self.method)
         parse_dtype(self.dtype)
         if self.target_budget is not None:
             self.target_budget = check_target(self.target_budget)
