@@ -75,7 +75,7 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
 def test_runs_page_lists_runs_and_builds_the_search_command(env):
     at = open_page("runs")
     no_exception(at)
-    assert at.dataframe[0].value.shape[0] == 4
+    assert at.dataframe[0].value.shape[0] == 5  # two searches, three uniform runs
     at.selectbox(key="new-metric").select("task").run()
     at.selectbox(key="new-task").select("piqa").run()
     command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
@@ -145,8 +145,12 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
-    assert modes == ["markers", "lines+markers", "markers"]  # base model, the feature search, its uniform run
-    base, search, uniform = figure["data"]
+    # base model, the feature search, the uniform runs of feature space and LLM-Pruner (Figure 2's third method)
+    assert modes == ["markers", "lines+markers", "markers", "markers"]
+    base, search, *uniforms = figure["data"]
+    uniform = next(t for t in uniforms if env["uniform"]["feature"] in t["text"][0])
+    pruned = next(t for t in uniforms if env["uniform"]["llm-pruner"] in t["text"][0])
+    assert pruned["marker"]["color"] == "#e377c2" and pruned["x"][0] == pytest.approx(uniform["x"][0], rel=0.01)
     # the base model at 100% of the parameters: no snapshot scored it, the Table 1 base run did
     assert base["marker"]["symbol"] == "star" and base["x"][0] > max(search["x"])
     assert env["uniform"]["none"] in base["text"][0] and base["error_y"]["array"]
@@ -209,7 +213,9 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     at = open_page("table1")
     no_exception(at)
     table = at.dataframe[0].value
-    assert list(table["method"]) == ["base", "feature"]
+    assert list(table["method"]) == ["base", "feature", "llm-pruner"]  # Table 1's third row: structured pruning
+    params = dict(zip(table["method"], table["params (M)"], strict=True))
+    assert params["llm-pruner"] == params["feature"] != params["base"]  # the same parameters (within 0.5%)
     assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
     accuracy = "piqa acc % [95% CI] n=5"
     assert accuracy in table.columns and "average acc % [95% CI]" not in table.columns  # one task: no average
@@ -218,7 +224,7 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
         assert low <= value <= high and high - low > 30  # 5 documents: a wide interval
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
-    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 2
+    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 3
     ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
     assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
@@ -304,6 +310,32 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     assert list(flips.columns) == ["doc_id", "direction", "question", "gold", "pred_a", "pred_b", "loglik_a",
                                    "loglik_b"]
     assert len(charts(at)) == 1
+
+
+def test_a_pruned_table1_row_opens_on_disagreement_and_bias(env):
+    """The LLM-Pruner row's model is offered on both pages and saved on demand: a real smaller model that
+    reloads plainly, with the parameters its run recorded."""
+    from transformers import AutoModelForCausalLM
+
+    from sfsd.accounting import count_parameters
+    from sfsd.dashboard import data, jobs
+    from sfsd.runs import Run
+
+    run_id = env["uniform"]["llm-pruner"]
+    folder = Path(env["root"]) / "models" / run_id
+    shown = data.model_display(str(folder))  # AppTest lists the options as the page shows them
+    assert shown.startswith("Table 1: llm-pruner, beta 0.5, last 2 blocks")
+    at = open_page("disagreement")
+    no_exception(at)
+    assert shown in at.selectbox(key="dis-b").options
+    at = open_page("bias")
+    no_exception(at)
+    assert shown in at.multiselect(key="bias-models").options
+    assert jobs.save_uniform_model(run_id) == folder
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert data.compressed_method(str(folder)) == "llm-pruner"
+    assert sorted(model.config.sfsd_pruned["blocks"]) == ["1", "2"]
+    assert count_parameters(model) == Run.open(run_id).result()["params"]
 
 
 def test_table1_models_open_on_disagreement_without_a_manual_save(env):
