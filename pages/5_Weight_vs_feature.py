@@ -15,7 +15,8 @@ from sfsd.runs.readonly import readonly
 from sfsd.search.uniform import UniformConfig
 
 widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
-                   "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike.")
+                   "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike; LLM-Pruner "
+                   "removes whole heads and MLP channels of the same blocks down to the same parameter count.")
 
 uniform = data.uniform_frame()
 
