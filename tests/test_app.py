@@ -106,7 +106,8 @@ def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     assert "eval split" in spec["layout"]["title"]["text"]  # the held-out check in the title
     at.radio(key="heatmap-mode").set_value("average over runs").run()
     no_exception(at)
-    assert "Average over 2 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
+    # the two searches and the pruned Table 1 row (each layer's kept share)
+    assert "Average over 3 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
 
 
 def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
@@ -595,3 +596,17 @@ def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env
     while Run.open(second.run_id).status()["state"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert Run.open(second.run_id).status()["state"] == "failed"  # its process is gone: not pending forever
+
+
+def test_heatmap_shows_the_share_each_layer_kept_by_pruning(env):
+    """A pruned Table 1 row on the heatmap: the pruned blocks' cells below 100%, the others intact."""
+    at = open_page("heatmap")
+    at.selectbox(key="heatmap-run").select(env["uniform"]["llm-pruner"]).run()
+    no_exception(at)
+    heat = json.loads(charts(at)[0].proto.spec)["data"][0]
+    rows = {int(y): row for y, row in zip(heat["y"], heat["z"], strict=True)}  # block -> cells (% kept)
+    roles = heat["x"]
+    for block in (1, 2):  # query heads within each KV group go (k and v stay whole), and MLP channels
+        cells = dict(zip(roles, rows[block], strict=True))
+        assert cells["k"] == cells["v"] == 100 and all(0 < cells[r] < 100 for r in ("q", "o", "gate", "up", "down"))
+    assert all(v == 100 for v in rows[0]), rows

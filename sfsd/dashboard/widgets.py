@@ -178,8 +178,11 @@ def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 
 
 
 def search_runs_with(what: str = "layers") -> pd.DataFrame:
-    """Search runs that have something to show: decided layers, spectra or snapshots (newest first)."""
+    """Search runs that have something to show: decided layers, spectra or snapshots (newest first); for
+    layers, also the uniform runs of a structured method (each layer's kept share)."""
     runs = data.list_runs(kind="search")
+    if what == "layers":
+        runs = pd.concat([runs, data.list_runs(kind="uniform")], ignore_index=True)
     keep = []
     for run_id in runs["run_id"]:
         view = data.load_run(run_id)

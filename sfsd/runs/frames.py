@@ -42,6 +42,10 @@ def trace_frame(run: Run, kind: str | None = "trial") -> pd.DataFrame:
 def layers_frame(run: Run) -> pd.DataFrame:
     """One row per searched layer, in search order: the config's `layers` list (undecided ones included,
     decided=False), then any decided layer missing from that list. `retained` = params_kept / params_full."""
+    kept = (run.result() or {}).get("layers") if run.config.get("kind") == "uniform" else None
+    if kept:  # a structurally pruned uniform run: every layer decided at once, by its kept share (no rank)
+        rows = [_layer_row(order, spec, {**spec, "layer": spec["name"]}) for order, spec in enumerate(kept)]
+        return _frame([{**row, "intact": row["params_kept"] == row["params_full"]} for row in rows], LAYER_COLUMNS)
     decisions = {record["layer"]: record for record in run.decisions() if "layer" in record}
     specs = [spec for spec in run.config.get("layers") or [] if isinstance(spec, dict) and "name" in spec]
     listed = {spec["name"] for spec in specs}

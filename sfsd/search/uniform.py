@@ -96,5 +96,14 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         result = {"params": info["params"], "macs": info["macs"], "macs_seq_len": 128,
                   "overall_budget": info["overall_budget"], "layers_decomposed": info["layers_decomposed"],
                   "compress_seconds": seconds}
+        if "params_weights" in info["table"]:  # structured pruning: each layer's kept share, for the heatmap
+            result["layers"] = kept_per_layer(info["table"])
         run.mark_done(result, layers_done=1)
     return run
+
+
+def kept_per_layer(table) -> list[dict]:
+    """Each linear layer's full and kept weight parameters (a pruned model's `describe` table), in block order."""
+    return [{"name": row.name, "block": int(row.block), "role": row.role, "d_in": int(row.d_in),
+             "d_out": int(row.d_out), "params_full": int(row.params_full), "params_kept": int(row.params_weights)}
+            for row in table.itertuples(index=False)]
