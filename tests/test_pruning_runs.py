@@ -60,6 +60,8 @@ def test_compress_prunes_to_the_feature_rows_parameters(capsys, tiny_folder, tmp
     info = describe(pruned)
     assert info["params"] == count_parameters(pruned) < count_parameters(base)
     assert info["macs"] == measure_macs(pruned) < measure_macs(base)
+    removed = _linear_weights(base) - _linear_weights(pruned)  # counted here from the layers' shapes
+    assert measure_macs(base, 128) - info["macs"] == 128 * removed  # one MAC per weight per token
     assert info["overall_budget"] == pytest.approx(describe(feature)["overall_budget"], abs=0.005)
     assert info["layers_decomposed"] == 14
     ids = torch.randint(3, 1000, (2, 16))
