@@ -451,7 +451,12 @@ def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, la
     base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
     ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
     start = time.perf_counter()
-    record = prune(model, ids, blocks, keep, batch_size=batch_size, attention_mask=mask)
+    try:
+        record = prune(model, ids, blocks, keep, batch_size=batch_size, attention_mask=mask)
+    except SfsdError as exc:
+        if "keeps no" not in str(exc):
+            raise
+        raise SfsdError(f"--beta {beta} leaves llm-pruner too little ({exc}): choose a larger --beta") from exc
     extra = {"calibration": asdict(calibration), "protocol": "uniform", "beta": beta, "last_blocks": last_blocks,
              "blocks": blocks, "keep_fraction": record["keep_fraction"], "importance": record["kind"],
              "gqa": record["gqa"], "base": base, "prune_seconds": time.perf_counter() - start,

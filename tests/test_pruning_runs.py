@@ -112,3 +112,25 @@ def test_llm_pruner_where_it_has_no_meaning_is_refused_in_one_line(capsys, tiny_
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and fragment in lines[0], err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("family, beta, fragment", [
+    ("llama", "0.02", "choose a larger --beta"),  # so small a share would remove every head of a layer
+    ("gpt2", "0.5", "gpt2"),  # no pruning rule for this family
+])
+def test_bad_pruning_requests_are_one_line_errors_and_write_nothing(capsys, tmp_path, default_model_dir, family,
+                                                                    beta, fragment):
+    from conftest import tiny_model
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / family
+    tiny_model(family).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_model_dir).save_pretrained(folder)
+    capsys.readouterr()  # the saving's progress bars
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "compress", "--model", folder, "--method", "llm-pruner", "--beta", beta,
+                        "--last-blocks", "2", "--calib-source", "random", "--calib-samples", "4",
+                        "--calib-seq-len", "8", "--out", out)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sfsd: error: ") and fragment in lines[0], err
+    assert not out.exists()
