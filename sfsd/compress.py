@@ -39,7 +39,6 @@ from sfsd.decompose import (
     get_method,
     load_decompositions,
     overall_budget,
-    rank_for_budget,
     save_decompositions,
     uniform_ranks,
     validate_ranks,
@@ -445,9 +444,8 @@ def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, la
         raise SfsdError(f"--last-blocks must be in 1..{n} for this model, got {last_blocks}")
     blocks = llm_pruner_blocks(n) if last_blocks is None else list(range(n - last_blocks, n))
     chosen = [layer for layer in adapter.layers() if layer.block in set(blocks)]
-    ranks = uniform_ranks(chosen, beta, len(blocks), n) if last_blocks is not None else \
-        {layer.name: rank_for_budget(beta, layer.d_in, layer.d_out) for layer in chosen}
-    keep = overall_budget(chosen, ranks)  # Eq. 3's share of these layers' weights
+    # Eq. 3's share of these layers' weights (uniform_ranks leaves out a layer a factorisation would not shrink)
+    keep = overall_budget(chosen, uniform_ranks(chosen, beta, n - min(blocks), n))
     base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
     ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
     start = time.perf_counter()
