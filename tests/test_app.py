@@ -75,7 +75,7 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
 def test_runs_page_lists_runs_and_builds_the_search_command(env):
     at = open_page("runs")
     no_exception(at)
-    assert at.dataframe[0].value.shape[0] == 5  # two searches, three uniform runs
+    assert at.dataframe[0].value.shape[0] == 6  # two searches, four uniform runs
     at.selectbox(key="new-metric").select("task").run()
     at.selectbox(key="new-task").select("piqa").run()
     command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
@@ -146,8 +146,8 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
-    # base model, the feature search, the uniform runs of feature space and LLM-Pruner (Figure 2's third method)
-    assert modes == ["markers", "lines+markers", "markers", "markers"]
+    # base model, the feature search, the uniform runs of weight and feature space and LLM-Pruner (Figure 2)
+    assert modes == ["markers", "lines+markers", "markers", "markers", "markers"]
     base, search, *uniforms = figure["data"]
     uniform = next(t for t in uniforms if env["uniform"]["feature"] in t["text"][0])
     pruned = next(t for t in uniforms if env["uniform"]["llm-pruner"] in t["text"][0])
@@ -214,7 +214,8 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     at = open_page("table1")
     no_exception(at)
     table = at.dataframe[0].value
-    assert list(table["method"]) == ["base", "feature", "llm-pruner"]  # Table 1's third row: structured pruning
+    # the paper's three rows at one budget (weight, feature, structured pruning) under the base model
+    assert list(table["method"]) == ["base", "weight", "feature", "llm-pruner"]
     params = dict(zip(table["method"], table["params (M)"], strict=True))
     assert params["llm-pruner"] == params["feature"] != params["base"]  # the same parameters (within 0.5%)
     assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
@@ -225,7 +226,7 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
         assert low <= value <= high and high - low > 30  # 5 documents: a wide interval
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
-    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 3
+    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 4
     ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
     assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
@@ -240,8 +241,9 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert references["chance"] == pytest.approx(50.0)
     assert "identical outputs" in texts(at)
     commands = "\n".join(c.value for c in at.code)
-    for method in ("weight", "feature-uncentred", "asvd", "svdllm"):
+    for method in ("feature-paper", "feature-uncentred", "asvd", "svdllm"):  # the missing rows
         assert f"--method {method} " in commands
+    assert "--method weight " not in commands
     assert at.button(key="uni-fill-launch-asvd")
 
 
