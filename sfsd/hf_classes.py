@@ -50,6 +50,16 @@ def set_pruned_widths(block: nn.Module, heads: int, kv_heads: int, channels: int
         block.mlp.intermediate_size = channels
 
 
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def block_widths(hidden: int, head_dim: int, heads: int, kv_heads: int, channels: int) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each projection of a LLaMA-like block with these head and channel counts."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
+            "gate_proj": (hidden, channels), "up_proj": (hidden, channels), "down_proj": (channels, hidden)}
+
+
 def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> None:
     """Put (uninitialised) linear layers of the recorded widths into every structurally pruned block
     (`sfsd.decompose.pruning`), before `from_pretrained` loads the weights."""
@@ -61,17 +71,15 @@ def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> No
     adapter = adapter_for(model)
     for block, widths in record["blocks"].items():
         module = adapter.blocks[int(block)]
-        attn, mlp = module.self_attn, module.mlp
-        head_dim, hidden = attn.head_dim, attn.o_proj.out_features
-        q, kv, channels = widths["heads"] * head_dim, widths["kv_heads"] * head_dim, widths["channels"]
-        for parent, name, d_in, d_out in ((attn, "q_proj", hidden, q), (attn, "k_proj", hidden, kv),
-                                          (attn, "v_proj", hidden, kv), (attn, "o_proj", q, hidden),
-                                          (mlp, "gate_proj", hidden, channels), (mlp, "up_proj", hidden, channels),
-                                          (mlp, "down_proj", channels, hidden)):
+        attn = module.self_attn
+        shapes = block_widths(attn.o_proj.out_features, attn.head_dim, widths["heads"], widths["kv_heads"],
+                              widths["channels"])
+        for name, (d_in, d_out) in shapes.items():
+            parent = attn if name in ATTENTION_PROJECTIONS else module.mlp
             old = getattr(parent, name)
             setattr(parent, name, nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device,
                                             dtype=old.weight.dtype))
-        set_pruned_widths(module, widths["heads"], widths["kv_heads"], channels)
+        set_pruned_widths(module, widths["heads"], widths["kv_heads"], widths["channels"])
 
 
 def _make_classes(model_type: str) -> tuple[type, type]:
@@ -110,6 +118,13 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     The sfsd classes add nothing to the base classes but the low-rank layers, so switching the class of
     the model and of its config is safe; save_pretrained then records the ranks and writes thin weights.
     """
+    _as_sfsd_class(model, method, layers, extra)
+    return fuse_compressed(model)
+
+
+def _as_sfsd_class(model: nn.Module, method: str, layers: dict[str, dict[str, Any]], extra: dict | None) -> None:
+    """Switch the model and its config to their registered sfsd classes, recording the method, the low-rank
+    layers and the description (`extra`)."""
     register_all()
     model_type = base_model_type(model.config.model_type)
     config_cls, model_cls = _CLASSES[model_type]
@@ -119,24 +134,15 @@ def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, A
     model.config.sfsd_layers = layers
     model.config.sfsd = dict(extra or {})
     model.__class__ = model_cls
-    return fuse_compressed(model)
 
 
 def mark_pruned(model: nn.Module, record: dict[str, Any], method: str = "llm-pruner",
                 extra: dict | None = None) -> nn.Module:
     """Turn an in-memory structurally pruned model into its registered sfsd class, in place, recording the
     pruned widths (`sfsd.decompose.pruning.pruned_record`); a compressed model keeps its low-rank record."""
-    register_all()
     if not is_compressed(model):
-        model_type = base_model_type(model.config.model_type)
-        config_cls, model_cls = _CLASSES[model_type]
-        model.config.__class__ = config_cls
-        vars(model.config).pop("model_type", None)
-        model.config.sfsd_method = method
-        model.config.sfsd_layers = {}
+        _as_sfsd_class(model, method, {}, extra)
         model.config.sfsd_fused = {}
-        model.config.sfsd = dict(extra or {})
-        model.__class__ = model_cls
     model.config.sfsd_pruned = record
     return model
 

@@ -56,7 +56,7 @@ from torch import nn
 from sfsd.adapters import adapter_for
 from sfsd.adapters.families import LlamaLikeAdapter
 from sfsd.errors import SfsdError
-from sfsd.hf_classes import PRUNED_FORMAT, mark_pruned, set_pruned_widths
+from sfsd.hf_classes import PRUNED_FORMAT, block_widths, mark_pruned, set_pruned_widths
 
 KINDS = ("param_first", "vectorize")
 GQA_MODES = ("auto", "kv-groups", "query-heads")
@@ -140,11 +140,8 @@ def unpruned_weight_params(model: nn.Module) -> dict[str, int]:
     full = {}
     for block in record.get("blocks", {}):
         attn = adapter.blocks[int(block)].self_attn
-        hidden, head_dim = attn.o_proj.out_features, attn.head_dim
-        q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-        widths = {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
-                  "gate_proj": (hidden, config.intermediate_size), "up_proj": (hidden, config.intermediate_size),
-                  "down_proj": (config.intermediate_size, hidden)}
+        widths = block_widths(attn.o_proj.out_features, attn.head_dim, config.num_attention_heads,
+                              config.num_key_value_heads, config.intermediate_size)
         for layer in adapter.layers([int(block)]):
             d_in, d_out = widths[layer.name.rsplit(".", 1)[-1]]
             full[layer.name] = d_in * d_out
