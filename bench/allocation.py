@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-tokens", type=int, default=None, help="eval-split tokens for perplexity (default 16384)")
     p.add_argument("--alg1-bisections", type=int, default=None, help="alg1's tolerance bisections (default: 5)")
     p.add_argument("--alg1-growth", type=float, default=None, help="alg1's tolerance growth factor (default: 2)")
+    p.add_argument("--baselines", default="slicegpt",
+                   help="whole-model methods at each budget, at the parameters of Eq. 3 at beta = budget on every "
+                   "block (default: %(default)s; '' for none)")
     p.add_argument("--stored-only", action="store_true",
                    help="tabulate the points whose runs are finished; list the others as not run (run nothing new)")
     p.add_argument("--search-samples", type=int, default=32,
@@ -127,6 +130,22 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"budget": budget, "strategy": strategy, "overall_budget": result["overall_budget"],
                          "ppl": ppl_of(run), "seconds": seconds, "trials": trials, "run_id": run.id})
             print(f"  {budget} {strategy}: run {run.id}, budget {result['overall_budget']:.4f}, "
+                  f"ppl {ppl_of(run)}", flush=True)
+        for method in [m.strip() for m in args.baselines.split(",") if m.strip()]:
+            # the same config as `sfsd frontier --baselines` makes, so the two share the run
+            config = UniformConfig(model=model, method=method, beta=budget, last_blocks=num_blocks,
+                                   calibration=calibration, tasks=[], limit=100, ppl_seq_lens=seq_lens,
+                                   ppl_tokens=ppl_tokens)
+            if args.stored_only and not finished(config):
+                rows.append({"budget": budget, "strategy": f"{method}: not run", "overall_budget": None, "ppl": {},
+                             "seconds": None, "run_id": run_id_for(config.to_dict())})
+                continue
+            run = run_uniform(config, progress=progress)
+            result = run.result()
+            rows.append({"budget": budget, "strategy": f"{method} (whole model, same parameters)",
+                         "overall_budget": result["overall_budget"], "ppl": ppl_of(run),
+                         "seconds": result.get("compress_seconds"), "run_id": run.id})
+            print(f"  {budget} {method}: run {run.id}, parameter-equivalent budget {result['overall_budget']:.4f}, "
                   f"ppl {ppl_of(run)}", flush=True)
 
     headers = ["target", "allocation", "overall budget", *[f"ppl@{s}" for s in seq_lens],

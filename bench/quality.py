@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {"title": "Quality (Table 1 protocol)", "model": model, "num_blocks": num_blocks,
             "budgets": budgets, "limit": limit, "ppl_seq_lens": seq_lens, "ppl_tokens": ppl_tokens,
             "calibration": calib, "rows": rows, "note": QUICK_NOTE if args.quick else None}
-    write_result("quality", args, data, markdown, started)
+    # a run of chosen methods gets a file of its own: it must not replace the table of every method
+    write_result("quality" if not args.methods else f"quality-{'-'.join(methods)}", args, data, markdown, started)
     return 0
 
 

@@ -11,9 +11,10 @@ widgets.page_setup("Eigenvalue spectra", "Feature space keeps the top eigenvecto
                    "means more energy in fewer components: a lower rank for the same error.")
 
 if plots.NO_SPECTRUM:
-    st.caption(f"{', '.join(plots.NO_SPECTRUM)}: no spectrum. Structured pruning removes whole attention heads and "
-               "MLP channels by their Taylor importance, not directions by their energy; its models are Table 1 "
-               "rows (Weight vs feature page).")
+    st.caption(f"{', '.join(plots.NO_SPECTRUM)}: no per-layer spectrum. LLM-Pruner removes whole attention heads "
+               "and MLP channels by their Taylor importance; SliceGPT removes directions of the residual stream "
+               "shared by all layers, not of one layer's outputs. Their models are Table 1 rows (Weight vs feature "
+               "page).")
 runs = widgets.search_runs_with("spectra")
 if runs.empty:
     widgets.no_runs("search runs with stored spectra", key="spectra-empty")

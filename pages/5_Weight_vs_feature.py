@@ -16,7 +16,9 @@ from sfsd.search.uniform import UniformConfig
 
 widgets.page_setup("Weight versus feature space", "Table 1's protocol: every linear layer of the last N blocks at "
                    "the same beta (rank from Eq. 3), one uniform run per method, all evaluated alike; LLM-Pruner "
-                   "removes whole heads and MLP channels of the same blocks down to the same parameter count.")
+                   "removes whole heads and MLP channels of the same blocks down to the same parameter count; "
+                   "SliceGPT slices the whole model (the residual stream every block shares) down to the same "
+                   "total parameters as the weight-space row, its untied head and shortcut matrices included.")
 
 uniform = data.uniform_frame()
 

@@ -355,11 +355,14 @@ class Compressor:
         return mark_compressed(self.model, self.method, layers, extra)
 
 
-def check_compress_request(method: str, beta: float | None, calibration: CalibrationSpec) -> None:
+def check_compress_request(method: str, beta: float | None, calibration: CalibrationSpec,
+                           slicing: float | None = None) -> None:
     """Fail fast, before any model is loaded, on a bad method, budget or calibration source."""
     get_method(method)
     if beta is not None:
         check_beta(beta)
+    if slicing is not None:
+        check_slicing_request(method, slicing)
     if calibration.source != "random" and get_method(method).needs_calibration:
         from sfsd.data import CALIBRATION_SOURCES
 
@@ -369,6 +372,14 @@ def check_compress_request(method: str, beta: float | None, calibration: Calibra
         from sfsd.data.calibration import require_source_data
 
         require_source_data(calibration.source)
+
+
+def check_slicing_request(method: str, slicing: float) -> None:
+    from sfsd.decompose.slicing import check_slicing
+
+    if method != "slicegpt":
+        raise SfsdError(f"--slicing is SliceGPT's knob: use it with --method slicegpt, or give {method} a --beta")
+    check_slicing(slicing)
 
 
 def compress(
@@ -384,19 +395,26 @@ def compress(
     progress: bool = True,
     device: torch.device | str | None = None,
     timings: dict | None = None,
+    slicing: float | None = None,
 ) -> nn.Module:
-    """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks.
+    """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks
+    (or, for slicegpt only, SliceGPT's own `slicing` fraction).
 
     The base model's parameters and MACs at `seq_len` are measured first and recorded in the config.
     Blocks stream through `device` one at a time (see `stream_decompositions`); each block's layers are
     swapped as soon as its decompositions exist, so no full set of decompositions is ever held, and a
     rerun after an interruption resumes from the decompositions already in the cache.
     """
-    if (beta is None) == (ranks is None):
-        raise SfsdError("give either a budget (--beta with --last-blocks) or explicit --ranks, not both")
+    if slicing is not None:
+        check_slicing_request(method, slicing)
+    if sum(x is not None for x in (beta, ranks, slicing)) != 1:
+        raise SfsdError("give one budget: --beta (with --last-blocks), or --ranks FILE, or --slicing (slicegpt)")
     if get_method(method).structured:
         if ranks is not None:
             raise SfsdError(f"{method} has no per-layer ranks: give a budget (--beta, with --last-blocks)")
+        if method == "slicegpt":
+            return slice_uniform(model, tokenizer, beta, last_blocks, calibration or CalibrationSpec(), batch_size,
+                                 seq_len, progress, slicing)
         return prune_uniform(model, tokenizer, method, beta, last_blocks, calibration or CalibrationSpec(),
                              batch_size, seq_len, progress)
     adapter = adapter_for(model)
@@ -464,6 +482,56 @@ def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, la
     return model
 
 
+def eq3_parameters(model: nn.Module, beta: float, last_blocks: int | None) -> int:
+    """The parameters of `model` once Eq. 3's thin layers (weights only: the weight-space row of Table 1) replace
+    the layers of the last `last_blocks` blocks (all blocks if None) at `beta`."""
+    check_beta(beta)
+    adapter = adapter_for(model)
+    n = adapter.num_blocks
+    last_blocks = n if last_blocks is None else last_blocks
+    if not 1 <= last_blocks <= n:
+        raise SfsdError(f"--last-blocks must be in 1..{n} for this model, got {last_blocks}")
+    layers = {layer.name: layer for layer in adapter.layers()}
+    ranks = uniform_ranks(list(layers.values()), beta, last_blocks, n)
+    removed = sum(layers[name].params - rank * (layers[name].d_in + layers[name].d_out) for name, rank in ranks.items())
+    return count_parameters(model) - removed
+
+
+def slice_uniform(model: nn.Module, tokenizer: Any, beta: float | None, last_blocks: int | None,
+                  calibration: CalibrationSpec, batch_size: int = 16, seq_len: int = 128, progress: bool = True,
+                  slicing: float | None = None) -> nn.Module:
+    """SliceGPT on the whole model (in place), at SliceGPT's own `slicing` fraction (residual width rounded down
+    to a multiple of 8, as their script) or at the total parameters of Table 1's weight-space row at (`beta`,
+    `last_blocks`): the constant width whose sliced model (untied head and shortcuts included) comes closest.
+    SliceGPT slices the residual stream that every block shares, so it cannot be confined to the last blocks:
+    only the parameter count is matched."""
+    from sfsd.decompose.slicing import (
+        ROUND_INTERVAL,
+        SliceWidths,
+        check_sliceable,
+        slice_model,
+        width_for_params,
+        width_for_slicing,
+    )
+
+    check_sliceable(model)
+    hidden, n = model.config.hidden_size, adapter_for(model).num_blocks
+    target = None if slicing is not None else eq3_parameters(model, beta, last_blocks)
+    width = width_for_slicing(hidden, slicing) if slicing is not None else width_for_params(model, target)
+    base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
+    ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
+    start = time.perf_counter()
+    slice_model(model, ids, mask, SliceWidths.constant(hidden, n, width), batch_size, progress,
+                slicing=1 - width / hidden, target_params=target,
+                round_interval=ROUND_INTERVAL if slicing is not None else 1)
+    model.config.sfsd = {"calibration": asdict(calibration), "protocol": "uniform" if slicing is None else "slicing",
+                         "beta": beta, "last_blocks": last_blocks, "slicing": slicing, "width": width,
+                         "target_params": target, "base": base, "slice_seconds": time.perf_counter() - start,
+                         "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
+    model.config.sfsd["overall_budget"] = describe(model, macs=False)["overall_budget"]
+    return model
+
+
 def save_compressed(model: nn.Module, tokenizer: Any, out: str | Path, overwrite: bool = False) -> Path:
     """Save as a Hugging Face folder (safetensors, config with ranks, tokenizer) atomically."""
     out = Path(out)
@@ -498,8 +566,7 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
         "params": params,
         "params_linear": int(table["params"].sum()),
         "params_linear_full": int(table["params_full"].sum()),
-        "overall_budget": overall_budget(layers, ranks) if not pruned else
-        float(table["params_weights"].sum() / table["params_full"].sum()),
+        "overall_budget": _overall_budget(model, layers, ranks, table, pruned, params),
         "layers_decomposed": len(ranks) + pruned,
         "layers_total": len(layers),
         "seq_len": seq_len,
@@ -510,12 +577,28 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
     return info
 
 
-def _pruned_widths(model: nn.Module, table: pd.DataFrame) -> int:
-    """For a structurally pruned model: each pruned layer's full parameters and kept share in `table` (in
-    place; `params_weights` is the weights alone); the number of pruned layers."""
-    from sfsd.decompose.pruning import unpruned_weight_params
+def _overall_budget(model: nn.Module, layers: list[LinearLayer], ranks: Mapping[str, int], table: pd.DataFrame,
+                    pruned: int, params: int) -> float:
+    """Appendix B's budget; a pruned model's kept share of the pruned layers' weights; a sliced model's
+    parameter-equivalent budget (`sfsd.decompose.slicing.equivalent_budget`: its shortcuts, narrower
+    embedding and untied head are parameters too)."""
+    sliced = getattr(model.config, "sfsd_sliced", None)
+    if sliced:
+        from sfsd.decompose.slicing import equivalent_budget
 
-    full = unpruned_weight_params(model)
+        return equivalent_budget(params, int(sliced["params_base"]), int(table["params_full"].sum()))
+    if pruned:
+        return float(table["params_weights"].sum() / table["params_full"].sum())
+    return overall_budget(layers, ranks)
+
+
+def _pruned_widths(model: nn.Module, table: pd.DataFrame) -> int:
+    """For a structurally pruned or sliced model: each narrowed layer's full parameters and kept share in
+    `table` (in place; `params_weights` is the weights alone); the number of narrowed layers."""
+    from sfsd.decompose.pruning import unpruned_weight_params
+    from sfsd.decompose.slicing import unsliced_weight_params
+
+    full = unpruned_weight_params(model) or unsliced_weight_params(model)
     if not full:
         return 0
     table["params_weights"] = table["d_in"] * table["d_out"]

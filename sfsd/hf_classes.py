@@ -9,7 +9,9 @@ Layers that read the same input share one stacked first factor (`sfsd.decompose.
 config as `sfsd_fused`; folders saved before that existed have no such record and load unfused.
 
 Structurally pruned blocks (`sfsd.decompose.pruning`) are recorded as `sfsd_pruned` (their head and channel
-counts); the model class rebuilds those smaller layers first, then any low-rank ones.
+counts); the model class rebuilds those smaller layers first, then any low-rank ones. A SliceGPT-sliced model
+(`sfsd.decompose.slicing`) is recorded as `sfsd_sliced` (its residual widths) and rebuilt by
+`sfsd.decompose.sliced_layers.install_sliced_layers`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
+from sfsd.decompose.sliced_layers import install_sliced_layers
 from sfsd.errors import SfsdError
 
 PREFIX = "sfsd_"
@@ -92,6 +95,7 @@ def _make_classes(model_type: str) -> tuple[type, type]:
 
     def __init__(self, config, *args, **kwargs):
         base_model.__init__(self, config, *args, **kwargs)
+        install_sliced_layers(self, getattr(config, "sfsd_sliced", None))
         install_pruned_layers(self, getattr(config, "sfsd_pruned", None))
         install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None))
 
@@ -144,6 +148,16 @@ def mark_pruned(model: nn.Module, record: dict[str, Any], method: str = "llm-pru
         _as_sfsd_class(model, method, {}, extra)
         model.config.sfsd_fused = {}
     model.config.sfsd_pruned = record
+    return model
+
+
+def mark_sliced(model: nn.Module, record: dict[str, Any], extra: dict | None = None) -> nn.Module:
+    """Turn an in-memory SliceGPT-sliced model into its registered sfsd class, in place, recording its residual
+    widths (`sfsd.decompose.slicing`); its head is its own matrix from now on (`tie_word_embeddings` False)."""
+    _as_sfsd_class(model, "slicegpt", {}, extra)
+    model.config.sfsd_fused = {}
+    model.config.sfsd_sliced = record
+    model.config.tie_word_embeddings = False
     return model
 
 

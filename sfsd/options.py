@@ -213,6 +213,10 @@ def _all_methods() -> list[str]:
     return names_of("method")
 
 
+def _whole_model_methods() -> list[str]:
+    return names_of("method", where=lambda method: method.whole_model)
+
+
 def _uniform_methods() -> list[str]:
     return [*names_of("method"), "none"]
 
@@ -241,8 +245,11 @@ BETA = Option("--beta", "per-layer parameter budget in (0, 1] (Eq. 3)", 0.46, "f
 UNIFORM_METHOD = Option("--method", "decomposition or pruning method, or none: the base model", "feature",
                         choices=_uniform_methods, label="Method")
 COMPRESS_METHOD = Option("--method", "decomposition method, or llm-pruner (structured pruning; without "
-                         "--last-blocks it prunes LLM-Pruner's own block range)", "feature", choices=_all_methods,
-                         label="Method")
+                         "--last-blocks it prunes LLM-Pruner's own block range), or slicegpt (the whole model, at "
+                         "--slicing or at the parameters of --beta on the --last-blocks)", "feature",
+                         choices=_all_methods, label="Method")
+SLICING = Option("--slicing", "slicegpt only: share of the residual width removed, in [0, 1) (SliceGPT's "
+                 "--sparsity; the width is rounded down to a multiple of 8)", None, "float", label="Slicing")
 LAST_BLOCKS = Option("--last-blocks", "compress the last N blocks", 12, "int", label="Last N blocks")
 
 # Calibration (CalibrationSpec)
@@ -314,5 +321,8 @@ PPL_TOKENS = Option("--ppl-tokens", "first tokens of the wiki eval split scored 
 # The frontier (FrontierConfig)
 STRATEGIES = Option("--strategies", "allocation strategies", ["uniform", "spectrum", "sensitivity", "alg1"], "strs")
 BUDGETS = Option("--budgets", "overall budgets", [0.9, 0.8, 0.6], "floats")
+BASELINES = Option("--baselines", "whole-model methods run beside the strategies at every budget, at the parameters of "
+                   "Eq. 3's thin layers at beta = budget on every block (a uniform run each): slicegpt", [], "strs",
+                   choices=_whole_model_methods, label="Baselines")
 
 QUIET = Option("--quiet", "no progress bars", kind="bool")

@@ -188,7 +188,7 @@ UNIFORM = dict(beta=0.5, last_blocks=2, tasks=["piqa"], limit=5, ppl_seq_lens=[3
 def dashboard_store(tmp_path_factory, default_model_dir) -> dict:
     """The store the dashboard tests read (tests/test_app.py, test_browser.py, test_transfer.py), built once
     in a cache of its own: a tiny random LLaMA, two real searches (feature with task snapshots, weight),
-    four real uniform runs (base, weight, feature, llm-pruner) and the feature search's saved model."""
+    five real uniform runs (base, weight, feature, llm-pruner, slicegpt) and the feature search's saved model."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from sfsd.compress import CalibrationSpec
@@ -210,7 +210,8 @@ def dashboard_store(tmp_path_factory, default_model_dir) -> dict:
         weight = run_search(SearchConfig(model=str(model), method="weight", metric=metric, calibration=calibration,
                                          first_block=1, snapshot_every=4), progress=False)
         uniform = {}
-        for method in ("none", "weight", "feature", "llm-pruner"):  # Table 1: the base model and the paper's rows
+        # Table 1: the base model, the paper's rows, SliceGPT at the same parameters
+        for method in ("none", "weight", "feature", "llm-pruner", "slicegpt"):
             config = UniformConfig(model=str(model), method=method, calibration=calibration, **UNIFORM)
             uniform[method] = run_uniform(config, progress=False).id
         saved = materialize_run(feature.id)

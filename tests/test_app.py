@@ -106,8 +106,8 @@ def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     assert "eval split" in spec["layout"]["title"]["text"]  # the held-out check in the title
     at.radio(key="heatmap-mode").set_value("average over runs").run()
     no_exception(at)
-    # the two searches and the pruned Table 1 row (each layer's kept share)
-    assert "Average over 3 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
+    # the two searches and the pruned and sliced Table 1 rows (each layer's kept share)
+    assert "Average over 4 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
 
 
 def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
@@ -146,12 +146,14 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
-    # base model, the feature search, the uniform runs of weight and feature space and LLM-Pruner (Figure 2)
-    assert modes == ["markers", "lines+markers", "markers", "markers", "markers"]
+    # base model, the feature search, the uniform runs of weight and feature space, LLM-Pruner and SliceGPT
+    assert modes == ["markers", "lines+markers", "markers", "markers", "markers", "markers"]
     base, search, *uniforms = figure["data"]
     uniform = next(t for t in uniforms if env["uniform"]["feature"] in t["text"][0])
     pruned = next(t for t in uniforms if env["uniform"]["llm-pruner"] in t["text"][0])
     assert pruned["marker"]["color"] == "#e377c2" and pruned["x"][0] == pytest.approx(uniform["x"][0], rel=0.01)
+    sliced = next(t for t in uniforms if env["uniform"]["slicegpt"] in t["text"][0])
+    assert sliced["marker"]["color"] == "#bcbd22" and sliced["x"][0] == pytest.approx(uniform["x"][0], rel=0.01)
     # the base model at 100% of the parameters: no snapshot scored it, the Table 1 base run did
     assert base["marker"]["symbol"] == "star" and base["x"][0] > max(search["x"])
     assert env["uniform"]["none"] in base["text"][0] and base["error_y"]["array"]
@@ -214,10 +216,13 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     at = open_page("table1")
     no_exception(at)
     table = at.dataframe[0].value
-    # the paper's three rows at one budget (weight, feature, structured pruning) under the base model
-    assert list(table["method"]) == ["base", "weight", "feature", "llm-pruner"]
+    # the paper's three rows at one budget (weight, feature, structured pruning) under the base model, then
+    # SliceGPT on the whole model at the same parameters
+    assert list(table["method"]) == ["base", "weight", "feature", "llm-pruner", "slicegpt"]
     params = dict(zip(table["method"], table["params (M)"], strict=True))
     assert params["llm-pruner"] == params["feature"] != params["base"]  # the same parameters (within 0.5%)
+    # SliceGPT at the weight row's parameters, within one width step (a column of the 49,152-token embedding)
+    assert abs(float(params["slicegpt"]) - float(params["weight"])) <= 0.06
     assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
     accuracy = "piqa acc % [95% CI] n=5"
     assert accuracy in table.columns and "average acc % [95% CI]" not in table.columns  # one task: no average
@@ -226,7 +231,7 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
         assert low <= value <= high and high - low > 30  # 5 documents: a wide interval
     assert [w.value for w in at.warning] and "piqa: only 5 documents" in at.warning[0].value
     ppl, bars = (json.loads(figure.proto.spec) for figure in charts(at))
-    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 4
+    assert ppl["layout"]["yaxis"]["type"] == "log" and len(ppl["data"]) == 5
     ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
     assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
@@ -315,19 +320,20 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     assert len(charts(at)) == 1
 
 
-def test_a_pruned_table1_row_opens_on_disagreement_and_bias(env):
-    """The LLM-Pruner row's model is offered on both pages and saved on demand: a real smaller model that
-    reloads plainly, with the parameters its run recorded."""
+@pytest.mark.parametrize("method,record", [("llm-pruner", "sfsd_pruned"), ("slicegpt", "sfsd_sliced")])
+def test_a_structured_table1_row_opens_on_disagreement_and_bias(env, method, record):
+    """The LLM-Pruner and SliceGPT rows' models are offered on both pages and saved on demand: real smaller
+    models that reload plainly, with the parameters their runs recorded."""
     from transformers import AutoModelForCausalLM
 
     from sfsd.accounting import count_parameters
     from sfsd.dashboard import data, jobs
     from sfsd.runs import Run
 
-    run_id = env["uniform"]["llm-pruner"]
+    run_id = env["uniform"][method]
     folder = Path(env["root"]) / "models" / run_id
     shown = data.model_display(str(folder))  # AppTest lists the options as the page shows them
-    assert shown.startswith("Table 1: llm-pruner, beta 0.5, last 2 blocks")
+    assert shown.startswith(f"Table 1: {method}, beta 0.5, last 2 blocks")
     at = open_page("disagreement")
     no_exception(at)
     assert shown in at.selectbox(key="dis-b").options
@@ -336,8 +342,8 @@ def test_a_pruned_table1_row_opens_on_disagreement_and_bias(env):
     assert shown in at.multiselect(key="bias-models").options
     assert jobs.save_uniform_model(run_id) == folder
     model = AutoModelForCausalLM.from_pretrained(folder)
-    assert data.compressed_method(str(folder)) == "llm-pruner"
-    assert sorted(model.config.sfsd_pruned["blocks"]) == ["1", "2"]
+    assert data.compressed_method(str(folder)) == method
+    assert getattr(model.config, record)["blocks"]  # the pruned blocks' widths, or every block's residual widths
     assert count_parameters(model) == Run.open(run_id).result()["params"]
 
 
@@ -612,3 +618,18 @@ def test_heatmap_shows_the_share_each_layer_kept_by_pruning(env):
         cells = dict(zip(roles, rows[block], strict=True))
         assert cells["k"] == cells["v"] == 100 and all(0 < cells[r] < 100 for r in ("q", "o", "gate", "up", "down"))
     assert all(v == 100 for v in rows[0]), rows
+
+
+def test_heatmap_shows_the_share_each_layer_kept_by_slicing(env):
+    """SliceGPT on the heatmap: every block's layers narrower (they read or write the sliced residual stream),
+    but the last block's down_proj, which writes the full width that the unsliced head reads."""
+    at = open_page("heatmap")
+    at.selectbox(key="heatmap-run").select(env["uniform"]["slicegpt"]).run()
+    no_exception(at)
+    heat = json.loads(charts(at)[0].proto.spec)["data"][0]
+    rows = {int(y): dict(zip(heat["x"], row, strict=True)) for y, row in zip(heat["y"], heat["z"], strict=True)}
+    assert sorted(rows) == [0, 1, 2]
+    for block, cells in rows.items():
+        narrowed = [r for r in cells if not (block == 2 and r == "down")]
+        assert all(0 < cells[r] < 100 for r in narrowed), (block, cells)
+    assert rows[2]["down"] == 100

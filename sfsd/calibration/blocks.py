@@ -40,18 +40,18 @@ class _Recorder(nn.Module):
         return hidden_states
 
 
-def _to(value, device: torch.device, memo: dict):
+def to_device(value, device: torch.device, memo: dict):
     """Move tensors inside nested args to `device`, once per tensor object (blocks share masks and rotary)."""
     if isinstance(value, torch.Tensor):
         if id(value) not in memo:
             memo[id(value)] = value.to(device)
         return memo[id(value)]
     if isinstance(value, tuple):
-        return tuple(_to(v, device, memo) for v in value)
+        return tuple(to_device(v, device, memo) for v in value)
     if isinstance(value, list):
-        return [_to(v, device, memo) for v in value]
+        return [to_device(v, device, memo) for v in value]
     if isinstance(value, dict):
-        return {k: _to(v, device, memo) for k, v in value.items()}
+        return {k: to_device(v, device, memo) for k, v in value.items()}
     return value
 
 
@@ -101,7 +101,7 @@ def capture_block_inputs(model: nn.Module, adapter: ModelAdapter, input_ids: tor
                 states = calls[0][0][0].to(host)
                 result.append(BlockBatch(
                     states.pin_memory() if pin else states,
-                    [_to((args, kwargs), torch.device(host), memo) for _, args, kwargs in (c[0] for c in calls)],
+                    [to_device((args, kwargs), torch.device(host), memo) for _, args, kwargs in (c[0] for c in calls)],
                     mask.bool().to(host),
                 ))
     finally:
@@ -148,7 +148,7 @@ def run_block(block: nn.Module, index: int, batches: list[BlockBatch], device: t
     with StatisticsHooks(model, layers, device, sides) as hooks, torch.no_grad():
         for batch in batches:
             memo: dict = {}
-            args, kwargs = _to(batch.block_args[index], device, memo)
+            args, kwargs = to_device(batch.block_args[index], device, memo)
             hooks.tokens = batch.tokens.to(device)
             out = block_outputs(block(batch.states.to(device), *args, **kwargs))
             batch.states = out.to(batch.states.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -20,9 +21,12 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sfsd", description="Surgical Feature-Space Decomposition of LLMs")
+    # No abbreviations: `sfsd ppl --model X` must not be read as `--model-key X` (and silently score the default).
+    parser = argparse.ArgumentParser(prog="sfsd", description="Surgical Feature-Space Decomposition of LLMs",
+                                     allow_abbrev=False)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True,
+                                       parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -37,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "model_flag", None) is not None:  # `--model X` where the model is also positional
+        if args.model not in (args.model_flag, getattr(args, "model_default", None)):
+            parser.error(f"two models given ({args.model} and --model {args.model_flag}): give one")
+        args.model = args.model_flag
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     _quiet_libraries(args.verbose)
     keep_freed_memory()

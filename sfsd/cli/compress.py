@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
     add_dispatch_flags(p)
-    add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, beta=None, last_blocks=None)
+    add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, options.SLICING, beta=None,
+              last_blocks=None)
     p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -41,14 +42,14 @@ def run_compress(args: argparse.Namespace) -> int:
     from sfsd.models import load_model, parse_dtype, pick_device
 
     parse_dtype(args.dtype)
-    if (args.beta is None) == (args.ranks is None):
-        raise SfsdError("give either --beta (with --last-blocks) or --ranks FILE")
+    if sum(x is not None for x in (args.beta, args.ranks, args.slicing)) != 1:
+        raise SfsdError("give one budget: --beta (with --last-blocks), or --ranks FILE, or --slicing (slicegpt)")
     ranks = read_ranks(args.ranks) if args.ranks else None
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
     calibration = config_from_args(CalibrationSpec, args)
-    check_compress_request(args.method, args.beta, calibration)
+    check_compress_request(args.method, args.beta, calibration, args.slicing)
     start = time.perf_counter()
     # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).
     compute = pick_device(args.device)
@@ -60,7 +61,8 @@ def run_compress(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(args.model, "cpu", args.dtype, compute_device=compute,
                                       max_memory=args.max_memory, offload_dir=args.offload_dir)
     compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
-             calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute)
+             calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute,
+             slicing=args.slicing)
     save_compressed(model, tokenizer, out, overwrite=args.overwrite)
     print(f"saved {out} in {time.perf_counter() - start:.1f} s")
     _print_info(model, args.seq_len, layers=False)

@@ -19,6 +19,9 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
         default=DEFAULT_MODEL,
         help=f"short name ({DEFAULT_MODEL}), model folder (also sfsd-compressed) or hub id (default: %(default)s)",
     )
+    if name == "model":  # `--model X` as in every other command
+        parser.add_argument("--model", dest="model_flag", metavar="MODEL", help=options.MODEL.help)
+        parser.set_defaults(model_default=DEFAULT_MODEL)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

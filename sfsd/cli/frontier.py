@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
                             target_budget=plan.budgets[0] if plan.budgets else 1.0)
     runs = run_frontier(base, plan.strategies, plan.budgets, plan.ppl_seq_lens, plan.ppl_tokens, plan.tasks,
                         plan.limit, device=placement_from_args(args), progress=not args.quiet,
-                        alg1_bisections=plan.alg1_bisections, alg1_growth=plan.alg1_growth)
+                        alg1_bisections=plan.alg1_bisections, alg1_growth=plan.alg1_growth,
+                        baselines=plan.baselines)
     frame = frontier_frame(model=args.model)
     ids = {r.id for r in runs} | set(frame.loc[frame["strategy"] == "base", "run_id"])
     print(frame[frame["run_id"].isin(ids)].drop(columns=["model"]).to_string(index=False))

@@ -10,7 +10,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from sfsd.dashboard import data
-from sfsd.dashboard.plots import DASHES, METHOD_COLORS, _layout, empty_figure, method_color, wilson_error_bars
+from sfsd.dashboard.plots import (
+    DASHES,
+    METHOD_COLORS,
+    _layout,
+    empty_figure,
+    method_color,
+    method_label,
+    wilson_error_bars,
+)
 from sfsd.decompose import METHODS
 from sfsd.runs.frontier import ALG1, frontier_frame
 from sfsd.search.allocation import ALLOCATIONS
@@ -71,7 +79,7 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
         group = group.sort_values(x)
         alg1 = strategy == ALG1
-        label = f"{strategy} ({method})"
+        label = method_label(method) if strategy == method else f"{strategy} ({method})"  # a whole-model baseline
         fig.add_trace(go.Scatter(
             x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
             marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=strategy_color(strategy)),

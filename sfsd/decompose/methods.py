@@ -172,9 +172,13 @@ class Method:
     # are cheaper where a group's outputs are narrower than its input (see calibration.choose_sides).
     output_statistics: bool = False
     dash: str | None = None  # its line style on the Frontier page; None: by line order
-    # Removes whole heads and MLP channels of a block range (sfsd.decompose.pruning) instead of factoring
-    # each layer: no rank, no spectrum, no per-layer search; `fit` is None.
+    # Removes whole heads and MLP channels of a block range (sfsd.decompose.pruning) or whole directions of the
+    # residual stream (sfsd.decompose.slicing) instead of factoring each layer: no rank, no spectrum, no
+    # per-layer search; `fit` is None.
     structured: bool = False
+    # Changes the whole model however few blocks a budget names (SliceGPT slices the residual stream every block
+    # shares): only its parameter count is matched, and it is a line of its own on the Frontier.
+    whole_model: bool = False
 
 
 # Registered in Table 1's row order (weight space first), which every list of methods follows.
@@ -205,6 +209,10 @@ for _method in (
            "LLM-Pruner block-wise structured pruning (Taylor param_first importance of heads and MLP channels, "
            "no LoRA recovery)", label="LLM-Pruner (structured, no recovery)", color="#e377c2",  # pink
            spectrum="", dash="longdashdot", structured=True),
+    Method("slicegpt", None, True,
+           "SliceGPT: the residual stream rotated by its principal components (sequential PCA on the sliced model) "
+           "and its least important directions deleted, on the whole model", label="SliceGPT (whole model)",
+           color="#bcbd22", spectrum="", dash="8px,3px,2px,3px,2px,3px", structured=True, whole_model=True),  # olive
 ):
     METHODS.register(_method.name, _method)
 

@@ -2,7 +2,8 @@
 
 Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
 Algorithm 1 searches (a tolerance, no target) whose final model was evaluated on the eval split are points
-with strategy "Algorithm 1" and their tolerance.
+with strategy "Algorithm 1" and their tolerance. The uniform runs of a whole-model method (SliceGPT) are points
+of a line of their own, the method's name as strategy, at their parameter-equivalent overall budget.
 """
 
 from __future__ import annotations
@@ -48,17 +49,35 @@ def _tolerance(config: dict, result: dict, strategy: str) -> float | None:
     return None
 
 
+def _whole_model(method: str | None) -> bool:
+    from sfsd.decompose import METHODS
+
+    return method in METHODS.names() and METHODS.get(method).whole_model
+
+
+def _target(config: dict, result: dict, strategy: str) -> float | None:
+    """The target budget of a point: a search's, 1 for the base model, a whole-model baseline's beta when its
+    parameters were matched on every block (`sfsd frontier --baselines`), else none."""
+    if strategy == "base":
+        return 1.0
+    if config.get("kind") == "uniform":
+        return config.get("beta") if config.get("last_blocks") == result.get("blocks") else None
+    return config.get("target_budget")
+
+
 def _point(run) -> dict | None:
     config = run.config
     is_search = config.get("kind") == "search"
     is_target = is_search and config.get("target_budget") is not None
-    is_base = config.get("kind") == "uniform" and config.get("method") == "none"
-    if not (is_search or is_base) or run.status()["state"] != "done":
+    is_uniform = config.get("kind") == "uniform"
+    is_base = is_uniform and config.get("method") == "none"
+    is_baseline = is_uniform and _whole_model(config.get("method"))
+    if not (is_search or is_base or is_baseline) or run.status()["state"] != "done":
         return None
     result = run.result() or {}
-    strategy = config["strategy"] if is_target else ALG1 if is_search else "base"
+    strategy = config["strategy"] if is_target else ALG1 if is_search else config["method"] if is_baseline else "base"
     row = {"model": config["model"], "strategy": strategy, "method": config["method"],
-           "target": config.get("target_budget", 1.0 if is_base else None),
+           "target": _target(config, result, strategy),
            "tolerance": _tolerance(config, result, strategy),
            "overall_budget": result.get("overall_budget", 1.0), "params": result.get("params"),
            "macs": result.get("macs"), "run_id": run.id}

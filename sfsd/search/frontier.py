@@ -30,6 +30,7 @@ class FrontierConfig:
 
     strategies: list[str] = options.STRATEGIES.field()
     budgets: list[float] = options.BUDGETS.field()
+    baselines: list[str] = options.BASELINES.field()
     ppl_seq_lens: list[int] = options.PPL_SEQ_LENS.field([128, 2048])  # the paper's length and the field's
     ppl_tokens: int | None = options.PPL_TOKENS.field()
     tasks: list[str] = options.TASKS.field()
@@ -54,12 +55,18 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
                  seq_lens: Sequence[int] = (128, 2048), ppl_tokens: int | None = options.PPL_TOKENS.default,
                  tasks: Sequence[str] = (), limit: int | None = options.LIMIT.default, root: Path | None = None,
                  device: str | None = None, progress: bool = True, say: Callable[[str], None] = print,
-                 alg1_bisections: int | None = None, alg1_growth: float | None = None) -> list[Run]:
-    """Run (or reuse) every point and the base model, evaluate them; the runs in request order."""
+                 alg1_bisections: int | None = None, alg1_growth: float | None = None,
+                 baselines: Sequence[str] = ()) -> list[Run]:
+    """Run (or reuse) every point and the base model, evaluate them; the runs in request order (the
+    baselines' uniform runs last)."""
     configs = frontier_configs(base, strategies, budgets, alg1_bisections, alg1_growth)
-    base_run = run_uniform(UniformConfig(model=base.model, method="none", beta=1.0, last_blocks=0,
-                                         calibration=base.calibration, tasks=list(tasks), limit=limit,
-                                         ppl_seq_lens=list(seq_lens), ppl_tokens=ppl_tokens), root, device, progress)
+    evaluation = dict(calibration=base.calibration, tasks=list(tasks), limit=limit, ppl_seq_lens=list(seq_lens),
+                      ppl_tokens=ppl_tokens)
+    baseline_configs = [UniformConfig(model=base.model, method=method, beta=budget,
+                                      last_blocks=_num_blocks(base.model), **evaluation)
+                        for method in baselines for budget in budgets]  # checked before anything runs
+    base_run = run_uniform(UniformConfig(model=base.model, method="none", beta=1.0, last_blocks=0, **evaluation),
+                           root, device, progress)
     say(f"base model: run {base_run.id}")
     runs = []
     for config in configs:
@@ -83,7 +90,24 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
             + ", ".join(f"ppl@{e['metrics']['seq_len']} {e['metrics']['ppl']:.2f}"
                         for e in run.read_evaluations() if e.get("kind") == "ppl"))
         runs.append(run)
+    for config in baseline_configs:
+        run = run_uniform(config, root, device, progress)
+        result = run.result()
+        say(f"{config.method} @ {config.beta}: run {run.id}, parameter-equivalent budget "
+            f"{result['overall_budget']:.4f}, " + ", ".join(
+                f"ppl@{e['metrics']['seq_len']} {e['metrics']['ppl']:.2f}" for e in run.read_evaluations()
+                if e.get("kind") == "ppl"))
+        runs.append(run)
     return runs
+
+
+def _num_blocks(model: str) -> int:
+    """The model's number of decoder blocks, from its config alone."""
+    from transformers import AutoConfig
+
+    from sfsd.models import resolve_model
+
+    return int(AutoConfig.from_pretrained(resolve_model(model)).num_hidden_layers)
 
 
 def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, tasks: Sequence[str],

@@ -95,7 +95,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
             return run
         result = {"params": info["params"], "macs": info["macs"], "macs_seq_len": 128,
                   "overall_budget": info["overall_budget"], "layers_decomposed": info["layers_decomposed"],
-                  "compress_seconds": seconds}
+                  "compress_seconds": seconds, "blocks": info["blocks"]}
         if "params_weights" in info["table"]:  # structured pruning: each layer's kept share, for the heatmap
             result["layers"] = kept_per_layer(info["table"])
         run.mark_done(result, layers_done=1)
