@@ -47,7 +47,7 @@ if runs.empty:  # only the base model so far (e.g. a uniform `--method none` run
 c1, c2, c3 = st.columns(3)
 target = c1.selectbox("Target budget", sorted(runs["target"].unique(), reverse=True), key="frontier-target")
 at_target = runs[runs["target"] == target]
-labels = {f"{row.strategy} ({row.method})": row.run_id for row in at_target.itertuples()}
+labels = {frontier.point_name(row.strategy, row.method): row.run_id for row in at_target.itertuples()}
 names = list(labels)
 left = c2.selectbox("Left", names, index=0, key="frontier-left")
 right = c3.selectbox("Right", names, index=min(1, len(names) - 1), key="frontier-right")

@@ -414,7 +414,7 @@ def compress(
             raise SfsdError(f"{method} has no per-layer ranks: give a budget (--beta, with --last-blocks)")
         if method == "slicegpt":
             return slice_uniform(model, tokenizer, beta, last_blocks, calibration or CalibrationSpec(), batch_size,
-                                 seq_len, progress, slicing)
+                                 seq_len, progress, slicing, device)
         return prune_uniform(model, tokenizer, method, beta, last_blocks, calibration or CalibrationSpec(),
                              batch_size, seq_len, progress)
     adapter = adapter_for(model)
@@ -499,7 +499,7 @@ def eq3_parameters(model: nn.Module, beta: float, last_blocks: int | None) -> in
 
 def slice_uniform(model: nn.Module, tokenizer: Any, beta: float | None, last_blocks: int | None,
                   calibration: CalibrationSpec, batch_size: int = 16, seq_len: int = 128, progress: bool = True,
-                  slicing: float | None = None) -> nn.Module:
+                  slicing: float | None = None, device: torch.device | str | None = None) -> nn.Module:
     """SliceGPT on the whole model (in place), at SliceGPT's own `slicing` fraction (residual width rounded down
     to a multiple of 8, as their script) or at the total parameters of Table 1's weight-space row at (`beta`,
     `last_blocks`): the constant width whose sliced model (untied head and shortcuts included) comes closest.
@@ -515,6 +515,10 @@ def slice_uniform(model: nn.Module, tokenizer: Any, beta: float | None, last_blo
     )
 
     check_sliceable(model)
+    if is_dispatched(model):
+        raise SfsdError("slicegpt runs on a model held in one place: drop --device-map (use --device cuda or cpu)")
+    if device is not None:  # the whole model on the compute device: every block is rotated and run there
+        model.to(device)
     hidden, n = model.config.hidden_size, adapter_for(model).num_blocks
     target = None if slicing is not None else eq3_parameters(model, beta, last_blocks)
     width = width_for_slicing(hidden, slicing) if slicing is not None else width_for_params(model, target)

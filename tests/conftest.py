@@ -131,8 +131,9 @@ def default_model_dir(session_cache) -> str:
 
 @pytest.fixture(scope="session")
 def frontier_store(tmp_path_factory, default_model_dir):
-    """A store that a real tiny frontier wrote: uniform and spectrum at 0.8 and 0.6, the base model, an
-    evaluated Algorithm 1 search; eval perplexity at 32 and 64 tokens and piqa on 12 documents."""
+    """A store that a real tiny frontier wrote: uniform and spectrum at 0.8 and 0.6, SliceGPT at the same
+    budgets (`--baselines slicegpt`), the base model, an evaluated Algorithm 1 search; eval perplexity at 32 and
+    64 tokens and piqa on 12 documents."""
     root = make_private_cache(tmp_path_factory.mktemp("frontier-app") / "cache")
     model = save_tiny_llama(root.parent / "tiny-llama", default_model_dir, 3)
     with cache_env(root):
@@ -144,7 +145,7 @@ def frontier_store(tmp_path_factory, default_model_dir):
                             calibration=CalibrationSpec(source="wiki", samples=16,
                                                         seq_len=32), strategy="spectrum", target_budget=0.8)
         run_frontier(base, ["uniform", "spectrum"], [0.8, 0.6], seq_lens=(32, 64), ppl_tokens=2048, tasks=["piqa"],
-                     limit=12, progress=False, say=lambda _: None)
+                     limit=12, progress=False, say=lambda _: None, baselines=["slicegpt"])
         # A plain Algorithm 1 search (a tolerance, no target), evaluated the same way: a point of its own.
         alg1 = run_search(SearchConfig(model=str(model),
                                        metric=MetricSpec(name="ppl", tolerance=0.2, samples=4, seq_len=32),

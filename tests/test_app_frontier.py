@@ -30,25 +30,31 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert len(figures) == 4  # the frontier, the accuracy chart and two budget heatmaps side by side
     figure = json.loads(figures[0].proto.spec)
     lines = {trace["name"]: trace for trace in figure["data"]}
-    assert set(lines) == {"uniform (feature)", "spectrum (feature)", "Algorithm 1 (feature)"}
+    assert set(lines) == {"uniform (feature)", "spectrum (feature)", "Algorithm 1 (feature)", "SliceGPT (whole model)"}
     assert lines["Algorithm 1 (feature)"]["mode"] == "markers" and len(lines["Algorithm 1 (feature)"]["x"]) == 1
-    assert all(len(lines[name]["x"]) == 2 for name in ("uniform (feature)", "spectrum (feature)"))
+    assert all(len(lines[name]["x"]) == 2 for name in ("uniform (feature)", "spectrum (feature)",
+                                                       "SliceGPT (whole model)"))
+    # at its parameter-equivalent budgets: one residual width of this tiny model moves ~50k parameters (its
+    # 49,152-token embedding) against ~90k in its blocks, so both targets land on nearby widths
+    sliced = lines["SliceGPT (whole model)"]
+    assert sliced["marker"]["color"] == "#bcbd22" and all(0 < x < 100 for x in sliced["x"])
     assert all(y > 0 for trace in lines.values() for y in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     base_labels = [a for a in figure["layout"].get("annotations", []) if "base model" in a.get("text", "")]
     base_ppl = float(base_labels[0]["text"].split()[-1])
     # On the log axis the label sits at log10(ppl) (Plotly's own hline label went to 10^ppl and the axis with it).
     assert len(base_labels) == 1 and abs(base_labels[0]["y"] - math.log10(base_ppl)) < 1e-3
-    assert len({trace["marker"]["color"] for trace in lines.values()}) == 3  # one colour per strategy
+    assert len({trace["marker"]["color"] for trace in lines.values()}) == 4  # one colour per strategy
     accuracy = json.loads(figures[1].proto.spec)
     assert "piqa" in accuracy["layout"]["yaxis"]["title"]["text"]
     for trace in accuracy["data"]:  # every point with its 95% interval, which contains it
         assert len(trace["error_y"]["array"]) == len(trace["y"]) and all(e > 0 for e in trace["error_y"]["array"])
     table = at.dataframe[0].value
-    assert len(table) == 6 and set(table["strategy"]) == {"base", "uniform", "spectrum", "Algorithm 1"}
+    assert len(table) == 8 and set(table["strategy"]) == {"base", "uniform", "spectrum", "Algorithm 1", "slicegpt"}
     assert all("(n=12)" in cell for cell in table["acc piqa [95% CI] (n)"])
     heatmaps = [json.loads(f.proto.spec) for f in figures[2:]]
-    assert [h["layout"]["title"]["text"] for h in heatmaps] == ["spectrum (feature) at 0.8", "uniform (feature) at 0.8"]
+    assert [h["layout"]["title"]["text"] for h in heatmaps] == ["SliceGPT (whole model) at 0.8",
+                                                                "spectrum (feature) at 0.8"]
     assert all(h["data"] for h in heatmaps)
     at.radio(key="frontier-ppl").set_value("ppl@64").run()
     at.selectbox(key="frontier-target").select(0.6).run()

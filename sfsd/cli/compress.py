@@ -86,7 +86,8 @@ def _print_info(model, seq_len: int, layers: bool) -> None:
         ("architecture", f"{info['model_type']} ({info['blocks']} blocks; roles {', '.join(info['roles'])})"),
         ("method", info["method"] or "none (original model)"),
         ("layers decomposed", f"{info['layers_decomposed']} of {info['layers_total']}"),
-        ("overall budget (App. B)", f"{info['overall_budget']:.4f}"),
+        ("overall budget (App. B)" if not getattr(model.config, "sfsd_sliced", None) else
+         "overall budget (parameter-equivalent)", f"{info['overall_budget']:.4f}"),
         ("params (with embeddings)", _vs(info["params"], base.get("params"))),
         ("params of linear layers", _vs(info["params_linear"], info["params_linear_full"])),
         (f"MACs per sequence of {seq_len}", _vs(info["macs"], base.get("macs", {}).get(str(seq_len)))),
@@ -99,9 +100,11 @@ def _print_info(model, seq_len: int, layers: bool) -> None:
         with pd.option_context("display.max_rows", None, "display.width", 160):
             print(table.drop(columns=["name"]).to_string(index=False))
     elif info["layers_decomposed"]:
-        grid = table.pivot(index="block", columns="role", values="rank")[info["roles"]]
+        narrowed = "params_weights" in table  # pruned or sliced: real narrower layers, no rank
+        grid = table.assign(kept=(100 * table["beta"]).round(1)).pivot(
+            index="block", columns="role", values="kept" if narrowed else "rank")[info["roles"]]
         decomposed = table.loc[~table["intact"], "block"].unique()
-        print("\nranks per block (decomposed blocks):")
+        print("\n% of each layer's weights kept, per block:" if narrowed else "\nranks per block (decomposed blocks):")
         print(grid.loc[sorted(decomposed)].to_string())
 
 

@@ -62,6 +62,11 @@ def _hover_data(group: pd.DataFrame) -> list[list]:
     return cells.where(cells.notna(), "—").values.tolist()
 
 
+def point_name(strategy: str, method: str) -> str:
+    """A line's name: strategy (method), or a whole-model baseline's label (its strategy is its method)."""
+    return method_label(method) if strategy == method else f"{strategy} ({method})"
+
+
 def strategy_color(strategy: str) -> str:
     return STRATEGY_COLORS.get(strategy) or method_color(strategy)
 
@@ -79,7 +84,7 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
         group = group.sort_values(x)
         alg1 = strategy == ALG1
-        label = method_label(method) if strategy == method else f"{strategy} ({method})"  # a whole-model baseline
+        label = point_name(strategy, method)
         fig.add_trace(go.Scatter(
             x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
             marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=strategy_color(strategy)),
