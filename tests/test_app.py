@@ -223,6 +223,8 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert params["llm-pruner"] == params["feature"] != params["base"]  # the same parameters (within 0.5%)
     # SliceGPT at the weight row's parameters, within one width step (a column of the 49,152-token embedding)
     assert abs(float(params["slicegpt"]) - float(params["weight"])) <= 0.06
+    where = dict(zip(table["method"], table["compressed"], strict=True))  # the table says what each row changed
+    assert where["feature"] == "last 2 blocks" and where["slicegpt"] == "whole model (same params as weight)"
     assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
     accuracy = "piqa acc % [95% CI] n=5"
     assert accuracy in table.columns and "average acc % [95% CI]" not in table.columns  # one task: no average

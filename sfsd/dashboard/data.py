@@ -430,6 +430,15 @@ def task_references(rows: pd.DataFrame) -> dict[str, dict]:
     return refs
 
 
+def _where_compressed(method: str, last_blocks) -> str:
+    """Which blocks a Table 1 row changed: the last N, or (SliceGPT) the whole model at the same parameters."""
+    if method == BASE:
+        return EMPTY
+    if method in METHODS.names() and METHODS.get(method).whole_model:
+        return "whole model (same params as weight)"
+    return f"last {int(last_blocks)} blocks" if _number(last_blocks) is not None else EMPTY
+
+
 def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 1 for people: method, state, perplexity per window length first (the metric that separates
     the methods), then size and every accuracy in % as `value [95% interval]`, n in the header (in the
@@ -442,6 +451,8 @@ def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
     out["params (M)"] = [number_text(v / 1e6 if _number(v) is not None else None) for v in rows["params"]]
     out["MACs @128 tokens (G)"] = [number_text(v / 1e9 if _number(v) is not None else None, 3) for v in rows["macs"]]
     out["budget (%)"] = [number_text(100 * v if _number(v) is not None else None, 1) for v in rows["overall_budget"]]
+    blocks = rows["last_blocks"] if "last_blocks" in rows else [None] * len(rows)
+    out["compressed"] = [_where_compressed(m, b) for m, b in zip(rows["method"], blocks, strict=True)]
     for column in acc_cols:
         ns = counts(rows, column)
         shared = ns.dropna().unique()
