@@ -27,7 +27,8 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 tests
 
-# The edit loop: everything but the tests marked `slow` (real browser, real default model, background runs).
+# The edit loop: everything but the tests marked `slow` (real browser, real default model, background runs, the
+# tiny-model tests that run many searches or processes).
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=10 -m "not slow" tests

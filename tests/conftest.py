@@ -64,8 +64,23 @@ def cache_env(root: Path) -> Iterator[Path]:
         yield root
 
 
+# The held-out check every finished search makes (sfsd/search/heldout.py), on a smaller eval-split sample in the
+# in-process tests: perplexity on the first 2,048 tokens (not 16,384), a task on its first 100 documents (not
+# the whole split). The tiny models' 49,152-token head made it most of a tiny search's time; what it computes
+# and stores is the same. Processes a test starts (the CLI, the dashboard's background runs) keep the defaults.
+SMALL_HELDOUT = dict(HELDOUT_TOKENS=2048, HELDOUT_DOCUMENTS=100)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def session_cache(tmp_path_factory) -> Iterator[Path]:
+def small_heldout() -> Iterator[dict]:
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in SMALL_HELDOUT.items():
+            patch.setattr(f"sfsd.search.heldout.{name}", value)
+        yield SMALL_HELDOUT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(small_heldout, tmp_path_factory) -> Iterator[Path]:
     """The session-private cache: where module- and session-scoped fixtures compute (they run before any
     test's own cache is set)."""
     prepare_real_inputs()

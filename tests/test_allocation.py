@@ -18,6 +18,9 @@ from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
 from sfsd.search.allocation import ALLOCATIONS, bisect_tolerance, budget_band, solve_choices, spectrum_allocation
 
 STRATEGIES = list(ALLOCATIONS)  # every registered allocation strategy is tested
+# Left out of `make test-fast` (run by `make test`): the strategies that run many searches or trials on the tiny
+# model (sensitivity: a trial per layer and beta; alg1: a search per tolerance tried).
+SLOW_STRATEGIES = {"sensitivity", "alg1"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,8 @@ def _config(model, strategy, target, **extra):
                         strategy=strategy, target_budget=target, **extra)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW_STRATEGIES else s
+                                      for s in STRATEGIES])
 def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_dir, tmp_path, strategy):
     target = 0.7
     run = run_search(_config(tiny_dir, strategy, target), progress=False)
@@ -69,6 +73,7 @@ def test_each_strategy_lands_on_the_target_budget_as_a_stored_run(cache, tiny_di
         assert again["trials"] == 0 and abs(again["overall_budget"] / 0.5 - 1) <= 0.005
 
 
+@pytest.mark.slow  # three searches and three CLI searches on the tiny model
 def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache, tiny_dir, tmp_path, capsys):
     from sfsd.cli import main
 
@@ -99,9 +104,10 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
 
 
 @pytest.mark.parametrize(("method", "metric", "strategy"), [
-    ("weight", "ppl", "spectrum"), ("asvd", "ppl", "sensitivity"), ("svdllm", "ppl", "uniform"),
-    ("feature-paper", "ppl", "alg1"), ("feature", "task", "sensitivity"), ("feature", "task", "alg1"),
-])
+    pytest.param(*case, marks=pytest.mark.slow) if case[2] in SLOW_STRATEGIES else case for case in [
+        ("weight", "ppl", "spectrum"), ("asvd", "ppl", "sensitivity"), ("svdllm", "ppl", "uniform"),
+        ("feature-paper", "ppl", "alg1"), ("feature", "task", "sensitivity"), ("feature", "task", "alg1"),
+    ]])
 def test_strategies_work_with_every_method_and_both_metrics(cache, tiny_dir, method, metric, strategy):
     spec = (MetricSpec(name="task", tolerance=0.0, task="piqa", limit=12, batch_size=4) if metric == "task"
             else MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2))
@@ -248,6 +254,7 @@ def test_old_configs_load_and_keep_their_ids():
     assert SearchConfig.from_dict(old).target_budget is None
 
 
+@pytest.mark.slow  # a frontier of four searches, evaluated, then resumed from the command line
 def test_killed_frontier_resumes_and_reuses_finished_points(cache, tiny_dir, capsys):
     from sfsd.cli import main
     from sfsd.runs.frontier import frontier_frame

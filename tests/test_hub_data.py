@@ -150,7 +150,8 @@ def _field_ppl(model, ids: list[int], seq_len: int) -> tuple[float, int]:
 
 @pytest.mark.parametrize("dataset,column,split,limit", [("wikitext2", "text", "test", None),
                                                         ("ptb", "sentence", "test", None),
-                                                        ("c4", "text", "validation", 2000)])
+                                                        pytest.param("c4", "text", "validation", 2000,
+                                                                     marks=pytest.mark.slow)])  # 2,000 documents
 def test_ppl_joins_rows_and_cuts_non_overlapping_windows(local_hub, model, tokenizer, dataset, column, split, limit):
     import datasets
 

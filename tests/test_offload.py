@@ -116,6 +116,7 @@ def _search_and_uniform(cache, monkeypatch, model, placement):
     return search, uniform
 
 
+@pytest.mark.slow  # two searches and two uniform runs, one pair with blocks offloaded to disk
 def test_search_and_uniform_on_a_disk_offloaded_model_equal_in_memory(tiny_folder, tmp_path, monkeypatch):
     from sfsd.models import Placement
 

@@ -32,10 +32,15 @@ LAST_BLOCKS = 11  # the paper's Table 1 (last 12 of 32 blocks at beta 0.46, ~80 
 EVAL = dict(split="eval", seq_len=128, max_tokens=32 * 128, use_cache=False, progress=False)
 
 
-def _compressed_ppl(method: str, last_blocks: int = LAST_BLOCKS) -> tuple[float, object]:
+def _compressed(method: str, last_blocks: int = LAST_BLOCKS) -> tuple[object, object]:
     model, tokenizer = load_model(DEFAULT_MODEL, "cpu")
     compress(model, tokenizer, method, beta=0.46, last_blocks=last_blocks,
              calibration=CalibrationSpec(source="mix", samples=32, seq_len=128), progress=False)
+    return model, tokenizer
+
+
+def _compressed_ppl(method: str, last_blocks: int = LAST_BLOCKS) -> tuple[float, object]:
+    model, tokenizer = _compressed(method, last_blocks)
     result = perplexity(model, tokenizer, **EVAL)
     assert result["seq_len"] == 128 and result["n_tokens"] == 32 * 128
     return result["ppl"], model
@@ -60,7 +65,7 @@ def test_feature_space_at_the_table1_budget_keeps_the_model_usable():
 
 
 def test_parameter_accounting_of_a_compressed_model():
-    _, feature_model = _compressed_ppl("feature", last_blocks=6)
+    feature_model, _ = _compressed("feature", last_blocks=6)  # counted, not evaluated: no perplexity needed
     info = describe(feature_model, macs=False)
     # The parameter count of the compressed model matches the accounting: 30 blocks, last 6 decomposed.
     assert info["blocks"] == 30 and info["layers_decomposed"] == 42

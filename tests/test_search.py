@@ -79,6 +79,7 @@ def test_bisect_needs_at_most_four_trials_a_layer_and_keeps_passing_choices(cach
             assert lower < 0.1 or trials.get(lower) is False  # the next lower beta was tried and failed
 
 
+@pytest.mark.slow  # two task-metric searches (fast and reference) and lm-eval on the tiny model
 def test_task_metric_base_value_equals_lm_eval(cache, tiny_dir):
     from sfsd.evaluate import evaluate_tasks
 
@@ -132,6 +133,7 @@ def test_bad_search_requests(cache, tiny_dir):
         run_search(SearchConfig(model=str(tiny_dir), first_block=9), progress=False)
 
 
+@pytest.mark.slow  # a real `sfsd search` process killed mid-run, then two reference-loop searches
 def test_killed_search_resumes_to_the_same_result(cache, tiny_dir):
     """Kill a real `sfsd search` process mid-run (SIGKILL), cut the trace's last line, resume, compare."""
     argv = [sys.executable, "-m", "sfsd", "search", "--model", str(tiny_dir), "--tolerance", "0",

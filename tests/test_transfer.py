@@ -194,6 +194,7 @@ def test_pages_mark_imported_runs(store, imported, monkeypatch):
     assert "imported from " in report.build_report(data.load_run(store["feature"]), data.spectra(store["feature"]))
 
 
+@pytest.mark.slow  # six `sfsd` processes, each importing torch and transformers
 def test_cli_moves_a_run_between_two_caches(store, tmp_path):
     env = {**os.environ, "SFSD_CACHE_DIR": store["root"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     out = tmp_path / "moved.zip"

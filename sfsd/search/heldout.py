@@ -17,6 +17,7 @@ from torch import nn
 from sfsd.evaluate.intervals import wilson_interval
 
 HELDOUT_TOKENS = 16_384  # the eval-split perplexity budget of bench.quality (128 windows of 128 tokens)
+HELDOUT_DOCUMENTS: int | None = None  # task metric: every document of the eval split (tests/conftest.py lowers both)
 
 
 def heldout_value(model: nn.Module, tokenizer: Any, metric: dict, model_key: str | None = None,
@@ -31,7 +32,7 @@ def heldout_value(model: nn.Module, tokenizer: Any, metric: dict, model_key: str
     from sfsd.evaluate import evaluate_tasks
 
     suite = metric.get("suite", "offline")  # paper: lm-eval's own task (validation; ARC: test)
-    row = evaluate_tasks(model, tokenizer, [metric["task"]], split="eval", limit=None, suite=suite,
+    row = evaluate_tasks(model, tokenizer, [metric["task"]], split="eval", limit=HELDOUT_DOCUMENTS, suite=suite,
                          model_key=model_key).summary.iloc[0]
     value = float(row["acc_norm" if metric.get("use_norm") else "acc"])
     n = int(row["n"])
