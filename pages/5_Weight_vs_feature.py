@@ -83,7 +83,10 @@ if uniform.empty:
     widgets.progress_panel(key="uni-progress")
     st.stop()
 
-groups = uniform[["model", "beta", "last_blocks"]].drop_duplicates().to_dict("records")
+# the protocols with the most methods first: a lone base-model run (what `sfsd frontier` stores) is no Table 1
+sizes = uniform.groupby(["model", "beta", "last_blocks"], sort=False, dropna=False).size()
+groups = [dict(zip(["model", "beta", "last_blocks"], key, strict=True))
+          for key in sizes.sort_values(ascending=False, kind="stable").index]
 labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
 index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
 group = groups[index]

@@ -75,7 +75,7 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
 def test_runs_page_lists_runs_and_builds_the_search_command(env):
     at = open_page("runs")
     no_exception(at)
-    assert at.dataframe[0].value.shape[0] == 6  # two searches, four uniform runs
+    assert at.dataframe[0].value.shape[0] == 7  # two searches, five uniform runs
     at.selectbox(key="new-metric").select("task").run()
     at.selectbox(key="new-task").select("piqa").run()
     command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]

@@ -69,3 +69,22 @@ def test_table1_text_leads_with_perplexity_and_warns_on_weak_numbers():
     notes = data.table1_warnings(rows)
     assert len(notes) == 2
     assert notes[0].startswith("piqa: only 20 documents") and "weight (371,565)" in notes[1]
+
+
+def test_table1_borrows_the_base_run_of_the_same_evaluation():
+    """The base model does not depend on beta or the blocks: a protocol with no base run of its own shows the
+    model's base run that scored the same tasks and documents, and no other."""
+    from sfsd.dashboard import data
+
+    uniform = pd.DataFrame([
+        {"model": "m", "method": "base", "beta": 0.46, "last_blocks": 12, "tasks": "piqa", "limit": 100,
+         "run_id": "b1"},
+        {"model": "m", "method": "base", "beta": 1.0, "last_blocks": 0, "tasks": "", "limit": 100, "run_id": "b0"},
+        {"model": "m", "method": "feature", "beta": 0.46, "last_blocks": 11, "tasks": "piqa", "limit": 100,
+         "run_id": "f"},
+        {"model": "m", "method": "weight", "beta": 0.33, "last_blocks": 22, "tasks": "boolq", "limit": 100,
+         "run_id": "w"},
+    ])
+    assert list(data.table1_rows(uniform, "m", 0.46, 11)["run_id"]) == ["b1", "f"]
+    assert list(data.table1_rows(uniform, "m", 0.33, 22)["run_id"]) == ["w"]  # no base scored boolq
+    assert list(data.table1_rows(uniform, "m", 0.46, 12)["run_id"]) == ["b1"]

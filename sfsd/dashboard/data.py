@@ -357,9 +357,22 @@ def uniform_frame() -> pd.DataFrame:
     return frame.reindex(columns=[*base, *accs, "avg", *ppls, *ns])
 
 
+def _base_row_for(uniform: pd.DataFrame, rows: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The base model does not depend on beta or the blocks: a protocol without a base run of its own borrows
+    the model's base run evaluated on the same tasks and documents (else none)."""
+    if rows.empty or BASE in set(rows["method"]):
+        return rows.iloc[0:0]
+    bases = uniform[(uniform["model"] == model) & (uniform["method"] == BASE)]
+    for column in ("tasks", "limit"):
+        if column in bases and column in rows:
+            bases = bases[bases[column].astype(str) == str(rows[column].iloc[0])]
+    return bases.iloc[0:1]
+
+
 def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any) -> pd.DataFrame:
     """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order."""
     rows = uniform[(uniform["model"] == model) & (uniform["beta"] == beta) & (uniform["last_blocks"] == last_blocks)]
+    rows = pd.concat([_base_row_for(uniform, rows, model), rows])
     order = {m: i for i, m in enumerate(UNIFORM_METHODS)}
     rows = rows.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order))), kind="stable")
     return rows.drop_duplicates("method").reset_index(drop=True)
