@@ -6,7 +6,9 @@ from sfsd.dashboard import frontier, widgets
 
 widgets.page_setup("Budget-quality frontier", "Each point is a run of `sfsd frontier` (or `sfsd search "
                    "--target-budget B --strategy S`): ranks allocated to reach B, the final model evaluated on the "
-                   "eval split. Lower is better; the dashed line is the base model.")
+                   "eval split; SliceGPT's points are its uniform runs (`sfsd frontier --baselines slicegpt`, Table "
+                   "1), the whole model sliced to the same parameters, at their parameter-equivalent budget. Lower is "
+                   "better; the dashed line is the base model.")
 
 points = frontier.points()
 if points.empty:

@@ -62,8 +62,8 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
     configs = frontier_configs(base, strategies, budgets, alg1_bisections, alg1_growth)
     evaluation = dict(calibration=base.calibration, tasks=list(tasks), limit=limit, ppl_seq_lens=list(seq_lens),
                       ppl_tokens=ppl_tokens)
-    baseline_configs = [UniformConfig(model=base.model, method=method, beta=budget,
-                                      last_blocks=_num_blocks(base.model), **evaluation)
+    blocks = _num_blocks(base.model) if baselines else 0
+    baseline_configs = [UniformConfig(model=base.model, method=method, beta=budget, last_blocks=blocks, **evaluation)
                         for method in baselines for budget in budgets]  # checked before anything runs
     base_run = run_uniform(UniformConfig(model=base.model, method="none", beta=1.0, last_blocks=0, **evaluation),
                            root, device, progress)
