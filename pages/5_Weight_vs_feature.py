@@ -83,10 +83,12 @@ if uniform.empty:
     widgets.progress_panel(key="uni-progress")
     st.stop()
 
-# the protocols with the most methods first: a lone base-model run (what `sfsd frontier` stores) is no Table 1
-sizes = uniform.groupby(["model", "beta", "last_blocks"], sort=False, dropna=False).size()
-groups = [dict(zip(["model", "beta", "last_blocks"], key, strict=True))
-          for key in sizes.sort_values(ascending=False, kind="stable").index]
+# newest first, but a protocol holding only a base-model run (what `sfsd frontier` stores) last: it is no Table 1
+keys = ["model", "beta", "last_blocks"]
+compressed = uniform[uniform["method"] != "base"][keys].drop_duplicates()
+groups = uniform[keys].drop_duplicates()
+groups = groups.assign(only_base=~groups.apply(tuple, axis=1).isin(set(compressed.apply(tuple, axis=1))))
+groups = groups.sort_values("only_base", kind="stable")[keys].to_dict("records")
 labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
 index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
 group = groups[index]
