@@ -23,8 +23,7 @@ from torch import nn
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
 from sfsd.decompose.lowrank import LowRankLinear
-from sfsd.decompose.sliced_layers import install_sliced_layers
-from sfsd.errors import SfsdError
+from sfsd.decompose.sliced_layers import install_sliced_layers, linear_like, require_format
 
 PREFIX = "sfsd_"
 PRUNED_FORMAT = 1  # the version of the `sfsd_pruned` record in a saved config
@@ -68,9 +67,7 @@ def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> No
     (`sfsd.decompose.pruning`), before `from_pretrained` loads the weights."""
     if not record:
         return
-    if record.get("format") != PRUNED_FORMAT:
-        raise SfsdError(f"this folder's pruning record has format {record.get('format')}, not {PRUNED_FORMAT}: "
-                        "update sfsd")
+    require_format(record, PRUNED_FORMAT, "pruning")
     adapter = adapter_for(model)
     for block, widths in record["blocks"].items():
         module = adapter.blocks[int(block)]
@@ -79,9 +76,7 @@ def install_pruned_layers(model: nn.Module, record: dict[str, Any] | None) -> No
                               widths["channels"])
         for name, (d_in, d_out) in shapes.items():
             parent = attn if name in ATTENTION_PROJECTIONS else module.mlp
-            old = getattr(parent, name)
-            setattr(parent, name, nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device,
-                                            dtype=old.weight.dtype))
+            setattr(parent, name, linear_like(getattr(parent, name), d_in, d_out))
         set_pruned_widths(module, widths["heads"], widths["kv_heads"], widths["channels"])
 
 

@@ -89,17 +89,22 @@ def block_dims(record: dict[str, Any], index: int) -> tuple[int, int, int]:
     return int(d_in), int(d_mid), int(d_out)
 
 
-def _linear(old: nn.Linear, d_in: int, d_out: int) -> nn.Linear:
+def linear_like(old: nn.Linear, d_in: int, d_out: int) -> nn.Linear:
+    """An uninitialised linear layer of another shape, with `old`'s bias presence, device and dtype."""
     return nn.Linear(d_in, d_out, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+
+
+def require_format(record: dict[str, Any], expected: int, what: str) -> None:
+    """One-line refusal of a saved record written by another version of sfsd."""
+    if record.get("format") != expected:
+        raise SfsdError(f"this folder's {what} record has format {record.get('format')}, not {expected}: update sfsd")
 
 
 def install_sliced_layers(model: nn.Module, record: dict[str, Any] | None) -> None:
     """Rebuild, uninitialised, the modules of a sliced model at the recorded widths (before the weights load)."""
     if not record:
         return
-    if record.get("format") != SLICED_FORMAT:
-        raise SfsdError(f"this folder's slicing record has format {record.get('format')}, not {SLICED_FORMAT}: "
-                        "update sfsd")
+    require_format(record, SLICED_FORMAT, "slicing")
     from sfsd.adapters import adapter_for
 
     adapter = adapter_for(model)
@@ -113,11 +118,11 @@ def install_sliced_layers(model: nn.Module, record: dict[str, Any] | None) -> No
         d_in, d_mid, d_out = block_dims(record, index)
         attn, mlp = block.self_attn, block.mlp
         for name in READERS_ATTN:
-            setattr(attn, name, _linear(getattr(attn, name), d_in, getattr(attn, name).out_features))
-        attn.o_proj = _linear(attn.o_proj, attn.o_proj.in_features, d_mid)
+            setattr(attn, name, linear_like(getattr(attn, name), d_in, getattr(attn, name).out_features))
+        attn.o_proj = linear_like(attn.o_proj, attn.o_proj.in_features, d_mid)
         for name in READERS_MLP:
-            setattr(mlp, name, _linear(getattr(mlp, name), d_mid, getattr(mlp, name).out_features))
-        mlp.down_proj = _linear(mlp.down_proj, mlp.down_proj.in_features, d_out)
+            setattr(mlp, name, linear_like(getattr(mlp, name), d_mid, getattr(mlp, name).out_features))
+        mlp.down_proj = linear_like(mlp.down_proj, mlp.down_proj.in_features, d_out)
         replace_norm(block, "input_layernorm", width)
         replace_norm(block, "post_attention_layernorm", width)
         like = attn.o_proj.weight
