@@ -28,6 +28,7 @@ from sfsd.calibration import (
     statistics_entries,
 )
 from sfsd.calibration.cache import STATISTICS_FORMAT, StatisticsCache
+from sfsd.data.sequences import bos_id, key_fields, prepend_bos, starts_with_bos
 from sfsd.decompose import (
     DECOMPOSITION_FORMAT,
     Decomposition,
@@ -66,10 +67,13 @@ class CalibrationSpec:
 
 
 def calibration_tokens(tokenizer, spec: CalibrationSpec, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and mask of the calibration set from the data pack (or random ids for tests)."""
+    """Token ids and mask of the calibration set from the data pack (or random ids for tests); each sequence
+    starts with BOS where the model's do (`sfsd.data.sequences`)."""
     if spec.source == "random":
+        bos = starts_with_bos(tokenizer)
         gen = torch.Generator().manual_seed(spec.seed)
-        ids = torch.randint(0, vocab_size, (spec.samples, spec.seq_len), generator=gen)
+        ids = torch.randint(0, vocab_size, (spec.samples, spec.seq_len - bos), generator=gen)
+        ids = prepend_bos(ids, bos_id(tokenizer)) if bos else ids
         return ids, torch.ones_like(ids)
     from sfsd.data import calibration_tokens as pack_tokens
 
@@ -238,19 +242,20 @@ def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn
 
 
 def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str],
-                         weights: str | None = None) -> Path:
+                         weights: str | None = None, bos: bool = False) -> Path:
     """Where the streamed decompositions of these layers of this model are kept (and resumed from), the
     same folder for `compress` (so `sfsd compress`, `sfsd uniform`, Table 1) and the search.
 
     The key covers the weights' content (`weights`: their `model_fingerprint`, hashed here unless the
     caller already has it), where the model was loaded from, dtype, method, calibration, layers and
     `DECOMPOSITION_FORMAT`: weights edited in place (same size and time) or factors from older maths
-    are never reused.
+    are never reused. `bos`: the calibration sequences start with BOS (`sfsd.data.sequences`; only then is it
+    in the key, so the folders of models without BOS keep theirs).
     """
     key = cache_key("decompositions", DECOMPOSITION_FORMAT, weights=weights or model_fingerprint(model),
                     model=str(getattr(model.config, "name_or_path", "") or ""),
                     dtype=str(next(model.parameters()).dtype), method=method, calibration=asdict(calibration),
-                    layers=list(names))
+                    layers=list(names), **key_fields(bos))
     return cache_dir() / "decompositions" / f"{method}-{key}"
 
 
@@ -431,7 +436,8 @@ def compress(
     # One content hash per call, before any layer is swapped, shared by the decomposition and statistics
     # keys: ~1 s for the default model, ~10-25 s for a 7B model in bfloat16 (vs minutes per block).
     weights = model_fingerprint(model)
-    folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen], weights)
+    folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen], weights,
+                                  starts_with_bos(tokenizer))
 
     def swap(_block: int, decs: dict[str, Decomposition]) -> None:  # the block's outputs are already passed on
         apply_ranks(model, decs, {name: ranks[name] for name in decs})
@@ -439,6 +445,7 @@ def compress(
     stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
                           on_block=swap, timings=timings, statistics_cache=True, weights=weights)
     extra = {"overall_budget": overall_budget(adapter.layers(), ranks), "calibration": asdict(calibration),
+             "bos": starts_with_bos(tokenizer),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra)
 
@@ -473,7 +480,8 @@ def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, la
         if "keeps no" not in str(exc):
             raise
         raise SfsdError(f"--beta {beta} leaves llm-pruner too little ({exc}): choose a larger --beta") from exc
-    extra = {"calibration": asdict(calibration), "protocol": "uniform", "beta": beta, "last_blocks": last_blocks,
+    extra = {"calibration": asdict(calibration), "bos": starts_with_bos(tokenizer), "protocol": "uniform",
+             "beta": beta, "last_blocks": last_blocks,
              "blocks": blocks, "keep_fraction": record["keep_fraction"], "importance": record["kind"],
              "gqa": record["gqa"], "base": base, "prune_seconds": time.perf_counter() - start,
              "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
@@ -528,7 +536,8 @@ def slice_uniform(model: nn.Module, tokenizer: Any, beta: float | None, last_blo
     slice_model(model, ids, mask, SliceWidths.constant(hidden, n, width), batch_size, progress,
                 slicing=1 - width / hidden, target_params=target,
                 round_interval=ROUND_INTERVAL if slicing is not None else 1)
-    model.config.sfsd = {"calibration": asdict(calibration), "protocol": "uniform" if slicing is None else "slicing",
+    model.config.sfsd = {"calibration": asdict(calibration), "bos": starts_with_bos(tokenizer),
+                         "protocol": "uniform" if slicing is None else "slicing",
                          "beta": beta, "last_blocks": last_blocks, "slicing": slicing, "width": width,
                          "target_params": target, "base": base, "slice_seconds": time.perf_counter() - start,
                          "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}

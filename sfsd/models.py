@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -13,6 +14,7 @@ from torch import nn
 
 from sfsd import options
 from sfsd.atomic import atomic_dir
+from sfsd.data.sequences import key_fields, require_family_bos, starts_with_bos
 from sfsd.errors import SfsdError
 from sfsd.paths import models_dir
 
@@ -143,6 +145,34 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def model_starts_with_bos(name_or_path: str) -> bool:
+    """Whether the model's sequences start with BOS (`sfsd.data.sequences`), from its tokenizer and config alone:
+    what a run's identity needs before its weights are loaded. False when they cannot be read (loading the model
+    then fails with its own message)."""
+    if name_or_path in BUNDLED:
+        return False  # SmolLM2's tokenizer adds no BOS (tests/test_sequences.py checks it)
+    try:
+        return _folder_starts_with_bos(resolve_model(name_or_path))
+    except SfsdError:
+        raise
+    except Exception:  # noqa: BLE001  unreadable here: the model load reports it
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_starts_with_bos(source: str) -> bool:
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    require_family_bos(tokenizer, getattr(AutoConfig.from_pretrained(source), "model_type", None))
+    return starts_with_bos(tokenizer)
+
+
+def sequence_identity(name_or_path: str) -> dict:
+    """What a run's identity adds for a model whose sequences start with BOS (nothing otherwise: ids kept)."""
+    return key_fields(model_starts_with_bos(name_or_path))
+
+
 def _load_error(name: str, exc: Exception) -> SfsdError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "offload" in str(exc).lower():  # the device map put weights on disk and no folder was given
@@ -255,6 +285,7 @@ def load_model(
         raise _load_error(name_or_path, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    require_family_bos(tokenizer, getattr(model.config, "model_type", None))
     if not dispatch:  # a dispatched model stays where accelerate put it
         model.to(dev)
         _fuse_old_format(model)

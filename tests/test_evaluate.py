@@ -593,6 +593,11 @@ def fixture_pack(monkeypatch, model, tokenizer):
         wiki_text=lambda split="eval": _pack.wiki_text(split, FIXTURES),
     )
     monkeypatch.setattr(_pack, "data_module", lambda: fake)
+    # Modules that bind `load_model` when first imported must bind the real one, not the stand-in below (else a
+    # later test in the same process compresses this fixture's model instead of loading its own).
+    import sfsd.search  # noqa: F401
+    import sfsd.search.uniform  # noqa: F401
+
     other = tiny_llama(1)
     models = {"tiny-a": model, "tiny-b": other}
     monkeypatch.setattr("sfsd.models.load_model",

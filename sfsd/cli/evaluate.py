@@ -177,9 +177,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         use_cache=not args.no_cache,
     )
     cached = " (cached)" if result["cached"] else ""
+    starts = "each BOS + text (BOS not scored)" if result["bos"] else "no BOS"
     print(
         f"perplexity {result['ppl']:.3f} at seq_len {result['seq_len']} on {args.dataset} {result['split']}: "
-        f"{result['n_windows']} windows, {result['n_tokens']} tokens{cached}"
+        f"{result['n_windows']} windows ({starts}), {result['n_tokens']} tokens{cached}"
     )
     return 0
 

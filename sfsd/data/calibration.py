@@ -38,6 +38,7 @@ import torch
 
 from sfsd.data.hub import hub_dataset, hub_text_rows, joined_text, require_hub_split
 from sfsd.data.pack import OFFLINE_TASKS, load_task, load_wiki
+from sfsd.data.sequences import bos_id, prepend_bos, record, starts_with_bos
 from sfsd.data.splits import rng_for
 from sfsd.errors import SfsdError
 
@@ -292,7 +293,9 @@ def calibration_tokens(
 ) -> CalibrationData:
     """`n_samples` calibration windows of `seq_len` tokens from `source` (see the module docstring).
 
-    `tokenizer` is a transformers tokenizer (or a model name/folder, whose tokenizer is loaded).
+    `tokenizer` is a transformers tokenizer (or a model name/folder, whose tokenizer is loaded). For a model
+    whose sequences start with BOS (`sfsd.data.sequences`) each window is BOS + seq_len - 1 tokens of the
+    source, so the statistics are those of the activations the model sees in use.
     The result is deterministic in (tokenizer, source, n_samples, seq_len, seed).
     """
     if source not in CALIBRATION_SOURCES:
@@ -306,9 +309,14 @@ def calibration_tokens(
         from sfsd.models import resolve_model
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer))
-    ids, per_sample, info = CALIBRATION_SOURCES[source](tokenizer, n_samples, seq_len, seed)
+    bos = starts_with_bos(tokenizer)
+    if bos and seq_len < 2:
+        raise SfsdError("a model whose sequences start with BOS needs calibration windows of at least 2 tokens")
+    ids, per_sample, info = CALIBRATION_SOURCES[source](tokenizer, n_samples, seq_len - bos, seed)
     input_ids = torch.as_tensor(np.ascontiguousarray(ids), dtype=torch.long)
-    info = {"tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__), **info}
+    if bos:
+        input_ids = prepend_bos(input_ids, bos_id(tokenizer))
+    info = {"tokenizer": getattr(tokenizer, "name_or_path", type(tokenizer).__name__), **info, **record(bos)}
     return CalibrationData(
         input_ids=input_ids,
         attention_mask=torch.ones_like(input_ids),

@@ -63,6 +63,13 @@ class LowRankLinear(nn.Module):
         return f"in={self.in_features}, rank={self.rank}, out={self.out_features}"
 
 
+def _version(tensor: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter; None for an inference tensor (made under torch.inference_mode()),
+    which has none. Such a tensor is then known by identity alone: inside one forward the members of a group
+    read the same hidden states one after another, and nothing writes to them in between."""
+    return None if tensor.is_inference() else tensor._version
+
+
 class SharedInputFirst(nn.Module):
     """The first factors of a group of layers that read the same input, stacked: one GEMM for the group.
 
@@ -83,7 +90,7 @@ class SharedInputFirst(nn.Module):
         return self.weight.shape[1]
 
     def _key(self, x: torch.Tensor) -> tuple:
-        return (x._version, self.weight._version, self.weight.data_ptr(), torch.is_grad_enabled())
+        return (_version(x), _version(self.weight), self.weight.data_ptr(), torch.is_grad_enabled())
 
     def forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
         cache = self._cache

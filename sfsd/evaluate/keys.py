@@ -7,10 +7,13 @@ cached evaluations), so that neither has to import the other.
 from __future__ import annotations
 
 from sfsd.cache import cache_key
+from sfsd.data.sequences import key_fields
 from sfsd.decompose import DECOMPOSITION_FORMAT
 
 
 def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
-    """Evaluation cache key of a searched model: base model, method, calibration and ranks define its weights."""
+    """Evaluation cache key of a searched model: base model, method, calibration (and whether its sequences start
+    with BOS, recorded in the run's config) and ranks define its weights."""
     identity = {k: config.get(k) for k in ("model", "method", "calibration")}
-    return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks)
+    return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks,
+                                   **key_fields(bool(config.get("bos"))))

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sfsd.cache import model_fingerprint
+from sfsd.data.sequences import BOS_FAMILIES, bos_id, key_fields, prepend_bos, starts_with_bos, text_ids
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
 from sfsd.evaluate.cache import EvalCache, entry_key, require
@@ -45,16 +46,43 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, verbose=False)["input_ids"], dtype=torch.long)
 
 
-def windows(tokens: torch.Tensor, seq_len: int, max_tokens: int | None = None) -> torch.Tensor:
-    """[n_windows, seq_len] non-overlapping windows; the tail shorter than seq_len is dropped."""
+def windows(tokens: torch.Tensor, seq_len: int, max_tokens: int | None = None, bos: int | None = None) -> torch.Tensor:
+    """[n_windows, seq_len] non-overlapping windows; the tail shorter than a window is dropped.
+
+    With `bos` (a model whose sequences start with BOS, `sfsd.data.sequences`), each window is BOS + the next
+    seq_len - 1 text tokens: the same length and the same seq_len - 1 scored tokens as a window without it.
+    `max_tokens` bounds the tokens in the windows (BOS included).
+    """
     if seq_len < 2:
         raise SfsdError(f"seq_len must be at least 2, not {seq_len}")
+    step = seq_len if bos is None else seq_len - 1
+    n_windows = len(tokens) // step
     if max_tokens is not None:
-        tokens = tokens[:max_tokens]
-    n_windows = len(tokens) // seq_len
+        n_windows = min(n_windows, max_tokens // seq_len)
     if n_windows == 0:
         raise SfsdError(f"the text has {len(tokens)} tokens, fewer than one window of {seq_len}")
-    return tokens[: n_windows * seq_len].view(n_windows, seq_len)
+    chunks = tokens[: n_windows * step].view(n_windows, step)
+    return chunks if bos is None else prepend_bos(chunks, bos)
+
+
+def window_bos(model: nn.Module, tokenizer: Any, dataset: str = "wiki") -> int | None:
+    """The BOS id that starts every window, or None.
+
+    wiki (and any text given): the model's rule (`sfsd.data.sequences`). Hub datasets keep the field's
+    published protocol (the whole text tokenized once with the tokenizer's defaults: only the first window may
+    start with BOS) except for the families that need BOS (Gemma), whose windows all start with it.
+    """
+    if not starts_with_bos(tokenizer):
+        return None
+    if dataset != "wiki" and getattr(getattr(model, "config", None), "model_type", None) not in BOS_FAMILIES:
+        return None
+    return bos_id(tokenizer)
+
+
+def window_tokens(tokenizer: Any, text: str, seq_len: int, max_tokens: int | None, bos: int | None) -> torch.Tensor:
+    """The perplexity windows of a text (see `windows` and `window_bos`)."""
+    tokens = tokenize_text(tokenizer, text) if bos is None else text_ids(tokenizer, text)
+    return windows(tokens, seq_len, max_tokens, bos)
 
 
 @torch.no_grad()
@@ -128,10 +156,11 @@ def perplexity(
 ) -> dict:
     """Perplexity over the concatenated text of `dataset` (wiki: the pack split; or `text`), cached.
 
-    Returns {ppl, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key, dataset,
-    cached}: the sequence length always travels with the number (128 in the seed paper, 2048
-    elsewhere). `max_tokens` keeps only the first tokens of the text. Hub datasets read their fixed
-    split (`split` must be "eval"); a model calibrated or searched on the rows evaluated is refused.
+    Returns {ppl, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key, bos, dataset,
+    cached}: the sequence length and whether every window starts with BOS (`window_bos`) always travel
+    with the number (128 in the seed paper, 2048 elsewhere). `max_tokens` bounds the tokens in the windows.
+    Hub datasets read their fixed split (`split` must be "eval"); a model calibrated or searched on the rows
+    evaluated is refused.
     """
     split = dataset_split(dataset, split)
     if text is None:
@@ -142,6 +171,7 @@ def perplexity(
         text = hub_eval_text(dataset)
     text = text if text is not None else _pack.wiki_text(split, Path(pack_dir) if pack_dir else None)
     key_of = model_key or model_fingerprint(model)
+    bos = window_bos(model, tokenizer, dataset)
     fields = {
         "kind": "ppl",
         "model": key_of,
@@ -149,12 +179,15 @@ def perplexity(
         "seq_len": seq_len,
         "max_tokens": max_tokens,
         "data": _pack.digest(text),
+        **key_fields(bos is not None),
     }
     cache, key = (EvalCache() if use_cache else None), entry_key(fields)
     hit = cache.load("ppl", key, _check_entry) if cache else None
     if hit is not None:
-        return {name: hit[0]["result"][name] for name in RESULT_KEYS} | {"dataset": dataset, "cached": True}
-    chunks = windows(tokenize_text(tokenizer, text), seq_len, max_tokens)
+        result = hit[0]["result"]
+        return {name: result[name] for name in RESULT_KEYS} | {"bos": bool(result.get("bos", False)),
+                                                             "dataset": dataset, "cached": True}
+    chunks = window_tokens(tokenizer, text, seq_len, max_tokens, bos)
     batch_size = batch_size or max(1, min(16, 2048 // seq_len))
     result = {
         "ppl": perplexity_of_windows(model, chunks, batch_size, progress),
@@ -163,6 +196,7 @@ def perplexity(
         "n_windows": int(chunks.shape[0]),
         "split": split,
         "model_key": key_of,
+        "bos": bos is not None,
     }
     if cache:
         cache.store("ppl", key, {"result": result, "fields": fields})

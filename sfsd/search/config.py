@@ -8,7 +8,7 @@ from sfsd import options
 from sfsd.compress import CalibrationSpec
 from sfsd.decompose import check_layer_method
 from sfsd.errors import SfsdError
-from sfsd.models import parse_dtype
+from sfsd.models import parse_dtype, sequence_identity
 from sfsd.search.allocation import ALLOCATIONS, check_target
 from sfsd.search.metrics import MetricSpec
 from sfsd.search.strategies import STRATEGIES
@@ -86,7 +86,7 @@ class SearchConfig:
         for key in ("alg1_bisections", "alg1_growth"):
             if data[key] is None:
                 del data[key]
-        return data
+        return data | sequence_identity(self.model)
 
     @classmethod
     def from_dict(cls, data: dict) -> SearchConfig:

@@ -130,7 +130,8 @@ def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, ta
                          progress=progress)
         run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": ppl_tokens, "step": step,
                                "params": params, "macs": macs, "macs_seq_len": MACS_SEQ_LEN,
-                               "metrics": {"ppl": res["ppl"], "seq_len": seq_len, "n_tokens": res["n_tokens"]}})
+                               "metrics": {"ppl": res["ppl"], "seq_len": seq_len, "n_tokens": res["n_tokens"],
+                                           "bos": res["bos"]}})
     for task in todo_tasks:
         row = evaluate_tasks(model, tokenizer, [task], split="eval", limit=limit, model_key=key).summary.iloc[0]
         run.append_evaluation({"kind": "task", "task": task, "split": "eval", "limit": limit, "step": step,

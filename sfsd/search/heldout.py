@@ -28,7 +28,8 @@ def heldout_value(model: nn.Module, tokenizer: Any, metric: dict, model_key: str
 
         res = perplexity(model, tokenizer, split="eval", seq_len=metric["seq_len"], max_tokens=HELDOUT_TOKENS,
                          model_key=model_key, progress=progress)
-        return {"value": res["ppl"], "split": "eval", "seq_len": res["seq_len"], "n": res["n_tokens"]}
+        return {"value": res["ppl"], "split": "eval", "seq_len": res["seq_len"], "n": res["n_tokens"],
+                "bos": res["bos"]}
     from sfsd.evaluate import evaluate_tasks
 
     suite = metric.get("suite", "offline")  # paper: lm-eval's own task (validation; ARC: test)

@@ -93,10 +93,10 @@ class Perplexity(SearchMetric):
     def __init__(self, spec: MetricSpec, tokenizer: Any, model: Any):
         super().__init__(spec, tokenizer, model)
         from sfsd.data import wiki_text
-        from sfsd.evaluate.perplexity import tokenize_text, windows
+        from sfsd.evaluate.perplexity import window_bos, window_tokens
 
-        tokens = tokenize_text(tokenizer, wiki_text("search"))
-        chunks = windows(tokens, spec.seq_len, spec.samples * spec.seq_len)
+        chunks = window_tokens(tokenizer, wiki_text("search"), spec.seq_len, spec.samples * spec.seq_len,
+                               window_bos(model, tokenizer))
         if chunks.shape[0] < spec.samples:
             raise SfsdError(f"the wiki search split has only {chunks.shape[0]} windows of {spec.seq_len} tokens: "
                             "lower --search-samples")

@@ -17,6 +17,7 @@ from sfsd.accounting import count_parameters
 from sfsd.adapters import LinearLayer, adapter_for
 from sfsd.cache import model_fingerprint, versions
 from sfsd.compress import Compressor, decomposition_folder
+from sfsd.data.sequences import starts_with_bos
 from sfsd.decompose import (
     BETA_GRID,
     Decomposition,
@@ -77,7 +78,7 @@ def cached_decompositions(model: nn.Module, tokenizer: Any, config: SearchConfig
     """
     names = [layer.name for layer in layers]
     weights = model_fingerprint(model)  # once: the statistics cache's key needs it too
-    folder = decomposition_folder(model, config.method, config.calibration, names, weights)
+    folder = decomposition_folder(model, config.method, config.calibration, names, weights, starts_with_bos(tokenizer))
     # Streamed block by block; blocks already in the folder (checksum verified) are reused.
     return Compressor(model, tokenizer, config.method, config.calibration, layer_names=names, progress=progress,
                       folder=folder, weights=weights).decompose()

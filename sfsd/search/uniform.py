@@ -13,7 +13,7 @@ from pathlib import Path
 from sfsd import options
 from sfsd.compress import CalibrationSpec, check_compress_request, compress, describe
 from sfsd.errors import SfsdError
-from sfsd.models import check_placement, load_model, parse_dtype
+from sfsd.models import check_placement, load_model, parse_dtype, sequence_identity
 from sfsd.runs import Run
 
 
@@ -46,7 +46,7 @@ class UniformConfig:
         data = {**asdict(self), "kind": "uniform"}
         if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
             del data["dtype"]
-        return data
+        return data | sequence_identity(self.model)
 
     @classmethod
     def from_dict(cls, data: dict) -> UniformConfig:
@@ -89,7 +89,8 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
             ppl = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=config.ppl_tokens,
                              model_key=key, progress=progress)
             run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": config.ppl_tokens,
-                                   "metrics": {"ppl": ppl["ppl"], "seq_len": seq_len, "n_tokens": ppl["n_tokens"]}})
+                                   "metrics": {"ppl": ppl["ppl"], "seq_len": seq_len, "n_tokens": ppl["n_tokens"],
+                                               "bos": ppl["bos"]}})
         if run.cancel_requested():
             run.mark_cancelled(layers_done=0)
             return run
