@@ -28,7 +28,7 @@ def settings(defaults: dict, key: str) -> dict:
     starting values (`data.protocol_defaults`), each widget is generated from its option's declaration
     (sfsd.options) and takes the limits the check used (`data.FORM_LIMITS`)."""
     limits = data.FORM_LIMITS
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")  # a label that wraps at 1000 px keeps the row
     model = widgets.option_input(c1, options.MODEL, f"{key}-model", defaults.get("model", data.demo_model()))
     blocks = data.model_blocks(model)
     beta = widgets.option_input(c2, options.BETA, f"{key}-beta", defaults.get("beta", options.BETA.default),
@@ -39,7 +39,7 @@ def settings(defaults: dict, key: str) -> dict:
                                 min_value=limits["last_blocks"][0], max_value=max(1, blocks or 1000))
     limit = widgets.option_input(c4, options.LIMIT, f"{key}-limit", defaults.get("limit", options.LIMIT.default),
                                  min_value=limits["limit"][0], max_value=limits["limit"][1])
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     tasks = widgets.option_input(c1, options.TASKS, f"{key}-tasks", defaults.get("tasks", list(OFFLINE_TASKS)),
                                  choices=OFFLINE_TASKS)
     calibration = CalibrationSpec(**defaults.get("calibration", {"samples": 128}))

@@ -11,15 +11,22 @@ The stores are made of small real runs, none mocked:
   process leaves them in: running (its lock held by this process, live), interrupted (running, no lock, a dead
   pid), failed (an exception inside `Run.lock`), launched (pending with a live pid), queued, launched with a
   process that is gone, unstarted; a done uniform run, a uniform run cancelled by the engine, a running one, a
-  failed one; target-budget runs of the cheap allocation strategies (uniform, spectrum; sensitivity is slow);
-  runs imported from an archive of the fixture store (`sfsd runs export` / `import`).
+  failed one, and `sfsd frontier`'s base evaluation (which the done run's protocol borrows); target-budget
+  runs of the cheap allocation strategies (uniform, spectrum); runs imported from an archive of the fixture
+  store (`sfsd runs export` / `import`).
 - `base-only`: only the base evaluation `sfsd frontier` stores (a uniform run of method "none", beta 1.0,
   last 0 blocks).
 - `frontier` (slow): conftest's `frontier_store`, a real tiny frontier (uniform and spectrum points, SliceGPT
   baselines, an evaluated Algorithm 1 search, the base run).
 - `empty`: no run at all.
 
-Error alerts that are deliberate and correct for a state are listed in EXPECTED_ERRORS (none so far).
+Error alerts that are deliberate and correct for a state would be listed in EXPECTED_ERRORS: none is (the
+pages say what is missing with info and warning alerts; `st.error` is kept for failed actions, which no state
+triggers on opening). Sensitivity and alg1 target-budget runs are left to tests/test_allocation.py (many trials or
+searches each); the frontier store has an evaluated Algorithm 1 search.
+
+`make test-fast` (not slow) runs the states on the fixture, states, base-only and empty stores; the frontier
+store's states are slow.
 """
 
 from __future__ import annotations
@@ -376,3 +383,52 @@ def test_table1_with_only_a_base_evaluation_says_so_and_offers_to_start_one(stor
     # its evaluation settings are reused, its beta 1.0 and 0 blocks are not: the options' defaults instead
     assert at.number_input(key="uni-new-limit").value == 4
     assert at.number_input(key="uni-new-beta").value == 0.46 and at.number_input(key="uni-new-last").value == 3
+
+
+def test_protocol_defaults_keep_only_what_the_form_takes():
+    from sfsd.dashboard import data
+
+    base = {"kind": "uniform", "model": "m", "method": "none", "beta": 1.0, "last_blocks": 0, "limit": 12,
+            "tasks": ["piqa", "no-such-task"], "ppl_seq_lens": [64], "ppl_tokens": None,
+            "calibration": {"source": "wiki", "samples": 16, "seq_len": 32, "unknown": 1}}
+    defaults = data.protocol_defaults(base)
+    assert "beta" not in defaults and "last_blocks" not in defaults  # a base evaluation compressed nothing
+    assert defaults["limit"] == 12 and defaults["tasks"] == ["piqa"] and defaults["ppl_seq_lens"] == [64]
+    assert defaults["ppl_tokens"] is None  # every token
+    assert defaults["calibration"] == {"source": "wiki", "samples": 16, "seq_len": 32}
+    picked = data.protocol_defaults(base, {"model": "m", "beta": 0.5, "last_blocks": 2})  # a borrowed base row
+    assert picked["beta"] == 0.5 and picked["last_blocks"] == 2
+    odd = data.protocol_defaults({"method": "weight", "beta": 0.01, "last_blocks": 2.5, "limit": None,
+                                  "ppl_seq_lens": [8], "calibration": {"samples": 0}})
+    assert not {"beta", "last_blocks", "limit", "ppl_seq_lens", "ppl_tokens"} & set(odd) and odd["calibration"] == {}
+    import pandas as pd
+
+    assert data.table1_protocols(pd.DataFrame(
+        [{"model": "m", "method": "base", "beta": 1.0, "last_blocks": 0},
+         {"model": "m", "method": "base", "beta": 0.5, "last_blocks": 2},
+         {"model": "m", "method": "weight", "beta": 0.4, "last_blocks": 2}])) == [
+        {"model": "m", "beta": 0.4, "last_blocks": 2}, {"model": "m", "beta": 0.5, "last_blocks": 2}]
+
+
+def test_chart_titles_wrap_and_the_legend_gets_room_above_the_plot():
+    """At 1000 px a chart is about 540 px wide: Plotly cuts a long title, and a legend above the plot that wraps
+    grew into the title."""
+    import pandas as pd
+
+    from sfsd.dashboard import plots
+
+    title = ("model.layers.29.mlp.down_proj (rank 38) · feature · ppl tol 0.05 · smollm2-135m · 77c605"
+             "<br><sup>note</sup>")
+    lines = plots.wrap_title(title).split("<br>")
+    assert lines == ["model.layers.29.mlp.down_proj (rank 38) · feature · ppl", "tol 0.05 · smollm2-135m · 77c605",
+                     "<sup>note</sup>"]
+    assert all(len(line) <= plots.TITLE_CHARS for line in lines[:2])
+    names = ["base model", "feature space (SFSD, centred + bias)", "LLM-Pruner (structured, no recovery)",
+             "SliceGPT (whole model)"]
+    rows = plots.legend_rows(names)
+    assert rows >= 2
+    table = pd.DataFrame([{"method": m, "ppl@128": 10.0 + i} for i, m in enumerate(["base", "feature", "llm-pruner",
+                                                                                      "slicegpt"])])
+    figure = plots.perplexity_bars(table, title="Perplexity (log scale)")
+    assert figure.layout.margin.t >= plots.TITLE_LINE + rows * plots.LEGEND_ROW
+    assert figure.layout.title.yref == "container" and figure.layout.title.y == 1
