@@ -30,6 +30,8 @@ PAGE_LINKS = [("1_Runs.py", "Runs: start, watch, cancel", ":material/list:"),
               ("8_Report.py", "HTML report of a run", ":material/description:"),
               ("9_Frontier.py", "Budget-quality frontier", ":material/ssid_chart:")]
 
+PAGE_LINK_COLUMNS = 2  # the longest label fits half the page at 1000 px (four columns cut them)
+
 # where the finished quick demo sends the reader: (file in pages/, label, icon)
 DEMO_NEXT = [("2_Budget_heatmap.py", "Budget per layer: heatmap", ":material/grid_on:"),
              ("3_Spectra.py", "Spectra: feature vs weight", ":material/show_chart:"),
@@ -46,25 +48,23 @@ def home() -> None:
                 "nothing can be started, cancelled, deleted, saved or imported from this dashboard.",
                 icon=":material/lock:")
     model = data.demo_model()
-    left, right = st.columns([3, 2], gap="large")
-    with left:
-        info = model_panel(model)
-    with right:
-        if readonly():  # no demo to start: only what is running
-            st.subheader("In progress")
-        else:
-            demo_panel(model, info["blocks"] if info else data.model_blocks(model))
-        widgets.progress_panel(key="start-progress")
+    # one column: side by side, the model's figures and roles and the demo's text and button were cut at 1000 px
+    info = model_panel(model)
+    if readonly():  # no demo to start: only what is running
+        st.subheader("In progress")
+    else:
+        demo_panel(model, info["blocks"] if info else data.model_blocks(model))
+    widgets.progress_panel(key="start-progress")
 
     st.subheader("Runs in the cache")
     runs_table()
 
     st.subheader("Pages")
-    cols = st.columns(4)
+    cols = st.columns(PAGE_LINK_COLUMNS)
     for i, (name, label, icon) in enumerate(PAGE_LINKS):
         if readonly() and name == "1_Runs.py":
             label = "Runs: watch, move them"
-        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % 4])
+        widgets.page_link(f"pages/{name}", label, icon, container=cols[i % PAGE_LINK_COLUMNS])
 
 
 def model_panel(model: str) -> dict | None:
@@ -76,17 +76,17 @@ def model_panel(model: str) -> dict | None:
         st.warning(data.shown(f"Cannot read the model {model!r}: {exc}. Run `make setup` (or `sfsd prepare`) "
                               "first."))
         return None
-    cols = st.columns(4)
+    cols = st.columns(4)  # short values: a metric does not wrap, and a quarter of the page is ~130 px at 1000 px
     cols[0].metric("Family", info["model_type"], help=info["architecture"])
     cols[1].metric("Blocks", info["blocks"])
-    cols[2].metric("Parameters", f"{info['params'] / 1e6:,.1f} M")
+    cols[2].metric("Parameters", f"{info['params'] / 1e6:.3g} M", help=f"{info['params']:,} parameters")
     cols[3].metric("Linear share", f"{100 * info['params_linear_full'] / info['params']:.0f}%",
                    help="share of the parameters in the decomposable linear layers (the rest: embeddings, norms)")
     st.caption(f"{info['architecture']} · roles: {', '.join(info['roles'])} · hidden size {info['hidden_size']} · "
                f"{info['heads']} attention heads ({info['kv_heads'] or info['heads']} key/value) · "
                f"vocabulary {info['vocab_size']:,} · {info['layers_total']} decomposable layers · "
                f"loaded from `{data.shown(info['source'])}`")
-    widgets.table(info["roles_table"], "model-roles", key="start-roles", column_config={  # short: fits half a page
+    widgets.table(info["roles_table"], "model-roles", key="start-roles", column_config={  # short: fits at 1000 px
         "layers": st.column_config.NumberColumn("layers", help="one per block", width=60),
         "d_in": st.column_config.NumberColumn("d_in", width=60),
         "d_out": st.column_config.NumberColumn("d_out", width=60),
@@ -141,7 +141,9 @@ def runs_table() -> None:
     shown["updated"] = [data.EMPTY if pd.isna(u) else pd.Timestamp(u).strftime("%m-%d %H:%M") for u in runs["updated"]]
     hidden = ["tolerance", "strategy", "target_budget", "target"]
     shown = shown.drop(columns=hidden + ([] if (runs["origin"].fillna("") != "").any() else ["origin"]))
-    widgets.table(shown, "runs", key="start-runs", column_config=widgets.run_columns(method=80, state=80))
+    # narrower than the Runs page's: every column up to "updated" fits the 940 px of a 1400 px window
+    widgets.table(shown, "runs", key="start-runs",
+                  column_config=widgets.run_columns(run_id=315, method=80, model=95, state=80, progress=90))
 
 
 pages = [st.Page(home, title="Home", icon=":material/home:", default=True),

@@ -35,8 +35,9 @@ def series_of(view: data.RunView) -> dict[str, str]:
 options: dict[str, str] = {}
 for view in views:
     options.update(series_of(view))
-c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
-y_label = c1.selectbox("y axis", list(options), key="acc-y")
+# the y axis on a row of its own: its options are long, and three columns cut them and the toggle at 1000 px
+y_label = st.selectbox("y axis", list(options), key="acc-y")
+c2, c3 = st.columns(2, vertical_alignment="bottom")
 x_mode = c2.radio("x axis", ["parameters (M)", "overall budget (%)"], horizontal=True, key="acc-x")
 zoom = c3.toggle("Zoom to the searches", key="acc-zoom",
                  help="x axis from the smallest to the largest model the searches visited (uniform runs may fall "

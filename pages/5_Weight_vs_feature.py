@@ -24,27 +24,30 @@ uniform = data.uniform_frame()
 
 
 def settings(defaults: dict, key: str) -> dict:
-    """Protocol and evaluation settings of new uniform runs (defaults: the group's existing runs), as
-    UniformConfig's fields; each widget is generated from its option's declaration (sfsd.options)."""
-    c1, c2, c3, c4 = st.columns(4)
+    """Protocol and evaluation settings of new uniform runs, as UniformConfig's fields; `defaults` are checked
+    starting values (`data.protocol_defaults`), each widget is generated from its option's declaration
+    (sfsd.options) and takes the limits the check used (`data.FORM_LIMITS`)."""
+    limits = data.FORM_LIMITS
+    c1, c2, c3, c4 = st.columns(4, vertical_alignment="bottom")  # a label that wraps at 1000 px keeps the row
     model = widgets.option_input(c1, options.MODEL, f"{key}-model", defaults.get("model", data.demo_model()))
     blocks = data.model_blocks(model)
-    beta = widgets.option_input(c2, options.BETA, f"{key}-beta", float(defaults.get("beta", options.BETA.default)),
-                                min_value=0.05, max_value=1.0, step=0.01)
+    beta = widgets.option_input(c2, options.BETA, f"{key}-beta", defaults.get("beta", options.BETA.default),
+                                min_value=limits["beta"][0], max_value=limits["beta"][1], step=0.01)
+    # the option's default (12 blocks) is cut to the model's depth; a stored protocol's blocks are within it
     last = widgets.option_input(c3, options.LAST_BLOCKS, f"{key}-last",
-                                min(max(1, int(defaults.get("last_blocks") or options.LAST_BLOCKS.default)),
-                                    blocks or 1000), min_value=1, max_value=max(1, blocks or 1000))
-    limit = widgets.option_input(c4, options.LIMIT, f"{key}-limit", int(defaults.get("limit") or options.LIMIT.default),
-                                 min_value=1, max_value=10000)
-    c1, c2, c3 = st.columns([2, 1, 1])
+                                min(defaults.get("last_blocks", options.LAST_BLOCKS.default), blocks or 1000),
+                                min_value=limits["last_blocks"][0], max_value=max(1, blocks or 1000))
+    limit = widgets.option_input(c4, options.LIMIT, f"{key}-limit", defaults.get("limit", options.LIMIT.default),
+                                 min_value=limits["limit"][0], max_value=limits["limit"][1])
+    c1, c2, c3 = st.columns([2, 1, 1], vertical_alignment="bottom")
     tasks = widgets.option_input(c1, options.TASKS, f"{key}-tasks", defaults.get("tasks", list(OFFLINE_TASKS)),
                                  choices=OFFLINE_TASKS)
-    calibration = CalibrationSpec(**(defaults.get("calibration") or {"samples": 128}))
-    samples = widgets.option_input(c2, options.CALIB_SAMPLES, f"{key}-calib", calibration.samples, min_value=1,
-                                   max_value=4096)
-    seq_lens = defaults.get("ppl_seq_lens") or options.PPL_SEQ_LENS.default
-    ppl_len = widgets.option_input(c3, options.PPL_SEQ_LENS, f"{key}-ppl", int(seq_lens[0]), min_value=16,
-                                   max_value=4096)
+    calibration = CalibrationSpec(**defaults.get("calibration", {"samples": 128}))
+    samples = widgets.option_input(c2, options.CALIB_SAMPLES, f"{key}-calib", calibration.samples,
+                                   min_value=limits["samples"][0], max_value=limits["samples"][1])
+    seq_lens = defaults.get("ppl_seq_lens", options.PPL_SEQ_LENS.default)
+    ppl_len = widgets.option_input(c3, options.PPL_SEQ_LENS, f"{key}-ppl", int(seq_lens[0]),
+                                   min_value=limits["ppl_seq_len"][0], max_value=limits["ppl_seq_len"][1])
     return {"model": model, "beta": float(beta), "last_blocks": int(last), "tasks": tasks, "limit": int(limit),
             "ppl_seq_lens": [int(ppl_len)], "ppl_tokens": defaults.get("ppl_tokens", options.PPL_TOKENS.default),
             "calibration": replace(calibration, samples=int(samples))}
@@ -75,20 +78,22 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
                 widgets.launch_and_report(config)
 
 
-if uniform.empty:
-    st.info("No uniform runs yet. Start them here (each runs in the background: compress, then evaluate), or "
-            "from a terminal with `sfsd uniform --model M --method X --beta B --last-blocks N --tasks a,b`.")
-    chosen = settings({}, key="uni-new")
+groups = data.table1_protocols(uniform)  # base evaluations (sfsd frontier's, 0 blocks) are no protocol
+if not groups:
+    bases = data.base_evaluations(uniform)
+    if bases.empty:
+        st.info("No uniform runs yet. Start them here (each runs in the background: compress, then evaluate), or "
+                "from a terminal with `sfsd uniform --model M --method X --beta B --last-blocks N --tasks a,b`.")
+    else:
+        st.info(f"Only base-model evaluations so far ({len(bases)}: what `sfsd frontier` evaluates first, nothing "
+                "compressed), no Table 1 protocol yet. Start one here, at a beta on the last N blocks; a protocol "
+                "on the same tasks and documents borrows that evaluation as its base row.")
+    first = data.load_run(bases["run_id"].iloc[0]) if not bases.empty else None
+    chosen = settings(data.protocol_defaults(first.config if first else None), key="uni-new")
     launch_buttons(chosen, list(data.UNIFORM_METHODS), key="uni-new-launch")
     widgets.progress_panel(key="uni-progress")
     st.stop()
 
-# newest first, but a protocol holding only a base-model run (what `sfsd frontier` stores) last: it is no Table 1
-keys = ["model", "beta", "last_blocks"]
-compressed = uniform[uniform["method"] != "base"][keys].drop_duplicates()
-groups = uniform[keys].drop_duplicates()
-groups = groups.assign(only_base=~groups.apply(tuple, axis=1).isin(set(compressed.apply(tuple, axis=1))))
-groups = groups.sort_values("only_base", kind="stable")[keys].to_dict("records")
 labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
 index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
 group = groups[index]
@@ -112,8 +117,16 @@ widgets.chart(plots.accuracy_bars(rows, title="Accuracy per task with 95% interv
                                   references=data.task_references(rows)), key="uni-bars")
 
 missing = [m for m in data.UNIFORM_METHODS if m not in set(rows["method"])]
+# the form starts at the protocol picked, with the evaluation settings of its first row (which may be a borrowed
+# base evaluation: its beta 1.0 and 0 blocks are not the protocol's)
 first = data.load_run(rows["run_id"].iloc[0])
-defaults = {**(first.config if first else {}), "model": group["model"]}
+defaults = data.protocol_defaults(first.config if first else None, group)
+FORM_FIELDS = ("model", "beta", "last", "limit", "tasks", "calib", "ppl")  # settings' widget keys, after its key
+picked = repr(sorted((k, str(v)) for k, v in group.items()))
+if st.session_state.get("uni-fill-protocol") != picked:  # another protocol: its form starts at its settings
+    for name in FORM_FIELDS:
+        st.session_state.pop(f"uni-fill-{name}", None)
+    st.session_state["uni-fill-protocol"] = picked
 with st.expander(f"Add methods (missing here: {', '.join(missing) if missing else 'none'})", expanded=bool(missing)):
     chosen = settings(defaults, key="uni-fill")
     have = uniform[(uniform["model"] == chosen["model"]) & (uniform["beta"] == chosen["beta"])

@@ -39,11 +39,11 @@ if len(models) < 2:
             "page (its models are listed here), or compress one with `sfsd compress ... --out cache/models/NAME`.")
     st.stop()
 
-c1, c2 = st.columns(2)
-model_a = c1.selectbox("Model A (reference)", models, index=models.index(data.demo_model()), key="dis-a",
+# A and B one above the other: a Table 1 model's name does not fit half the page at 1000 px
+model_a = st.selectbox("Model A (reference)", models, index=models.index(data.demo_model()), key="dis-a",
                        format_func=data.model_display)
 default_b = next((m for m in compressed if m != model_a), next(m for m in models if m != model_a))
-model_b = c2.selectbox("Model B (compared)", models, index=models.index(default_b), key="dis-b",
+model_b = st.selectbox("Model B (compared)", models, index=models.index(default_b), key="dis-b",
                        format_func=data.model_display)
 c1, c2, c3 = st.columns([3, 1, 1])
 tasks = c1.multiselect("Tasks", list(OFFLINE_TASKS), default=[OFFLINE_TASKS[1] if len(OFFLINE_TASKS) > 1

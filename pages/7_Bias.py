@@ -20,11 +20,11 @@ if not compressed:
             "listed here), save a finished search run's model on the **Disagreement** page (or the Runs page), "
             "or run `sfsd compress --model smollm2-135m --method feature --beta 0.46 "
             "--last-blocks 12 --out cache/models/demo-feature`. The base model can be scored meanwhile.")
-c1, c2 = st.columns([3, 1])
 default = [data.demo_model(), *compressed[:2]]
-chosen = c1.multiselect("Models", models, default=[m for m in dict.fromkeys(default) if m in models], key="bias-models",
+# the models on a row of their own: beside the examples input, a Table 1 model's name was cut at 1000 px
+chosen = st.multiselect("Models", models, default=[m for m in dict.fromkeys(default) if m in models], key="bias-models",
                         format_func=data.model_display)
-limit = c2.number_input("Examples (first N of all)", 1, 10000, 100, key="bias-limit",
+limit = st.columns([1, 3])[0].number_input("Examples (first N of all)", 1, 10000, 100, key="bias-limit",
                         help="the first N of every StereoSet row (4,229: the whole dev set, intrasentence and "
                              "intersentence interleaved); 3 sentences are scored per example")
 key = (tuple(chosen), int(limit))

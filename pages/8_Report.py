@@ -34,10 +34,10 @@ def build(root: str, run_id: str, updated: str | None) -> str:
 document = build(data.store_root(), run_id, str(view.status.get("updated")))
 if view.state in data.ACTIVE_STATES:
     st.caption("This run is still going: the report shows what it has written so far.")
-c1, c2 = st.columns([1, 3], vertical_alignment="center")
-c1.download_button("Download the HTML report", document.encode(), file_name=f"sfsd-report-{run_id}.html",
+# the button on a row of its own: in a quarter of the page its label was cut at 1000 px
+st.download_button("Download the HTML report", document.encode(), file_name=f"sfsd-report-{run_id}.html",
                    mime="text/html", key="report-download", type="primary", icon=":material/download:",
                    on_click="ignore")
-c2.caption(f"{len(document) / 1e6:.1f} MB · self-contained (Plotly's JavaScript is inlined once).")
+st.caption(f"{len(document) / 1e6:.1f} MB · self-contained (Plotly's JavaScript is inlined once).")
 if st.toggle("Preview", value=True, key="report-preview"):
     st.iframe(document, height=900)

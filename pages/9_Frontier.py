@@ -55,4 +55,5 @@ left = c2.selectbox("Left", names, index=0, key="frontier-left")
 right = c3.selectbox("Right", names, index=min(1, len(names) - 1), key="frontier-right")
 for side, column_, name in zip(("left", "right"), st.columns(2), (left, right), strict=True):
     with column_:
-        widgets.chart(frontier.heatmap_of(labels[name], f"{name} at {target:g}"), key=f"frontier-heatmap-{side}")
+        widgets.chart(frontier.heatmap_of(labels[name], f"{name} at {target:g}", cell_text=False),
+                      key=f"frontier-heatmap-{side}")

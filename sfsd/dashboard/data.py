@@ -369,6 +369,102 @@ def _base_row_for(uniform: pd.DataFrame, rows: pd.DataFrame, model: str) -> pd.D
     return bases.iloc[0:1]
 
 
+PROTOCOL_KEYS = ["model", "beta", "last_blocks"]
+
+
+def is_base_evaluation(method: Any, last_blocks: Any) -> bool:
+    """Whether a uniform run is a base evaluation: the base model with no block compressed (what `sfsd frontier`
+    stores first, beta 1.0 and last 0 blocks). It is the model's reference, which a Table 1 protocol of the same
+    tasks and documents borrows as its base row, not a protocol of its own."""
+    blocks = _number(last_blocks)
+    return method in (BASE, "none") and (blocks is None or blocks < 1)
+
+
+def table1_protocols(uniform: pd.DataFrame) -> list[dict]:
+    """The Table 1 protocols ({model, beta, last_blocks}) of the uniform runs, in the order the page offers them:
+    newest first, those holding only a base-model run last. Base evaluations are no protocol (see
+    `is_base_evaluation`), nor is a row whose protocol fields are missing."""
+    if uniform.empty:
+        return []
+    keep = [not is_base_evaluation(m, b) and isinstance(model, str) and _number(beta) is not None
+            and _number(b) is not None
+            for model, m, beta, b in zip(uniform["model"], uniform["method"], uniform["beta"], uniform["last_blocks"],
+                                         strict=True)]
+    rows = uniform[keep]
+    if rows.empty:
+        return []
+    compressed = set(rows[rows["method"] != BASE][PROTOCOL_KEYS].apply(tuple, axis=1))
+    groups = rows[PROTOCOL_KEYS].drop_duplicates()
+    groups = groups.assign(only_base=~groups.apply(tuple, axis=1).isin(compressed))
+    return groups.sort_values("only_base", kind="stable")[PROTOCOL_KEYS].to_dict("records")
+
+
+def base_evaluations(uniform: pd.DataFrame) -> pd.DataFrame:
+    """The base evaluations among the uniform runs (see `is_base_evaluation`), newest first."""
+    if uniform.empty:
+        return uniform
+    keep = [is_base_evaluation(m, b) for m, b in zip(uniform["method"], uniform["last_blocks"], strict=True)]
+    return uniform[keep].reset_index(drop=True)
+
+
+# The limits of the Weight vs feature page's form (pages/5_Weight_vs_feature.py `settings`): what a stored
+# config may put into its widgets as a starting value.
+FORM_LIMITS = {"beta": (0.05, 1.0), "last_blocks": (1, None), "limit": (1, 10000), "samples": (1, 4096),
+               "ppl_seq_len": (16, 4096)}
+
+
+def _within(value: Any, name: str, whole: bool = True) -> Any:
+    """`value` if it is a number within FORM_LIMITS[name] (an int when `whole`), else None."""
+    number = _number(value)
+    low, high = FORM_LIMITS[name]
+    if number is None or (whole and number != int(number)) or number < low or (high is not None and number > high):
+        return None
+    return int(number) if whole else number
+
+
+def protocol_defaults(config: dict | None, protocol: dict | None = None) -> dict:
+    """Starting values of the form for new uniform runs, from a stored run's config and the protocol picked
+    (which wins for model, beta and blocks): each one checked against what the form's widgets take
+    (FORM_LIMITS, the offline tasks); a value that fails is left out, and the option's default applies. A base
+    evaluation gives no beta or blocks: it compressed nothing."""
+    from sfsd.data import OFFLINE_TASKS
+
+    config = config if isinstance(config, dict) else {}
+    source = {**config, **(protocol or {})}
+    out: dict[str, Any] = {}
+    if isinstance(source.get("model"), str) and source["model"]:
+        out["model"] = source["model"]
+    if not is_base_evaluation(source.get("method"), source.get("last_blocks")):
+        if _within(source.get("beta"), "beta", whole=False) is not None:
+            out["beta"] = float(source["beta"])
+        if _within(source.get("last_blocks"), "last_blocks") is not None:
+            out["last_blocks"] = int(source["last_blocks"])
+    if _within(config.get("limit"), "limit") is not None:
+        out["limit"] = int(config["limit"])
+    tasks = config.get("tasks")
+    if isinstance(tasks, list):
+        out["tasks"] = [t for t in tasks if t in OFFLINE_TASKS]
+    calibration = config.get("calibration")
+    if isinstance(calibration, dict):
+        from sfsd.compress import CalibrationSpec
+
+        fields = {k: v for k, v in calibration.items() if k in CalibrationSpec.__dataclass_fields__}
+        if _within(fields.get("samples"), "samples") is None:
+            fields.pop("samples", None)
+        try:
+            CalibrationSpec(**fields)
+        except (SfsdError, TypeError, ValueError):
+            fields = {}
+        out["calibration"] = fields
+    seq_lens = config.get("ppl_seq_lens")
+    if isinstance(seq_lens, list) and seq_lens and _within(seq_lens[0], "ppl_seq_len") is not None:
+        out["ppl_seq_lens"] = [int(seq_lens[0])]
+    tokens = config.get("ppl_tokens", 0)
+    if tokens is None or (_number(tokens) is not None and _number(tokens) >= 1):  # None: every token
+        out["ppl_tokens"] = None if tokens is None else int(tokens)
+    return out
+
+
 def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any) -> pd.DataFrame:
     """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order."""
     rows = uniform[(uniform["model"] == model) & (uniform["beta"] == beta) & (uniform["last_blocks"] == last_blocks)]

@@ -148,17 +148,18 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
         table[f"acc {task} [95% CI] (n)"] = [
             format_proportion(float(p), int(k)) if pd.notna(p) and n is not None and pd.notna(k) else "—"
             for p, k in zip(frame[column], n if n is not None else [None] * len(frame), strict=True)]
-    return table
+    return table.astype(object).where(table.notna(), "—")  # an empty cell reads "—", never "None"
 
 
-def heatmap_of(run_id: str, title: str) -> go.Figure:
-    """The budget heatmap (blocks x roles, % of parameters kept) of one frontier point."""
+def heatmap_of(run_id: str, title: str, cell_text: bool = True) -> go.Figure:
+    """The budget heatmap (blocks x roles, % of parameters kept) of one frontier point (`cell_text` False: colour
+    only, for two side by side)."""
     from sfsd.dashboard.plots import budget_heatmap, heatmap_cells
 
     view = data.load_run(run_id)
     if view is None:
         return empty_figure(f"run {run_id} cannot be read")
-    return budget_heatmap(heatmap_cells(view.layers), title)
+    return budget_heatmap(heatmap_cells(view.layers), title, cell_text=cell_text)
 
 
 def clicked_run(event) -> str | None:

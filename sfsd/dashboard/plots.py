@@ -6,6 +6,7 @@ One colour per method across all pages (`METHOD_COLORS`); axis titles carry thei
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,17 +47,65 @@ def ordered_roles(roles: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(roles), key=lambda r: (order.get(r, len(order)), r))
 
 
+# What a chart must fit at the narrowest width people present on (1000 px: a chart about 540 px wide, its plot
+# area about 450 px): Plotly does not wrap a title, and a legend above the plot grows into the title.
+TITLE_CHARS = 58  # characters of a title line (bold, about 17 px)
+LEGEND_WIDTH = 450  # px a legend row may fill
+TITLE_LINE, LEGEND_ROW = 26, 21  # px
+
+
+def wrap_title(title: str, width: int = TITLE_CHARS) -> str:
+    """`title` with line breaks (<br>) at its spaces (after a " · " separator, never before it) so that no line is
+    longer than `width` characters where it can be broken; its own lines and <sup> lines are kept."""
+    lines = []
+    for line in title.split("<br>"):
+        if line.startswith("<sup>") or len(line) <= width:
+            lines.append(line)
+            continue
+        current = ""
+        for word in re.split(r" (?!·)", line):  # a " · " separator stays at the end of its line
+            candidate = f"{current} {word}" if current else word
+            if current and len(candidate) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = candidate
+        lines.append(current)
+    return "<br>".join(lines)
+
+
+def legend_rows(names: Sequence[str], width: int = LEGEND_WIDTH) -> int:
+    """How many rows a horizontal legend of `names` takes in `width` px (Plotly's entry: a 40 px symbol and
+    about 6.5 px per character)."""
+    rows, used = 0, width
+    for name in names:
+        entry = 40 + 6.5 * len(re.sub(r"<[^>]+>", "", name))
+        if used + entry > width:
+            rows, used = rows + 1, 0
+        used += entry
+    return rows
+
+
 def _layout(fig: go.Figure, title: str | None = None, height: int | None = None, legend: str = "top") -> go.Figure:
-    """Common look; `legend` "top" (above the plot) or "bottom" (under it, for figures with panel titles)."""
+    """Common look; `legend` "top" (above the plot) or "bottom" (under it, for figures with panel titles). A
+    long title is wrapped; the top margin holds the title's lines and, above the plot, the legend's rows as
+    they wrap in a narrow chart (the title at the top, the legend under it: they never overlap)."""
+    title = wrap_title(title) if title else title
+    title_height = TITLE_LINE * (title.count("<br>") + 1) + 14 if title else 0
     if legend == "bottom":
         place = dict(orientation="h", yanchor="top", y=-0.14, xanchor="left", x=0)
-        margin = dict(l=60, r=30, t=80 if title else 40, b=90)
+        margin = dict(l=60, r=30, t=max(80 if title else 40, title_height + 20), b=90)
     else:
         place = dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0)
-        margin = dict(l=60, r=30, t=80 if title else 40, b=50)
-    fig.update_layout(template=TEMPLATE, title=title, margin=margin, legend=place)
+        names = [str(trace.name) for trace in fig.data if trace.name and trace.showlegend is not False
+                 and trace.type not in ("heatmap",)]
+        rows = legend_rows(names) if len(names) > 1 or fig.layout.showlegend else 0
+        margin = dict(l=60, r=30, t=max(80 if title else 40, title_height + LEGEND_ROW * rows + 16), b=50)
+    fig.update_layout(template=TEMPLATE, margin=margin, legend=place,
+                      title=dict(text=title, y=1, yref="container", yanchor="top", pad=dict(t=10)) if title
+                      else None)
     if height:
-        fig.update_layout(height=height)
+        fig.update_layout(height=height + max(0, margin["t"] - 80))
     return fig
 
 
@@ -121,9 +170,12 @@ def heatmap_cells(layers: pd.DataFrame) -> pd.DataFrame:
     return cells[columns]
 
 
-def budget_heatmap(cells: pd.DataFrame, title: str | None = None, selected: str | None = None) -> go.Figure:
+def budget_heatmap(cells: pd.DataFrame, title: str | None = None, selected: str | None = None,
+                   cell_text: bool = True) -> go.Figure:
     """Blocks (rows, last block on top) x roles (columns), colour and text = % of the layer's parameters
-    retained. A transparent marker over each cell makes the cells selectable (click or box select)."""
+    retained (`cell_text` False: colour only, for heatmaps side by side, whose cells are too narrow for the
+    text; the hover says it). A transparent marker over each cell makes the cells selectable (click or box
+    select)."""
     if cells.empty:
         return empty_figure("No decided layers yet")
     roles = ordered_roles(cells["role"])
@@ -143,7 +195,7 @@ def budget_heatmap(cells: pd.DataFrame, title: str | None = None, selected: str 
         custom.append(c_row)
     x_labels = [str(role) for role in roles]
     fig = go.Figure(go.Heatmap(
-        z=z, x=x_labels, y=blocks, text=text, texttemplate="%{text}", textfont=dict(size=11),
+        z=z, x=x_labels, y=blocks, text=text, texttemplate="%{text}" if cell_text else "", textfont=dict(size=11),
         colorscale="Viridis", zmin=0, zmax=100, xgap=1, ygap=1, hoverinfo="skip",
         colorbar=dict(title=dict(text="retained<br>params (%)"), ticksuffix="%"),
     ))
@@ -462,9 +514,7 @@ def accuracy_bars(table: pd.DataFrame, title: str | None = None,
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="task (avg: unweighted mean of the tasks)")
     fig.update_yaxes(title="accuracy (%) with 95% interval", range=[0, 100])
-    fig = _layout(fig, title, height=460)
-    # the legend (methods and the two reference lines) wraps to two rows: room for it under the title
-    return fig.update_layout(margin=dict(t=140 if title else 90), title=dict(y=0.98, yanchor="top"))
+    return _layout(fig, title, height=460)  # the top margin holds the title and the legend as it wraps
 
 
 def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:

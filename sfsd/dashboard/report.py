@@ -20,6 +20,7 @@ th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 0.8rem; }
 .facts td { text-align: left; } .note { color: #666; font-size: 0.85rem; }
+.wide { overflow-x: auto; }
 """
 MAX_SPECTRUM_POINTS = 256
 
@@ -63,7 +64,9 @@ class _Builder:
         for column in shown.columns:
             if pd.api.types.is_datetime64_any_dtype(shown[column]):
                 shown[column] = shown[column].astype(str)
-        self.parts.append(shown.to_html(index=False, na_rep="—", float_format=float_format.format, border=0))
+        # a table wider than the page (the dashboard's preview at 1000 px) scrolls on its own, the page does not
+        table = shown.to_html(index=False, na_rep="—", float_format=float_format.format, border=0)
+        self.parts.append(f'<div class="wide">{table}</div>')
 
     def facts(self, rows: list[tuple[str, object]]) -> None:
         body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
