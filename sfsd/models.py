@@ -151,20 +151,21 @@ def model_starts_with_bos(name_or_path: str) -> bool:
     then fails with its own message)."""
     if name_or_path in BUNDLED:
         return False  # SmolLM2's tokenizer adds no BOS (tests/test_sequences.py checks it)
-    try:
-        return _folder_starts_with_bos(resolve_model(name_or_path))
-    except SfsdError:
-        raise
-    except Exception:  # noqa: BLE001  unreadable here: the model load reports it
-        return False
+    return _folder_starts_with_bos(resolve_model(name_or_path))
 
 
 @functools.lru_cache(maxsize=64)
 def _folder_starts_with_bos(source: str) -> bool:
+    """Read once per source: run ids are computed often (the dashboard), and an unreachable hub id must not be
+    tried again each time (an unreadable source is cached as False too)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    require_family_bos(tokenizer, getattr(AutoConfig.from_pretrained(source), "model_type", None))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model_type = getattr(AutoConfig.from_pretrained(source), "model_type", None)
+    except Exception:  # noqa: BLE001  unreadable here: the model load reports it
+        return False
+    require_family_bos(tokenizer, model_type)
     return starts_with_bos(tokenizer)
 
 

@@ -14,7 +14,7 @@ from conftest import TINY
 from sfsd.cli import main
 from sfsd.compress import CalibrationSpec, calibration_tokens, compress, decomposition_folder
 from sfsd.data import wiki_text
-from sfsd.data.sequences import starts_with_bos, tokenizer_adds_bos
+from sfsd.data.sequences import starts_with_bos
 from sfsd.evaluate import perplexity
 from sfsd.evaluate.scoring import encode_request
 from sfsd.models import DEFAULT_MODEL, load_model, model_starts_with_bos
@@ -87,7 +87,7 @@ def test_the_default_models_tokenizer_adds_no_bos(default_model_dir):
 def test_a_gemma_tokenizer_saved_without_bos_gets_it_and_run_ids_say_so(gemma, gemma_dir):
     from transformers import AutoTokenizer
 
-    assert not tokenizer_adds_bos(AutoTokenizer.from_pretrained(gemma_dir))  # as saved
+    assert not starts_with_bos(AutoTokenizer.from_pretrained(gemma_dir))  # as saved
     _, tokenizer = gemma
     assert starts_with_bos(tokenizer)  # after load_model: lm-eval's HFLM now sees the same sequences
     assert model_starts_with_bos(str(gemma_dir)) is True

@@ -27,8 +27,9 @@ BOS_FAMILIES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 BOS_LAYOUT = "BOS + (seq_len - 1) text tokens; the BOS position is not scored"
 
 
-def tokenizer_adds_bos(tokenizer: Any) -> bool:
-    """Whether encoding a text with the tokenizer's defaults puts its BOS token first (what HFLM sends)."""
+def starts_with_bos(tokenizer: Any) -> bool:
+    """The rule: a model's sequences start with BOS when encoding a text with its (loaded) tokenizer's defaults
+    puts BOS first (what HFLM sends)."""
     bos = getattr(tokenizer, "bos_token_id", None)
     if bos is None or not callable(tokenizer):
         return False
@@ -36,18 +37,13 @@ def tokenizer_adds_bos(tokenizer: Any) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def starts_with_bos(tokenizer: Any) -> bool:
-    """The rule: a model's sequences start with BOS when its (loaded) tokenizer adds it."""
-    return tokenizer_adds_bos(tokenizer)
-
-
 def require_family_bos(tokenizer: Any, model_type: str | None) -> None:
     """Turn BOS on for a family that needs it (Gemma) when its tokenizer was saved without it, or fail in one line."""
-    if model_type not in BOS_FAMILIES or tokenizer_adds_bos(tokenizer):
+    if model_type not in BOS_FAMILIES or starts_with_bos(tokenizer):
         return
     if getattr(tokenizer, "bos_token_id", None) is not None and hasattr(tokenizer, "add_bos_token"):
         tokenizer.add_bos_token = True  # transformers rebuilds the post-processor
-    if not tokenizer_adds_bos(tokenizer):
+    if not starts_with_bos(tokenizer):
         raise SfsdError(f"this {model_type} model needs BOS at the start of every sequence, and its tokenizer "
                         "adds none: set add_bos_token true (and a bos_token) in its tokenizer_config.json")
 
