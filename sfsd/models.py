@@ -151,7 +151,11 @@ def model_starts_with_bos(name_or_path: str) -> bool:
     then fails with its own message)."""
     if name_or_path in BUNDLED:
         return False  # SmolLM2's tokenizer adds no BOS (tests/test_sequences.py checks it)
-    return _folder_starts_with_bos(resolve_model(name_or_path))
+    try:
+        source = resolve_model(name_or_path)
+    except SfsdError:  # a missing folder: the page or command that loads it says so in its own words
+        return False
+    return _folder_starts_with_bos(source)
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,6 +15,7 @@ from sfsd.cli import main
 from sfsd.compress import CalibrationSpec, calibration_tokens, compress, decomposition_folder
 from sfsd.data import wiki_text
 from sfsd.data.sequences import starts_with_bos
+from sfsd.errors import SfsdError
 from sfsd.evaluate import perplexity
 from sfsd.evaluate.scoring import encode_request
 from sfsd.models import DEFAULT_MODEL, load_model, model_starts_with_bos
@@ -82,6 +83,16 @@ def test_the_default_models_tokenizer_adds_no_bos(default_model_dir):
     assert not starts_with_bos(tokenizer)
     assert model_starts_with_bos(DEFAULT_MODEL) is False  # what run ids assume without reading the folder
     assert "bos" not in SearchConfig(model=DEFAULT_MODEL).to_dict()
+
+
+def test_a_run_of_a_missing_model_folder_has_an_id(tmp_path):
+    """A page's empty state shows the demo's command lines for the configured model before it exists (CI
+    caught a page raising here): the identity says no BOS, and loading the folder reports it missing."""
+    missing = str(tmp_path / "no-model")
+    assert model_starts_with_bos(missing) is False
+    assert "bos" not in SearchConfig(model=missing).to_dict()
+    with pytest.raises(SfsdError, match="does not exist"):
+        load_model(missing, "cpu")
 
 
 def test_a_gemma_tokenizer_saved_without_bos_gets_it_and_run_ids_say_so(gemma, gemma_dir):
