@@ -340,9 +340,12 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     blocks = sorted(int(b) for b in spectra["block"].unique())
     cols = max(1, min(columns, len(blocks)))
     rows = math.ceil(len(blocks) / cols)
+    # One y axis for every panel, labelled on the first column only: blocks compare at a glance, and six
+    # columns of tick labels no longer run into the neighbouring panels at 1000 px.
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"block {b}" for b in blocks],
-                        horizontal_spacing=0.055, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
-                        shared_xaxes=True)
+                        horizontal_spacing=0.02, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
+                        shared_xaxes=True, shared_yaxes="all")
+    decades = _decade_step(spectra["value"].to_numpy(dtype="float64"))
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     for i, block in enumerate(blocks):
         row, col = i // cols + 1, i % cols + 1
@@ -365,8 +368,7 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
         if cumulative:
             fig.update_yaxes(range=[0, 102], tick0=0, dtick=25, row=row, col=col)
         else:
-            block_values = spectra.loc[spectra["block"] == block, "value"].to_numpy(dtype="float64")
-            fig.update_yaxes(type="log", exponentformat="power", dtick=_decade_step(block_values), row=row, col=col)
+            fig.update_yaxes(type="log", exponentformat="power", dtick=decades, row=row, col=col)
         fig.update_xaxes(nticks=4, row=row, col=col)
         if col == 1:
             fig.update_yaxes(title="energy (%)" if cumulative else "value (log)", row=row, col=col)
