@@ -22,16 +22,21 @@ app: setup
 	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none \
 		--client.toolbarMode $(if $(filter 1,$(READONLY)),viewer,auto)
 
+# Tests run in one pytest-xdist worker per core (`make test WORKERS=0`: in this process); the tests that read the
+# dashboard's and the frontier's stores share one worker, so each store is built once (tests/conftest.py).
+WORKERS ?= auto
+PARALLEL := -n $(WORKERS)
+
 # Everything, what CI runs (.ci/run).
 test: setup
 	$(VENV)/bin/ruff check .
-	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 tests
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=15 $(PARALLEL) tests
 
 # The edit loop: everything but the tests marked `slow` (real browser, real default model, background runs, the
 # tiny-model tests that run many searches or processes).
 test-fast: setup
 	$(VENV)/bin/ruff check .
-	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=10 -m "not slow" tests
+	$(OFFLINE) $(VENV)/bin/python -m pytest -q --durations=10 $(PARALLEL) -m "not slow" tests
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# `make test` runs the suite in pytest-xdist workers, one per core: each worker computes with its share of the
+# cores, and so do the processes its tests start (the CLI, the dashboard's background runs, Streamlit). Two
+# workers of two threads each on two cores spend much of their time waiting for each other's threads.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_variable] = str(THREADS)
+
 from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -26,6 +35,9 @@ import sfsd  # noqa: E402,F401  registers the compressed classes
 from sfsd.data.pack import PACK_VERSION  # noqa: E402
 from sfsd.models import DEFAULT_MODEL  # noqa: E402
 from sfsd.paths import cache_dir  # noqa: E402
+
+if WORKERS > 1:
+    torch.set_num_threads(THREADS)
 
 # The developer's cache, read before any fixture points $SFSD_CACHE_DIR elsewhere.
 REAL_CACHE = cache_dir()
@@ -247,6 +259,35 @@ def demo_store(tmp_path_factory, dashboard_store) -> dict:
     return {**dashboard_store, "root": str(root)}
 
 
+# The session-scoped stores that take a minute or more to build, and the test modules that read them, in two
+# groups of about equal time. Under pytest-xdist (`make test`) a group's modules run in one worker
+# (`pytest_xdist_make_scheduler`), so a store is built at most once per group, and the demo the browser test
+# starts is the one the `reuses_demo` tests read; every other test goes to whichever worker is free. (xdist's own
+# `--dist loadgroup` marks do not group with pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
+STORES = {"dashboard_store", "demo_store", "frontier_store"}
+STORE_GROUPS = {"test_app.py": "dashboard", "test_transfer.py": "dashboard", "test_browser.py": "dashboard",
+                "test_store_states.py": "states", "test_app_frontier.py": "states"}
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """Tests marked `reuses_demo` run after all others (in their order), i.e. after the browser's demo test."""
+    """Tests marked `reuses_demo` run after all others (in their order), i.e. after the browser's demo test.
+    A test that reads a store outside STORE_GROUPS is refused: under xdist it would build the store once more."""
     items.sort(key=lambda item: item.get_closest_marker("reuses_demo") is not None)
+    for item in items:
+        if STORES & set(getattr(item, "fixturenames", ())) and item.path.name not in STORE_GROUPS:
+            raise pytest.UsageError(f"{item.nodeid} reads a store: add {item.path.name} to STORE_GROUPS "
+                                    "in tests/conftest.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Load scheduling with one work unit per group of STORE_GROUPS (in collection order), one per other test."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    if config.getvalue("dist") != "load":  # another --dist asked for on the command line
+        return None
+
+    class StoreGroupsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return STORE_GROUPS.get(nodeid.split("::")[0].rsplit("/", 1)[-1], nodeid)
+
+    return StoreGroupsTogether(config, log)

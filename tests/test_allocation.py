@@ -108,6 +108,7 @@ def test_a_search_stopped_at_a_budget_is_the_prefix_of_the_finished_search(cache
         ("weight", "ppl", "spectrum"), ("asvd", "ppl", "sensitivity"), ("svdllm", "ppl", "uniform"),
         ("feature-paper", "ppl", "alg1"), ("feature", "task", "sensitivity"), ("feature", "task", "alg1"),
     ]])
+@pytest.mark.slow
 def test_strategies_work_with_every_method_and_both_metrics(cache, tiny_dir, method, metric, strategy):
     spec = (MetricSpec(name="task", tolerance=0.0, task="piqa", limit=12, batch_size=4) if metric == "task"
             else MetricSpec(name="ppl", tolerance=0.0, samples=4, seq_len=32, batch_size=2))
@@ -118,6 +119,7 @@ def test_strategies_work_with_every_method_and_both_metrics(cache, tiny_dir, met
     assert result["params"] < result["base_params"] and result["heldout"]["metric"] == metric
 
 
+@pytest.mark.slow
 def test_uniform_uses_one_beta_for_every_layer(cache, tiny_dir):
     result = run_search(_config(tiny_dir, "uniform", 0.6), progress=False).result()
     beta = result["allocation"]["beta"]
@@ -151,6 +153,7 @@ def test_knapsack_equals_brute_force():
         solve_choices(costs, weights, 1, 5)
 
 
+@pytest.mark.slow
 def test_sensitivity_on_a_tiny_model_equals_brute_force(cache, tiny_dir):
     # Search only the last block's k and v (2 layers x 10 choices): enumerate every combination.
     from sfsd.decompose import BETA_GRID, overall_budget, rank_for_budget

@@ -51,6 +51,7 @@ def tokenizer(default_model_dir):
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
+@pytest.mark.slow
 def test_every_offline_task_runs_on_the_real_pack(tokenizer):
     _pack_or_skip()
     model = tiny_llama(0)

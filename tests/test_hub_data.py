@@ -359,6 +359,7 @@ def test_cli_refuses_paper_eval_of_a_mix_calibrated_model(mix_folder, capsys):
     assert "leak" not in err
 
 
+@pytest.mark.slow
 def test_paper_suite_runs_lm_evals_own_tasks_on_local_copies(local_hub, mix_folder, capsys):
     """lm-eval's own YAMLs (prompts, processing functions, metrics) over the local evaluation splits."""
     from sfsd.evaluate import evaluate_tasks
@@ -394,6 +395,7 @@ def test_in_memory_compressed_model_is_refused_too(mix_folder):
 # ---------------------------------------------------------------- task-guided search on the paper's train rows
 
 
+@pytest.mark.slow
 def test_search_on_paper_train_rows_is_recorded_and_scored_as_lm_eval(local_hub, tmp_path, default_model_dir, capsys):
     from sfsd.compress import CalibrationSpec
     from sfsd.evaluate.harness import _run_lm_eval

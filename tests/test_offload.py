@@ -29,6 +29,7 @@ def _ppl(model, tokenizer, key):
                       progress=False)["ppl"]
 
 
+@pytest.mark.slow
 def test_disk_offloaded_model_compresses_to_the_same_model(tiny_folder, tmp_path):
     model, tokenizer = load_model(tiny_folder, "cpu", "float32")
     compress(model, tokenizer, "feature", beta=0.5, calibration=CALIB, progress=False)
@@ -77,6 +78,7 @@ def _printed_ppl(capsys, argv) -> str:
     return line.split()[1]
 
 
+@pytest.mark.slow
 def test_eval_commands_on_a_disk_offloaded_model_equal_in_memory(capsys, tiny_folder, tmp_path):
     argv = ["ppl", str(tiny_folder), "--seq-len", "64", "--max-tokens", "2048", "--no-cache"]
     in_memory = _printed_ppl(capsys, argv)

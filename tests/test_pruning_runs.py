@@ -38,6 +38,7 @@ def _linear_weights(model) -> int:
     return sum(model.get_submodule(layer.name).weight.numel() for layer in adapter_for(model).layers())
 
 
+@pytest.mark.slow
 def test_compress_prunes_to_the_feature_rows_parameters(capsys, tiny_folder, tmp_path):
     """`--method llm-pruner --beta B --last-blocks N`: the pruned blocks keep Eq. 3's share at B, so the saved
     model's linear weights are within 0.5% of the feature-space model's; the folder reloads plainly, with the
@@ -81,6 +82,7 @@ def test_compress_without_last_blocks_prunes_llm_pruners_own_range(capsys, tiny_
     assert llm_pruner_blocks(32) == list(range(4, 30)) and llm_pruner_blocks(30) == list(range(4, 28))
 
 
+@pytest.mark.slow
 def test_uniform_run_of_llm_pruner_is_a_table1_row(tiny_folder):
     from sfsd.compress import CalibrationSpec
     from sfsd.dashboard import data

@@ -476,6 +476,7 @@ def test_cli_list_show_cancel_delete(capsys, cache):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "sfsd runs" in err
 
 
+@pytest.mark.slow
 def test_a_reader_that_leaves_the_pipe_ends_the_listing_quietly(tmp_path):
     """`sfsd runs | head -1`: the closed pipe ends the command without a traceback."""
     env = {**os.environ, "SFSD_CACHE_DIR": str(tmp_path)}

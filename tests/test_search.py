@@ -39,6 +39,7 @@ def _decisions(run):
     return [(d["layer"], d["rank"]) for d in run.decisions()]
 
 
+@pytest.mark.slow
 def test_fast_search_decides_exactly_like_the_reference_loop(cache, tiny_dir):
     fast = run_search(_config(tiny_dir, "fast"), progress=False)
     reference = run_search(_config(tiny_dir, "reference"), progress=False)
@@ -63,6 +64,7 @@ def test_fast_search_decides_exactly_like_the_reference_loop(cache, tiny_dir):
     assert _files(cache) == before
 
 
+@pytest.mark.slow
 def test_bisect_needs_at_most_four_trials_a_layer_and_keeps_passing_choices(cache, tiny_dir):
     bisect = run_search(_config(tiny_dir, strategy="bisect"), progress=False)
     per_layer: dict[str, list[dict]] = {}
@@ -93,6 +95,7 @@ def test_task_metric_base_value_equals_lm_eval(cache, tiny_dir):
     assert fast.result()["base_metric"] == pytest.approx(float(lm_eval_acc.summary["acc"].iloc[0]), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_materialize_saves_the_searched_model(cache, tiny_dir, tmp_path):
     run = run_search(_config(tiny_dir), progress=False)
     out = materialize(run, tmp_path / "searched")
@@ -101,6 +104,7 @@ def test_materialize_saves_the_searched_model(cache, tiny_dir, tmp_path):
     assert stored == run.result()["ranks"]
 
 
+@pytest.mark.slow
 def test_snapshots_evaluated_after_the_fact(cache, tiny_dir):
     from sfsd.evaluate import evaluate_tasks
     from sfsd.runs import evaluations_frame
@@ -172,6 +176,7 @@ def test_killed_search_resumes_to_the_same_result(cache, tiny_dir):
     assert resumed.result()["ranks"] == uninterrupted.result()["ranks"]
 
 
+@pytest.mark.slow
 def test_uniform_protocol_run_stores_params_macs_and_evaluations(cache, tiny_dir):
     from sfsd.runs import evaluations_frame
     from sfsd.search.uniform import UniformConfig, run_uniform
@@ -191,6 +196,7 @@ def test_uniform_protocol_run_stores_params_macs_and_evaluations(cache, tiny_dir
         UniformConfig(tasks=["hellaswag"])
 
 
+@pytest.mark.slow
 def test_uniform_run_stops_on_cancel_and_resumes_without_duplicates(cache, tiny_dir, monkeypatch):
     import sfsd.evaluate
     from sfsd.runs import evaluations_frame
@@ -216,6 +222,7 @@ def test_uniform_run_stops_on_cancel_and_resumes_without_duplicates(cache, tiny_
     assert sorted(evaluations_frame(run)["kind"]) == ["ppl", "task"]  # the task is not evaluated twice
 
 
+@pytest.mark.slow
 def test_decomposition_cache_never_reuses_stale_factors(cache, tiny_dir, monkeypatch):
     """Same name, changed weights -> recomputed; changed format version -> recomputed; same -> reused."""
     import torch

@@ -105,6 +105,7 @@ def test_a_gemma_tokenizer_saved_without_bos_gets_it_and_run_ids_say_so(gemma, g
     assert SearchConfig(model=str(gemma_dir)).to_dict()["bos"] is True
 
 
+@pytest.mark.slow
 def test_perplexity_windows_start_with_bos_which_is_not_scored(gemma):
     model, tokenizer = gemma
     text = wiki_text("eval")
@@ -121,6 +122,7 @@ def test_perplexity_windows_start_with_bos_which_is_not_scored(gemma):
     assert result["ppl"] == pytest.approx(_bos_aware_perplexity(model, tokenizer, text, SEQ, TOKENS), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_sfsd_ppl_of_a_bos_model_equals_an_independent_computation(gemma, gemma_dir, capsys):
     model, tokenizer = gemma
     assert main(["ppl", "--model", str(gemma_dir), "--seq-len", str(SEQ), "--max-tokens", str(TOKENS)]) == 0
@@ -131,6 +133,7 @@ def test_sfsd_ppl_of_a_bos_model_equals_an_independent_computation(gemma, gemma_
                                     rel=1e-6)
 
 
+@pytest.mark.slow
 def test_calibration_search_heldout_and_scoring_start_with_bos(gemma):
     model, tokenizer = gemma
     bos = tokenizer.bos_token_id

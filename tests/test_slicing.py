@@ -183,6 +183,7 @@ def tiny_folder(tmp_path_factory, default_model_dir):
     return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", default_model_dir, 4)
 
 
+@pytest.mark.slow
 def test_compress_with_slicing_saves_a_model_that_reloads_and_evaluates(capsys, tiny_folder, tmp_path):
     """`sfsd compress --method slicegpt --slicing 0.25` on a real tokenizer's tiny LLaMA: SliceGPT's width
     (48 of 64), a folder that plain transformers reloads (after `import sfsd`), and `sfsd ppl` on it."""

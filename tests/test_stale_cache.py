@@ -81,6 +81,7 @@ def _same_tensors(a: Path, b: Path) -> None:
         torch.testing.assert_close(first[name], second[name], rtol=1e-6, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_compress_recomputes_after_a_decomposition_format_bump(cache, model_dir, tmp_path, capsys, monkeypatch):
     _compress(capsys, model_dir, tmp_path / "first")
     assert len(_decomposition_folders(cache)) == 1
@@ -94,6 +95,7 @@ def test_compress_recomputes_after_a_decomposition_format_bump(cache, model_dir,
     assert all((cache / "decompositions" / f / "block-0001" / "checksum.json").is_file() for f in folders)
 
 
+@pytest.mark.slow
 def test_compress_recomputes_after_a_weight_changes_in_place(cache, model_dir, tmp_path, capsys, monkeypatch):
     _compress(capsys, model_dir, tmp_path / "before")
     assert len(_decomposition_folders(cache)) == 1
@@ -113,6 +115,7 @@ def _uniform_ppl(capsys, model: Path, ppl_tokens: int) -> float:
     return evaluation["metrics"]["ppl"]
 
 
+@pytest.mark.slow
 def test_uniform_recomputes_after_a_weight_changes_in_place(cache, model_dir, tmp_path, capsys, monkeypatch):
     _uniform_ppl(capsys, model_dir, 256)
     assert len(_decomposition_folders(cache)) == 1

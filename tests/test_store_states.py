@@ -25,8 +25,8 @@ pages say what is missing with info and warning alerts; `st.error` is kept for f
 triggers on opening). Sensitivity and alg1 target-budget runs are left to tests/test_allocation.py (many trials or
 searches each); the frontier store has an evaluated Algorithm 1 search.
 
-`make test-fast` (not slow) runs the states on the fixture, states, base-only and empty stores; the frontier
-store's states are slow.
+Slow (in `make test`, not in `make test-fast`): every page for every state is a sweep of 340 AppTest runs over
+four stores built for it, not an edit-loop check; the pages' own tests (tests/test_app.py) stay in the edit loop.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, cache_env, make_private_cache, save_tiny_llama
+
+pytestmark = pytest.mark.slow  # see the module's docstring
 
 PAGES = {
     "home": None, "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
@@ -85,7 +87,6 @@ STATES = {
     "frontier SliceGPT baseline": ("frontier", "slicegpt"),
     "frontier base run": ("frontier", "base"),
 }
-SLOW_STORES = {"frontier"}  # conftest's frontier_store: a real frontier and an evaluated search (minutes)
 
 # (page, state) -> the start of an error alert that is deliberate and correct there
 EXPECTED_ERRORS: dict[tuple[str, str], str] = {}
@@ -310,9 +311,7 @@ def _offers(widget, value) -> bool:
 
 
 def _cases() -> list:
-    return [pytest.param(page, state, id=f"{page}-{state}",
-                         marks=[pytest.mark.slow] if store in SLOW_STORES else [])
-            for page in PAGES for state, (store, _) in STATES.items()]
+    return [pytest.param(page, state, id=f"{page}-{state}") for page in PAGES for state in STATES]
 
 
 @pytest.mark.parametrize(("page", "state"), _cases())
