@@ -259,35 +259,35 @@ def demo_store(tmp_path_factory, dashboard_store) -> dict:
     return {**dashboard_store, "root": str(root)}
 
 
-# The session-scoped stores that take a minute or more to build, and the test modules that read them, in two
-# groups of about equal time. Under pytest-xdist (`make test`) a group's modules run in one worker
-# (`pytest_xdist_make_scheduler`), so a store is built at most once per group, and the demo the browser test
-# starts is the one the `reuses_demo` tests read; every other test goes to whichever worker is free. (xdist's own
-# `--dist loadgroup` marks do not group with pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
+# The session-scoped stores that take a minute or more to build, and the test modules that read them. Under
+# pytest-xdist (`make test`) these modules run one after another in one worker (`pytest_xdist_make_scheduler`), so
+# each store is built once and the demo the browser test starts is the one the `reuses_demo` tests read; every
+# other test goes to whichever worker is free. They are about 40% of the suite's time, so the other worker keeps
+# busy. (xdist's own `--dist loadgroup` does not group under pytest 9: it renames `item._nodeid`, which pytest 9
+# no longer reads.)
 STORES = {"dashboard_store", "demo_store", "frontier_store"}
-STORE_GROUPS = {"test_app.py": "dashboard", "test_transfer.py": "dashboard", "test_browser.py": "dashboard",
-                "test_store_states.py": "states", "test_app_frontier.py": "states"}
+STORE_MODULES = {"test_app.py", "test_app_frontier.py", "test_browser.py", "test_store_states.py", "test_transfer.py"}
 
 
 def pytest_collection_modifyitems(items: list) -> None:
     """Tests marked `reuses_demo` run after all others (in their order), i.e. after the browser's demo test.
-    A test that reads a store outside STORE_GROUPS is refused: under xdist it would build the store once more."""
+    A test that reads a store outside STORE_MODULES is refused: under xdist it would build the store once more."""
     items.sort(key=lambda item: item.get_closest_marker("reuses_demo") is not None)
     for item in items:
-        if STORES & set(getattr(item, "fixturenames", ())) and item.path.name not in STORE_GROUPS:
-            raise pytest.UsageError(f"{item.nodeid} reads a store: add {item.path.name} to STORE_GROUPS "
+        if STORES & set(getattr(item, "fixturenames", ())) and item.path.name not in STORE_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} reads a store: add {item.path.name} to STORE_MODULES "
                                     "in tests/conftest.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Load scheduling with one work unit per group of STORE_GROUPS (in collection order), one per other test."""
+    """Load scheduling with one work unit for all of STORE_MODULES (in collection order), one per other test."""
     from xdist.scheduler import LoadScopeScheduling
 
     if config.getvalue("dist") != "load":  # another --dist asked for on the command line
         return None
 
-    class StoreGroupsTogether(LoadScopeScheduling):
+    class StoreModulesTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return STORE_GROUPS.get(nodeid.split("::")[0].rsplit("/", 1)[-1], nodeid)
+            return "stores" if nodeid.split("::")[0].rsplit("/", 1)[-1] in STORE_MODULES else nodeid
 
-    return StoreGroupsTogether(config, log)
+    return StoreModulesTogether(config, log)
