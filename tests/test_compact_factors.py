@@ -141,9 +141,20 @@ def test_saved_compact_model_reloads_with_plain_transformers(tiny_folder, tmp_pa
 
 
 def test_factor_format_joins_a_run_id_only_when_not_the_default():
+    import shlex
+
+    from sfsd.cli import build_parser
+    from sfsd.cli.search import uniform_config_from_args
+    from sfsd.dashboard import jobs
+
     assert "factors" not in UniformConfig(method="weight").to_dict()
     compact = UniformConfig(method="weight", factors="compact")
     assert compact.to_dict()["factors"] == "compact"
     assert UniformConfig.from_dict(compact.to_dict()).factors == "compact"
+    assert jobs.run_id_of(compact) != jobs.run_id_of(UniformConfig(method="weight"))
+    shown = jobs.command_line(compact)  # what a page shows rebuilds the same run
+    assert "--factors compact" in shown
+    rebuilt = uniform_config_from_args(build_parser().parse_args(shlex.split(shown)[1:]))
+    assert rebuilt == compact and jobs.run_id_of(rebuilt) == jobs.run_id_of(compact)
     with pytest.raises(SfsdError, match="no thin factors"):
         UniformConfig(method="llm-pruner", factors="compact")
