@@ -158,3 +158,18 @@ def test_factor_format_joins_a_run_id_only_when_not_the_default():
     assert rebuilt == compact and jobs.run_id_of(rebuilt) == jobs.run_id_of(compact)
     with pytest.raises(SfsdError, match="no thin factors"):
         UniformConfig(method="llm-pruner", factors="compact")
+
+
+def test_table1_shows_only_the_paper_s_factor_format():
+    """A compact run of the same protocol is not a row of Table 1 (the paper's format), nor does it replace one."""
+    import pandas as pd
+
+    from sfsd.dashboard import data
+
+    uniform = pd.DataFrame([
+        {"model": "m", "method": "feature", "beta": 0.46, "factors": "compact", "last_blocks": 11, "tasks": "",
+         "limit": 100, "run_id": "c"},
+        {"model": "m", "method": "feature", "beta": 0.46, "factors": "two-factor", "last_blocks": 11, "tasks": "",
+         "limit": 100, "run_id": "f"},
+    ])
+    assert list(data.table1_rows(uniform, "m", 0.46, 11)["run_id"]) == ["f"]
