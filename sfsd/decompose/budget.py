@@ -45,16 +45,19 @@ def rank_for_budget(beta: float, d_in: int, d_out: int, factors: str = TWO_FACTO
     if check_factors(factors) == TWO_FACTOR:
         # The small epsilon keeps e.g. 0.3 * 100 * 100 / 200 = 14.999999 from losing a rank.
         return max(1, math.floor(beta * d_in * d_out / (d_in + d_out) + 1e-9))
-    width = d_in + d_out
-    rank = math.floor((width - math.sqrt(max(0.0, width * width - 4 * beta * d_in * d_out))) / 2 + 1e-9)
+    return max(1, _compact_rank(beta, d_in, d_out))
+
+
+def _compact_rank(beta: float, d_in: int, d_out: int) -> int:
+    """The largest r <= min(d1, d2) with r (d1 + d2 - r) <= beta d1 d2 (Eq. 3 for compact factors)."""
+    width, limit = d_in + d_out, beta * d_in * d_out * (1 + 1e-12)
+    rank = min(full_rank(d_in, d_out), math.floor((width - math.sqrt(max(0.0, width * width - 4 * limit))) / 2))
     # The float root can be one off: settle it on the exact integer count.
-    limit = beta * d_in * d_out * (1 + 1e-12)
-    rank = min(rank, full_rank(d_in, d_out))
-    while rank > 1 and factor_params(rank, d_in, d_out, factors) > limit:
+    while rank > 1 and factor_params(rank, d_in, d_out, "compact") > limit:
         rank -= 1
-    while rank < full_rank(d_in, d_out) and factor_params(rank + 1, d_in, d_out, factors) <= limit:
+    while rank < full_rank(d_in, d_out) and factor_params(rank + 1, d_in, d_out, "compact") <= limit:
         rank += 1
-    return max(1, rank)
+    return rank
 
 
 def full_rank(d_in: int, d_out: int) -> int:

@@ -61,7 +61,3 @@ def interpolative(first: torch.Tensor, second: torch.Tensor) -> CompactFactors:
     chosen = torch.from_numpy(f64[:, order[:rank].numpy()])
     return CompactFactors(second.detach().to("cpu", torch.float64) @ chosen, torch.from_numpy(coupling), order)
 
-
-def compact_params(rank: int, d_in: int, d_out: int) -> int:
-    """Weights of Eq. ID at rank r: r (d1 + d2 - r)."""
-    return rank * (d_in + d_out - rank)
