@@ -6,8 +6,11 @@ The compressed models apply one beta to every layer of every block (feature spac
 is about beta) and are saved and loaded as Hugging Face folders, as a user would deploy them: q/k/v and
 gate/up with shared first factors (one GEMM per input group, `sfsd.decompose.fusion`). The ~50 % model also
 runs with its groups undone ("~50% unfused": one first GEMM per layer, as saved before), so that what the
-shared GEMM gains is measured in the same alternation. Their decompositions come from one small calibration
-(64 x 128 tokens of wiki; speed does not depend on it).
+shared GEMM gains is measured in the same alternation. Two more ~50 % models store their thin layers as compact
+factors (`--factors compact`, Eq. ID: r pivot columns of the first factor fixed to the identity, r (d1 + d2 - r)
+weights, not fused): "50% compact" at beta 0.5 counted in that format (the same budget, higher ranks) and
+"50% compact, same ranks" at the ranks of the two-factor ~50 % model (fewer weights and MACs). Their
+decompositions come from one small calibration (64 x 128 tokens of wiki; speed does not depend on it).
 
 Speed: the models run in turn (base, 90 %, 80 %, 50 %, base, ...) for several repetitions; speed-up =
 median of the per-repetition ratios base time / model time; ideal = base MACs / model MACs (torch's flop
@@ -58,22 +61,33 @@ FULL_CALIBRATION = dict(source="wiki", samples=64,
                         seq_len=128)  # CalibrationSpec of the full-size models (bench.profile_hotspots too)
 TARGET_50 = 1.6  # a 50 %-budget model should run >= 1.6x the base model's tokens/s on CPU (issue 15)
 UNFUSED = "50% unfused"  # the ~50 % model with its shared first factors undone
+COMPACT = "50% compact"  # beta 0.5 counted in compact factors: the same budget, higher ranks
+SAME_RANKS = "50% compact, same ranks"  # the two-factor ~50 % model's ranks, stored compact
+# model name -> (beta, the factor format saved, the format whose Eq. 3 gives the ranks)
+VARIANTS = {**{f"{beta:.0%}": (beta, "two-factor", "two-factor") for beta in BETAS},
+            COMPACT: (0.5, "compact", "compact"), SAME_RANKS: (0.5, "compact", "two-factor")}
+
+
+def _folder_name(base: str, beta: float, factors: str, rank_factors: str) -> str:
+    suffix = {"two-factor": "", "compact": "-compact"}[factors] + ("-sameranks" if factors != rank_factors else "")
+    return f"bench-inference-{base}-feature-b{int(beta * 100)}{suffix}"
 
 
 def build_models(model_name: str, calibration, quick: bool) -> dict[str, Path]:
-    """Base folder and one compressed folder per beta (built once, reused)."""
+    """Base folder and one compressed folder per variant (built once, reused)."""
     from sfsd.compress import Compressor, save_compressed
+    from sfsd.decompose import uniform_ranks
     from sfsd.models import load_model, resolve_model
     from sfsd.paths import models_dir
 
     base_dir = Path(resolve_model(model_name))
     folders = {"base": base_dir}
     todo = {}
-    for beta in BETAS:
-        folder = models_dir() / f"bench-inference-{base_dir.name}-feature-b{int(beta * 100)}"
-        folders[f"{beta:.0%}"] = folder
+    for name, variant in VARIANTS.items():
+        folder = models_dir() / _folder_name(base_dir.name, *variant)
+        folders[name] = folder
         if not (folder / "config.json").exists():
-            todo[beta] = folder
+            todo[folder] = variant
         elif "sfsd_fused" not in json.loads((folder / "config.json").read_text()):
             _upgrade(folder)
     if todo:
@@ -82,13 +96,13 @@ def build_models(model_name: str, calibration, quick: bool) -> dict[str, Path]:
         shared = Compressor(model, tokenizer, "feature", calibration, progress=not quick)
         decs = shared.decompose()
         print(f"  decompositions of {len(decs)} layers in {time.perf_counter() - start:.1f} s", flush=True)
-        for beta, folder in todo.items():
+        for folder, (beta, factors, rank_factors) in todo.items():
             copy_ = copy.deepcopy(model)
-            compressor = Compressor(copy_, tokenizer, "feature", calibration, progress=False)
+            compressor = Compressor(copy_, tokenizer, "feature", calibration, progress=False, factors=factors)
             compressor.decompositions = decs
-            ranks = compressor.uniform_ranks(beta, compressor.adapter.num_blocks)
-            compressor.apply(ranks, {"protocol": "uniform", "beta": beta,
-                                     "last_blocks": compressor.adapter.num_blocks})
+            blocks = compressor.adapter.num_blocks
+            ranks = uniform_ranks(compressor.layers, beta, blocks, blocks, rank_factors)
+            compressor.apply(ranks, {"protocol": "uniform", "beta": beta, "last_blocks": blocks})
             save_compressed(copy_, tokenizer, folder, overwrite=True)
             del copy_
     return folders
@@ -318,12 +332,16 @@ def main(argv: list[str] | None = None) -> int:
             unfused = models[UNFUSED]["speedup"]["median"]
             verdicts.append(f"{device}: shared first factors, ~50% model fused vs unfused: {gain['median']:.3f}x "
                             f"[{fmt(gain['range'])}] (median of paired ratios; unfused: {unfused:.2f}x the base)")
+        verdicts += compact_verdicts(device, models)
     notes = [
         f"Model `{Path(model_name).name}`; compressed models: feature space, one beta ({', '.join(map(str, BETAS))}) "
         "on every layer of every block, saved and loaded as Hugging Face folders. Forward passes with "
         "`use_cache=False`, logits for every position (as in scoring and perplexity).",
         "Speed-up = median over repetitions of (base time / model time), measured back to back; ideal = base "
         "MACs / model MACs; 'of ideal' = speed-up / ideal. Tokens/s are absolute and not claims.",
+        f"`~{COMPACT}`: beta 0.5 with each thin layer stored compact (Eq. ID, r (d1 + d2 - r) weights; compact "
+        f"layers are not fused), so higher ranks at the same budget; `~{SAME_RANKS}`: the ranks of `~50%`, stored "
+        "compact (fewer weights and MACs at the same rank).",
         f"`~{UNFUSED}`: the ~50 % model in memory with its shared first factors undone (each of q/k/v and "
         "gate/up runs its own first GEMM), alternated with the others; it has no memory figures of its own.",
         "Memory: one subprocess per model, resident set sizes relative to the process after importing torch, "
@@ -340,6 +358,21 @@ def main(argv: list[str] | None = None) -> int:
             "folders": {k: str(v) for k, v in folders.items()}, "note": QUICK_NOTE if args.quick else None}
     write_result("inference", args, data, markdown, started)
     return 0
+
+
+def compact_verdicts(device: str, models: dict[str, dict]) -> list[str]:
+    """Compact vs two-factor layers, as paired ratios of the same alternation (> 1: compact is faster)."""
+    lines = []
+    pairs = [(SAME_RANKS, UNFUSED, "same ranks, vs two-factor unfused"),
+             (SAME_RANKS, "50%", "same ranks, vs two-factor fused"),
+             (COMPACT, "50%", "same budget (higher ranks), vs two-factor fused")]
+    for compact, two, what in pairs:
+        if compact in models and two in models:
+            gain = ratio_summary(models[two]["seconds"], models[compact]["seconds"])
+            macs = models[two]["macs"] / models[compact]["macs"]
+            lines.append(f"{device}: compact factors, {what}: {gain['median']:.3f}x tokens/s [{fmt(gain['range'])}] "
+                         f"(MAC ratio {macs:.3f})")
+    return lines
 
 
 def argparse_hidden() -> str:

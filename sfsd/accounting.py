@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sfsd.adapters import LinearLayer
-from sfsd.decompose import layer_beta, overall_budget
+from sfsd.decompose import TWO_FACTOR, factor_params, layer_beta, overall_budget
 from sfsd.offload import execution_device
 
 
@@ -19,9 +19,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def layer_params(layer: LinearLayer, rank: int | None, has_bias: bool) -> int:
-    """Parameters of one layer at `rank` (None: intact), its bias included."""
-    weights = layer.params if rank is None else rank * (layer.d_in + layer.d_out)
+def layer_params(layer: LinearLayer, rank: int | None, has_bias: bool, factors: str = TWO_FACTOR) -> int:
+    """Parameters of one layer at `rank` (None: intact) in the factor format `factors`, its bias included."""
+    weights = layer.params if rank is None else factor_params(rank, layer.d_in, layer.d_out, factors)
     return weights + (layer.d_out if has_bias else 0)
 
 
@@ -36,8 +36,10 @@ def measure_macs(model: nn.Module, seq_len: int = 128, batch: int = 1) -> int:
     return counter.get_total_flops() // 2
 
 
-def layer_table(layers: list[LinearLayer], ranks: Mapping[str, int], biases: Mapping[str, bool]) -> pd.DataFrame:
-    """Per-layer ranks and parameters: block, role, d_in, d_out, rank, beta, params, params_full, intact."""
+def layer_table(layers: list[LinearLayer], ranks: Mapping[str, int], biases: Mapping[str, bool],
+                factors: str = TWO_FACTOR) -> pd.DataFrame:
+    """Per-layer ranks and parameters (counted in the factor format `factors`): block, role, d_in, d_out, rank, beta,
+    params, params_full, intact."""
     rows = []
     for layer in layers:
         rank = ranks.get(layer.name)
@@ -48,8 +50,8 @@ def layer_table(layers: list[LinearLayer], ranks: Mapping[str, int], biases: Map
             "d_in": layer.d_in,
             "d_out": layer.d_out,
             "rank": rank if rank is not None else min(layer.d_in, layer.d_out),
-            "beta": layer_beta(rank, layer.d_in, layer.d_out),
-            "params": layer_params(layer, rank, biases.get(layer.name, False)),
+            "beta": layer_beta(rank, layer.d_in, layer.d_out, factors),
+            "params": layer_params(layer, rank, biases.get(layer.name, False), factors),
             "params_full": layer.params,
             "intact": rank is None,
         })

@@ -31,9 +31,11 @@ from sfsd.calibration.cache import STATISTICS_FORMAT, StatisticsCache
 from sfsd.data.sequences import bos_id, key_fields, prepend_bos, starts_with_bos
 from sfsd.decompose import (
     DECOMPOSITION_FORMAT,
+    TWO_FACTOR,
     Decomposition,
     apply_ranks,
     check_beta,
+    check_factors,
     check_layer_method,
     decompositions_verified,
     fit_decompositions,
@@ -45,7 +47,7 @@ from sfsd.decompose import (
     validate_ranks,
 )
 from sfsd.errors import SfsdError
-from sfsd.hf_classes import mark_compressed
+from sfsd.hf_classes import factors_of, mark_compressed
 from sfsd.offload import execution_device, is_dispatched
 from sfsd.paths import cache_dir
 
@@ -304,9 +306,11 @@ class Compressor:
     device: torch.device | str | None = None  # where each block runs (default: where the model is)
     statistics_cache: bool = True  # reuse (and write) the cached statistics of this model and calibration
     weights: str | None = None  # the model's model_fingerprint, when the caller already hashed it
+    factors: str = TWO_FACTOR  # how the thin layers are stored and counted (sfsd.options.FACTORS)
 
     def __post_init__(self):
         check_layer_method(self.method)
+        check_factors(self.factors)
         self.adapter: ModelAdapter = adapter_for(self.model)
         self.layers = self.adapter.layers(self.blocks, self.roles)
         if self.layer_names is not None:
@@ -347,25 +351,26 @@ class Compressor:
         return self.decompositions
 
     def uniform_ranks(self, beta: float, last_blocks: int) -> dict[str, int]:
-        return uniform_ranks(self.layers, beta, last_blocks, self.adapter.num_blocks)
+        return uniform_ranks(self.layers, beta, last_blocks, self.adapter.num_blocks, self.factors)
 
     def apply(self, ranks: Mapping[str, int], description: dict | None = None) -> nn.Module:
         """Swap the ranked layers in place and turn the model into its saveable sfsd class."""
-        ranks = validate_ranks(self.all_layers, dict(ranks))
+        ranks = validate_ranks(self.all_layers, dict(ranks), self.factors)
         decs = self.decompose()
-        apply_ranks(self.model, decs, ranks)
+        apply_ranks(self.model, decs, ranks, self.factors)
         layers = low_rank_specs(self.model, ranks)
-        extra = {"overall_budget": overall_budget(self.all_layers, ranks),
+        extra = {"overall_budget": overall_budget(self.all_layers, ranks, self.factors),
                  "calibration": asdict(self.calibration), **(description or {})}
-        return mark_compressed(self.model, self.method, layers, extra)
+        return mark_compressed(self.model, self.method, layers, extra, self.factors)
 
 
 def check_compress_request(method: str, beta: float | None, calibration: CalibrationSpec,
-                           slicing: float | None = None) -> None:
-    """Fail fast, before any model is loaded, on a bad method, budget or calibration source."""
+                           slicing: float | None = None, factors: str = TWO_FACTOR) -> None:
+    """Fail fast, before any model is loaded, on a bad method, budget, factor format or calibration source."""
     get_method(method)
     if beta is not None:
         check_beta(beta)
+    check_factors_request(method, factors)
     if slicing is not None:
         check_slicing_request(method, slicing)
     if calibration.source != "random" and get_method(method).needs_calibration:
@@ -377,6 +382,12 @@ def check_compress_request(method: str, beta: float | None, calibration: Calibra
         from sfsd.data.calibration import require_source_data
 
         require_source_data(calibration.source)
+
+
+def check_factors_request(method: str, factors: str) -> None:
+    if check_factors(factors) != TWO_FACTOR and get_method(method).structured:
+        raise SfsdError(f"{method} narrows whole layers and has no thin factors: --factors {factors} goes with a "
+                        "decomposition method")
 
 
 def check_slicing_request(method: str, slicing: float) -> None:
@@ -401,9 +412,11 @@ def compress(
     device: torch.device | str | None = None,
     timings: dict | None = None,
     slicing: float | None = None,
+    factors: str = TWO_FACTOR,
 ) -> nn.Module:
     """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks
-    (or, for slicegpt only, SliceGPT's own `slicing` fraction).
+    (or, for slicegpt only, SliceGPT's own `slicing` fraction). `factors`: the format the thin layers are stored
+    in, which Eq. 3 and the overall budget count (the decompositions, and their cache, are the same for both).
 
     The base model's parameters and MACs at `seq_len` are measured first and recorded in the config.
     Blocks stream through `device` one at a time (see `stream_decompositions`); each block's layers are
@@ -414,6 +427,7 @@ def compress(
         check_slicing_request(method, slicing)
     if sum(x is not None for x in (beta, ranks, slicing)) != 1:
         raise SfsdError("give one budget: --beta (with --last-blocks), or --ranks FILE, or --slicing (slicegpt)")
+    check_factors_request(method, factors)
     if get_method(method).structured:
         if ranks is not None:
             raise SfsdError(f"{method} has no per-layer ranks: give a budget (--beta, with --last-blocks)")
@@ -426,10 +440,10 @@ def compress(
     base = {"params": count_parameters(model), "macs": {str(seq_len): measure_macs(model, seq_len)}}
     if ranks is None:
         last_blocks = adapter.num_blocks if last_blocks is None else last_blocks
-        ranks = uniform_ranks(adapter.layers(), beta, last_blocks, adapter.num_blocks)
+        ranks = uniform_ranks(adapter.layers(), beta, last_blocks, adapter.num_blocks, factors)
         description = {"protocol": "uniform", "beta": beta, "last_blocks": last_blocks}
     else:
-        ranks = validate_ranks(adapter.layers(), dict(ranks))
+        ranks = validate_ranks(adapter.layers(), dict(ranks), factors)
         description = {"protocol": "ranks"}
     chosen = [layer for layer in adapter.layers() if layer.name in ranks]
     calibration = calibration or CalibrationSpec()
@@ -440,14 +454,14 @@ def compress(
                                   starts_with_bos(tokenizer))
 
     def swap(_block: int, decs: dict[str, Decomposition]) -> None:  # the block's outputs are already passed on
-        apply_ranks(model, decs, {name: ranks[name] for name in decs})
+        apply_ranks(model, decs, {name: ranks[name] for name in decs}, factors)
 
     stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
                           on_block=swap, timings=timings, statistics_cache=True, weights=weights)
-    extra = {"overall_budget": overall_budget(adapter.layers(), ranks), "calibration": asdict(calibration),
+    extra = {"overall_budget": overall_budget(adapter.layers(), ranks, factors), "calibration": asdict(calibration),
              "bos": starts_with_bos(tokenizer),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
-    return mark_compressed(model, method, low_rank_specs(model, ranks), extra)
+    return mark_compressed(model, method, low_rank_specs(model, ranks), extra, factors)
 
 
 def prune_uniform(model: nn.Module, tokenizer: Any, method: str, beta: float, last_blocks: int | None,
@@ -568,7 +582,8 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
         else getattr(model.get_submodule(layer.name), "bias", None) is not None
         for layer in layers
     }
-    table = layer_table(layers, ranks, biases)
+    factors = factors_of(model.config)
+    table = layer_table(layers, ranks, biases, factors)
     pruned = _pruned_widths(model, table)
     params = count_parameters(model)
     info = {
@@ -580,6 +595,7 @@ def describe(model: nn.Module, seq_len: int = 128, macs: bool = True) -> dict[st
         "params_linear": int(table["params"].sum()),
         "params_linear_full": int(table["params_full"].sum()),
         "overall_budget": _overall_budget(model, layers, ranks, table, pruned, params),
+        "factors": factors,
         "layers_decomposed": len(ranks) + pruned,
         "layers_total": len(layers),
         "seq_len": seq_len,
@@ -602,7 +618,7 @@ def _overall_budget(model: nn.Module, layers: list[LinearLayer], ranks: Mapping[
         return equivalent_budget(params, int(sliced["params_base"]), int(table["params_full"].sum()))
     if pruned:
         return float(table["params_weights"].sum() / table["params_full"].sum())
-    return overall_budget(layers, ranks)
+    return overall_budget(layers, ranks, factors_of(model.config))
 
 
 def _pruned_widths(model: nn.Module, table: pd.DataFrame) -> int:

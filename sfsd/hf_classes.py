@@ -5,6 +5,10 @@ ranks and the method) and a model class that builds X and then puts a `LowRankLi
 shape at each decomposed module. `AutoModelForCausalLM.from_pretrained(folder)` therefore rebuilds the
 thin layers and loads the safetensors weights as they are; `save_pretrained` writes them as they are.
 
+A model whose thin layers are stored compact (Eq. ID, `sfsd.decompose.compact`) records `sfsd_factors: "compact"`
+and gets a `CompactLowRankLinear` of the recorded shape at each decomposed module instead; folders without the
+record hold the paper's two factors.
+
 Layers that read the same input share one stacked first factor (`sfsd.decompose.fusion`), recorded in the
 config as `sfsd_fused`; folders saved before that existed have no such record and load unfused.
 
@@ -21,8 +25,8 @@ from typing import Any
 from torch import nn
 
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
+from sfsd.decompose import LOW_RANK_CLASSES, TWO_FACTOR
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
-from sfsd.decompose.lowrank import LowRankLinear
 from sfsd.decompose.sliced_layers import install_sliced_layers, linear_like, require_format
 
 PREFIX = "sfsd_"
@@ -31,9 +35,10 @@ _CLASSES: dict[str, tuple[type, type]] = {}
 
 
 def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]],
-                            fused: dict[str, list[str]] | None = None) -> None:
-    """Put an (uninitialised) low-rank module of the recorded shape at every decomposed module."""
+                            fused: dict[str, list[str]] | None = None, factors: str = TWO_FACTOR) -> None:
+    """Put an (uninitialised) low-rank module of the recorded shape and factor format at every decomposed module."""
     done = install_fused_layers(model, layers, fused or {})
+    cls = LOW_RANK_CLASSES[factors]
     for name, spec in layers.items():
         if name in done:
             continue
@@ -41,7 +46,7 @@ def install_low_rank_layers(model: nn.Module, layers: dict[str, dict[str, Any]],
         parent = model.get_submodule(parent_name)
         old = getattr(parent, child)
         like = next(old.parameters())
-        new = LowRankLinear(spec["d_in"], spec["d_out"], spec["rank"], spec["bias"], like.device, like.dtype)
+        new = cls(spec["d_in"], spec["d_out"], spec["rank"], spec["bias"], like.device, like.dtype)
         setattr(parent, child, new)
 
 
@@ -92,7 +97,8 @@ def _make_classes(model_type: str) -> tuple[type, type]:
         base_model.__init__(self, config, *args, **kwargs)
         install_sliced_layers(self, getattr(config, "sfsd_sliced", None))
         install_pruned_layers(self, getattr(config, "sfsd_pruned", None))
-        install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None))
+        install_low_rank_layers(self, getattr(config, "sfsd_layers", {}) or {}, getattr(config, "sfsd_fused", None),
+                                factors_of(config))
 
     model_cls = type(f"Sfsd{base_model.__name__}", (base_model,), {"config_class": config_cls, "__init__": __init__})
     return config_cls, model_cls
@@ -111,14 +117,26 @@ def register_all() -> None:
         _CLASSES[model_type] = (config_cls, model_cls)
 
 
-def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, Any]], extra: dict | None = None):
+def mark_compressed(model: nn.Module, method: str, layers: dict[str, dict[str, Any]], extra: dict | None = None,
+                    factors: str = TWO_FACTOR):
     """Turn an in-memory model whose layers were swapped into its registered sfsd class, in place.
 
     The sfsd classes add nothing to the base classes but the low-rank layers, so switching the class of
     the model and of its config is safe; save_pretrained then records the ranks and writes thin weights.
+    `factors`: the format the layers were swapped in, recorded only when not the paper's (so the configs of
+    two-factor models are as before).
     """
     _as_sfsd_class(model, method, layers, extra)
+    if factors == TWO_FACTOR:
+        vars(model.config).pop("sfsd_factors", None)
+    else:
+        model.config.sfsd_factors = factors
     return fuse_compressed(model)
+
+
+def factors_of(config: Any) -> str:
+    """The factor format a compressed model's thin layers are stored in (two-factor unless recorded)."""
+    return getattr(config, "sfsd_factors", None) or TWO_FACTOR
 
 
 def _as_sfsd_class(model: nn.Module, method: str, layers: dict[str, dict[str, Any]], extra: dict | None) -> None:

@@ -251,6 +251,12 @@ COMPRESS_METHOD = Option("--method", "decomposition method, or llm-pruner (struc
 SLICING = Option("--slicing", "slicegpt only: share of the residual width removed, in [0, 1) (SliceGPT's "
                  "--sparsity; the width is rounded down to a multiple of 8)", None, "float", label="Slicing")
 LAST_BLOCKS = Option("--last-blocks", "compress the last N blocks", 12, "int", label="Last N blocks")
+# How a rank-r layer is stored, and so how its parameters count against a budget (sfsd.decompose.budget)
+FACTOR_FORMATS = ("two-factor", "compact")
+FACTORS = Option("--factors", "how each thin layer is stored and counted: two-factor (the paper's: r (d1 + d2) "
+                 "weights) or compact (r pivot columns of the first factor fixed to the identity: r (d1 + d2 - r) "
+                 "weights, so a higher rank at the same beta)", FACTOR_FORMATS[0], choices=FACTOR_FORMATS,
+                 label="Factor format")
 
 # Calibration (CalibrationSpec)
 CALIB_SOURCE = Option("--calib-source", "calibration text: offline mix (an equal share of each pack task), wiki, a "

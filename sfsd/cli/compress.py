@@ -18,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Compress a causal LM with the uniform protocol or explicit ranks.")
     add_model_flags(p)
     add_dispatch_flags(p)
-    add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, options.SLICING, beta=None,
-              last_blocks=None)
+    add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, options.SLICING, options.FACTORS,
+              beta=None, last_blocks=None)
     p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -49,7 +49,7 @@ def run_compress(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
     calibration = config_from_args(CalibrationSpec, args)
-    check_compress_request(args.method, args.beta, calibration, args.slicing)
+    check_compress_request(args.method, args.beta, calibration, args.slicing, args.factors)
     start = time.perf_counter()
     # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).
     compute = pick_device(args.device)
@@ -62,7 +62,7 @@ def run_compress(args: argparse.Namespace) -> int:
                                       max_memory=args.max_memory, offload_dir=args.offload_dir)
     compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
              calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute,
-             slicing=args.slicing)
+             slicing=args.slicing, factors=args.factors)
     save_compressed(model, tokenizer, out, overwrite=args.overwrite)
     print(f"saved {out} in {time.perf_counter() - start:.1f} s")
     _print_info(model, args.seq_len, layers=False)
@@ -85,6 +85,7 @@ def _print_info(model, seq_len: int, layers: bool) -> None:
     rows = [
         ("architecture", f"{info['model_type']} ({info['blocks']} blocks; roles {', '.join(info['roles'])})"),
         ("method", info["method"] or "none (original model)"),
+        ("factor format", info["factors"]),
         ("layers decomposed", f"{info['layers_decomposed']} of {info['layers_total']}"),
         ("overall budget (App. B)" if not getattr(model.config, "sfsd_sliced", None) else
          "overall budget (parameter-equivalent)", f"{info['overall_budget']:.4f}"),

@@ -20,7 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from sfsd.dashboard.plots import BASE
-from sfsd.decompose import METHODS
+from sfsd.decompose import METHODS, TWO_FACTOR
 from sfsd.errors import SfsdError
 from sfsd.evaluate.intervals import format_proportion, mean_interval
 from sfsd.models import DEFAULT_MODEL
@@ -318,7 +318,7 @@ def uniform_row(view: RunView) -> dict:
     method = BASE if view.method == "none" else view.method
     calibration = config.get("calibration") if isinstance(config.get("calibration"), dict) else {}
     row = {"run_id": view.run_id, "origin": view.origin, "model": view.model, "method": method,
-           "beta": config.get("beta"),
+           "beta": config.get("beta"), "factors": config.get("factors", TWO_FACTOR),
            "last_blocks": config.get("last_blocks"), "state": view.state,
            "calibration": "{source} {samples}x{seq_len}".format(**{"source": "?", "samples": "?", "seq_len": "?",
                                                                     **calibration}),
@@ -348,8 +348,8 @@ def uniform_frame() -> pd.DataFrame:
         view = load_run(run_id)
         if view is not None:
             rows.append(uniform_row(view))
-    base = ["run_id", "model", "method", "beta", "last_blocks", "state", "calibration", "limit", "tasks", "params",
-            "macs", "overall_budget", "origin"]
+    base = ["run_id", "model", "method", "beta", "factors", "last_blocks", "state", "calibration", "limit", "tasks",
+            "params", "macs", "overall_budget", "origin"]
     frame = pd.DataFrame(rows)
     accs = sorted(c for c in frame.columns if c.startswith("acc:"))
     ns = sorted(c for c in frame.columns if c.startswith("n:"))
@@ -466,7 +466,10 @@ def protocol_defaults(config: dict | None, protocol: dict | None = None) -> dict
 
 
 def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any) -> pd.DataFrame:
-    """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order."""
+    """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order; Table 1 is
+    the paper's protocol, so only runs in its factor format (two factors) are rows of it."""
+    if "factors" in uniform:
+        uniform = uniform[uniform["factors"].fillna(TWO_FACTOR) == TWO_FACTOR]
     rows = uniform[(uniform["model"] == model) & (uniform["beta"] == beta) & (uniform["last_blocks"] == last_blocks)]
     rows = pd.concat([_base_row_for(uniform, rows, model), rows])
     order = {m: i for i, m in enumerate(UNIFORM_METHODS)}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sfsd import options
 from sfsd.compress import CalibrationSpec
+from sfsd.decompose import TWO_FACTOR
 from sfsd.errors import SfsdError
 from sfsd.models import BUNDLED
 from sfsd.paths import cache_dir
@@ -288,6 +289,7 @@ def save_uniform_model(run_id: str, root: Path | None = None) -> Path:
         raise SfsdError(f"run {run_id} has not finished: wait for it (or resume it on the Weight vs feature page)")
     model, tokenizer = load_model(config["model"], None, config.get("dtype", "auto"))
     compress(model, tokenizer, config["method"], beta=config["beta"], last_blocks=config["last_blocks"],
-             calibration=CalibrationSpec(**config["calibration"]), progress=False)
+             calibration=CalibrationSpec(**config["calibration"]), progress=False,
+             factors=config.get("factors", TWO_FACTOR))
     return save_compressed(model, tokenizer, out)
 

@@ -16,7 +16,10 @@ from sfsd.cache import file_sha256
 from sfsd.calibration import Statistics
 from sfsd.decompose.budget import (
     BETA_GRID,
+    TWO_FACTOR,
     check_beta,
+    check_factors,
+    factor_params,
     full_rank,
     layer_beta,
     overall_budget,
@@ -25,7 +28,7 @@ from sfsd.decompose.budget import (
     uniform_ranks,
     validate_ranks,
 )
-from sfsd.decompose.lowrank import LowRankLinear
+from sfsd.decompose.lowrank import CompactLowRankLinear, LowRankLinear
 from sfsd.decompose.methods import (
     METHODS,
     Decomposition,
@@ -78,15 +81,21 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     return old
 
 
-def low_rank_module(dec: Decomposition, rank: int, like: torch.Tensor) -> LowRankLinear:
+LOW_RANK_CLASSES = {TWO_FACTOR: LowRankLinear, "compact": CompactLowRankLinear}  # by factor format
+
+
+def low_rank_module(dec: Decomposition, rank: int, like: torch.Tensor,
+                    factors: str = TWO_FACTOR) -> LowRankLinear | CompactLowRankLinear:
+    """The rank-r replacement of a layer, stored in the factor format `factors`."""
     first, second, bias = dec.factors(rank)
-    return LowRankLinear.from_factors(first, second, bias, like)
+    return LOW_RANK_CLASSES[check_factors(factors)].from_factors(first, second, bias, like)
 
 
 def apply_ranks(
-    model: nn.Module, decompositions: Mapping[str, Decomposition], ranks: Mapping[str, int]
+    model: nn.Module, decompositions: Mapping[str, Decomposition], ranks: Mapping[str, int],
+    factors: str = TWO_FACTOR,
 ) -> dict[str, nn.Module]:
-    """Swap each named layer for its rank-r factorisation; return the replaced originals."""
+    """Swap each named layer for its rank-r factorisation (in the format `factors`); return the replaced originals."""
     missing = sorted(set(ranks) - set(decompositions))
     if missing:
         raise SfsdError(f"no decomposition for {missing[0]}: decompose that layer first")
@@ -94,7 +103,7 @@ def apply_ranks(
     for name, rank in ranks.items():
         old = model.get_submodule(name)
         like = like_tensor(old)  # an offloaded layer's replacement lives on its execution device
-        originals[name] = set_module(model, name, low_rank_module(decompositions[name], rank, like))
+        originals[name] = set_module(model, name, low_rank_module(decompositions[name], rank, like, factors))
     return originals
 
 
@@ -151,14 +160,19 @@ def load_decompositions(folder: str | Path, device: str | torch.device = "cpu") 
 __all__ = [
     "BETA_GRID",
     "DECOMPOSITION_FORMAT",
+    "LOW_RANK_CLASSES",
     "METHODS",
+    "TWO_FACTOR",
+    "CompactLowRankLinear",
     "Decomposition",
     "LowRankLinear",
     "apply_ranks",
     "check_beta",
+    "check_factors",
     "check_layer_method",
     "decompose_layer",
     "decompositions_verified",
+    "factor_params",
     "fit_decompositions",
     "full_rank",
     "get_method",

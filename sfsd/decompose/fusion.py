@@ -4,6 +4,9 @@ The outputs are those of the separate layers up to float rounding (the same prod
 wider GEMM). `fuse_shared_inputs` does it in place and returns what a saved config records of it
 (`sfsd_fused`: group module name -> member layer names, in the order of the stacked rows);
 `install_fused_layers` rebuilds that structure, uninitialised, before `from_pretrained` loads the weights.
+
+Compact layers (`CompactLowRankLinear`, Eq. ID) are left separate: each has its own pivot columns of the input, so
+their first factors have no common form to stack without giving back the weights the compaction saved.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import torch
 from torch import nn
 
 from sfsd.adapters import adapter_for
-from sfsd.decompose.lowrank import LowRankLinear, SharedInputFirst, SharedInputLowRank
+from sfsd.decompose.lowrank import CompactLowRankLinear, LowRankLinear, SharedInputFirst, SharedInputLowRank
 
-LOW_RANK_TYPES = (LowRankLinear, SharedInputLowRank)
+LOW_RANK_TYPES = (LowRankLinear, SharedInputLowRank, CompactLowRankLinear)
 
 
 def _set(model: nn.Module, name: str, module: nn.Module | None) -> None:

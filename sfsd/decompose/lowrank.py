@@ -2,6 +2,9 @@
 
 `LowRankLinear`: y = second(first(x)), two thin linears, the bias on the second (the compensation).
 
+`CompactLowRankLinear`: the same layer with r columns of its first factor fixed to the identity (Eq. ID,
+`sfsd.decompose.compact`): y = second(x[pivots] + T x[rest]), r (d1 + d2 - r) weights instead of r (d1 + d2).
+
 Layers that read the same input (q/k/v; gate/up) can share their first factors: `SharedInputFirst` holds
 them stacked as one weight (sum of ranks x d_in) on the layers' parent module, and each layer becomes a
 `SharedInputLowRank` that keeps only its second factor. The first of the group to run computes the one
@@ -14,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from sfsd.decompose.compact import interpolative
 
 
 class LowRankLinear(nn.Module):
@@ -61,6 +66,57 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, rank={self.rank}, out={self.out_features}"
+
+
+class CompactLowRankLinear(nn.Module):
+    """y = second(x[pivots] + coupling x[rest]) (Eq. ID): d_in -> rank -> d_out, the first factor's pivot columns
+    the identity. `order` (a buffer, saved with the weights) lists the input channels pivots first."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, bias: bool, device=None, dtype=None):
+        super().__init__()
+        # A direct parameter, not a submodule: forward reads it in one addmm, and offloading hooks on this module
+        # bring it in.
+        self.coupling = nn.Parameter(torch.empty(rank, d_in - rank, device=device, dtype=dtype))
+        self.second = nn.Linear(rank, d_out, bias=bias, device=device, dtype=dtype)
+        self.register_buffer("order", torch.arange(d_in, device=device))
+        self.sfsd_shape = (d_out, d_in)
+
+    @property
+    def rank(self) -> int:
+        return self.second.in_features
+
+    @property
+    def in_features(self) -> int:
+        return self.order.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.second.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1]).index_select(1, self.order)  # one gather: pivots first, then the rest
+        thin = torch.addmm(flat[:, :self.rank], flat[:, self.rank:], self.coupling.t())
+        out = self.second(thin)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @classmethod
+    def from_factors(
+        cls, first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None, like: torch.Tensor
+    ) -> CompactLowRankLinear:
+        """Eq. ID of second @ first (first r x d_in, second d_out x r) plus bias, on `like`'s device and dtype."""
+        parts = interpolative(first, second)
+        module = cls(first.shape[1], second.shape[0], first.shape[0], bias is not None,
+                     device=like.device, dtype=like.dtype)
+        with torch.no_grad():
+            module.coupling.copy_(parts.coupling)
+            module.second.weight.copy_(parts.second)
+            module.order.copy_(parts.order)
+            if bias is not None:
+                module.second.bias.copy_(bias)
+        return module
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, rank={self.rank}, out={self.out_features}, compact"
 
 
 def _version(tensor: torch.Tensor) -> int | None:

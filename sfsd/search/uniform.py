@@ -25,6 +25,7 @@ class UniformConfig:
     method: str = options.UNIFORM_METHOD.field()  # or "none" for the base model
     beta: float = options.BETA.field()
     last_blocks: int = options.LAST_BLOCKS.field()
+    factors: str = options.FACTORS.field()  # how the thin layers are stored, so what a beta buys
     calibration: CalibrationSpec = options.nested(CalibrationSpec)
     tasks: list[str] = options.TASKS.field()
     limit: int | None = options.LIMIT.field()  # documents per task of the eval split
@@ -35,7 +36,7 @@ class UniformConfig:
     def __post_init__(self):
         parse_dtype(self.dtype)
         if self.method != "none":
-            check_compress_request(self.method, self.beta, self.calibration)
+            check_compress_request(self.method, self.beta, self.calibration, factors=self.factors)
         from sfsd.data import OFFLINE_TASKS
 
         unknown = [t for t in self.tasks if t not in OFFLINE_TASKS]
@@ -44,8 +45,9 @@ class UniformConfig:
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "kind": "uniform"}
-        if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
-            del data["dtype"]
+        for name in ("dtype", "factors"):  # left out at their defaults: runs made before they existed keep their ids
+            if data[name] == UniformConfig.__dataclass_fields__[name].default:
+                del data[name]
         return data | sequence_identity(self.model)
 
     @classmethod
@@ -70,7 +72,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         start = time.perf_counter()
         if config.method != "none":
             compress(model, tokenizer, config.method, beta=config.beta, last_blocks=config.last_blocks,
-                     calibration=config.calibration, progress=progress)
+                     calibration=config.calibration, progress=progress, factors=config.factors)
         seconds = time.perf_counter() - start
         info = describe(model, seq_len=128)
         key = f"{run.id}"
