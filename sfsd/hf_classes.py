@@ -25,8 +25,9 @@ from typing import Any
 from torch import nn
 
 from sfsd.adapters import SUPPORTED_MODEL_TYPES, adapter_for, base_model_type
-from sfsd.decompose import LOW_RANK_CLASSES, TWO_FACTOR
+from sfsd.decompose.budget import TWO_FACTOR
 from sfsd.decompose.fusion import fuse_shared_inputs, install_fused_layers
+from sfsd.decompose.lowrank import LOW_RANK_CLASSES
 from sfsd.decompose.sliced_layers import install_sliced_layers, linear_like, require_format
 
 PREFIX = "sfsd_"

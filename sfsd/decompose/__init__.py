@@ -28,7 +28,7 @@ from sfsd.decompose.budget import (
     uniform_ranks,
     validate_ranks,
 )
-from sfsd.decompose.lowrank import CompactLowRankLinear, LowRankLinear
+from sfsd.decompose.lowrank import LOW_RANK_CLASSES, CompactLowRankLinear, LowRankLinear
 from sfsd.decompose.methods import (
     METHODS,
     Decomposition,
@@ -81,7 +81,6 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
     return old
 
 
-LOW_RANK_CLASSES = {TWO_FACTOR: LowRankLinear, "compact": CompactLowRankLinear}  # by factor format
 
 
 def low_rank_module(dec: Decomposition, rank: int, like: torch.Tensor,

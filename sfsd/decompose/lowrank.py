@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sfsd.decompose.compact import interpolative
+from sfsd.options import FACTOR_FORMATS
 
 
 class LowRankLinear(nn.Module):
@@ -117,6 +118,10 @@ class CompactLowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, rank={self.rank}, out={self.out_features}, compact"
+
+
+# The module of a rank-r layer by factor format (`sfsd.options.FACTORS`).
+LOW_RANK_CLASSES = dict(zip(FACTOR_FORMATS, (LowRankLinear, CompactLowRankLinear), strict=True))
 
 
 def _version(tensor: torch.Tensor) -> int | None:
