@@ -7,6 +7,8 @@ tokenizer), and reloaded with plain `AutoModelForCausalLM.from_pretrained(folder
 - plain: two-factor `LowRankLinear` layers only (explicit ranks on one layer per input group, so nothing is fused;
   every layer of phi3 and gpt2, whose q/k/v and gate/up are one layer each);
 - fused: the uniform protocol, whose thin layers of one input share a stacked first factor (`SharedInputFirst`);
+- compact: the uniform protocol with compact factors (`--factors compact`: `CompactLowRankLinear`, the first
+  factor's pivot columns fixed to the identity; never fused);
 - pruned: LLM-Pruner's structured pruning (`--method llm-pruner`);
 - sliced: SliceGPT (`--method slicegpt --slicing 0.25`).
 
@@ -49,6 +51,7 @@ def _shares_inputs(family: str) -> bool:
 APPLIES = {
     "plain": lambda family: True,
     "fused": _shares_inputs,
+    "compact": lambda family: True,
     "pruned": lambda family: family in LlamaLikeAdapter.model_types,  # separate q/k/v/o and gate/up/down
     "sliced": lambda family: family in SLICEABLE_TYPES,
 }
@@ -113,6 +116,9 @@ def build(fmt: str, family: str, folder: Path) -> Saved:
         compress(model, tokenizer, "feature", ranks=_plain_ranks(model), calibration=CALIB, progress=False)
     elif fmt == "fused":
         compress(model, tokenizer, "feature", beta=0.5, last_blocks=2, calibration=CALIB, progress=False)
+    elif fmt == "compact":
+        compress(model, tokenizer, "feature", beta=0.5, last_blocks=2, calibration=CALIB, progress=False,
+                 factors="compact")
     elif fmt == "pruned":  # 0.6: Qwen3's 128-wide heads miss 0.5 by more than the planner's 0.5%
         compress(model, tokenizer, "llm-pruner", beta=0.6, last_blocks=2, calibration=CALIB, progress=False)
     else:
@@ -121,6 +127,7 @@ def build(fmt: str, family: str, folder: Path) -> Saved:
     fused = sum(isinstance(m, SharedInputFirst) for m in model.modules())
     thin = sum(isinstance(m, LOW_RANK_TYPES) for m in model.modules())
     expected = {"plain": (False, True, None, None), "fused": (True, True, None, None),
+                "compact": (False, True, "sfsd_factors", None),
                 "pruned": (False, False, "sfsd_pruned", None), "sliced": (False, False, None, "sfsd_sliced")}[fmt]
     assert (fused > 0, thin > 0) == expected[:2], (fmt, family, fused, thin)
     for record in expected[2:]:
@@ -186,7 +193,7 @@ def _preserved(model, fmt: str) -> dict[str, torch.nn.Parameter]:
     """The parameters a fine-tuning of the compressed model would train: the thin factors (the stacked first
     factors of a fused group included), the pruned blocks' narrower layers, the sliced model's narrower
     layers and shortcut matrices."""
-    if fmt in ("plain", "fused"):
+    if fmt in ("plain", "fused", "compact"):
         owners = [name for name, m in model.named_modules() if isinstance(m, (*LOW_RANK_TYPES, SharedInputFirst))]
     elif fmt == "pruned":
         blocks = adapter_for(model).blocks_path
@@ -264,7 +271,7 @@ def test_save_pretrained_of_a_reloaded_model(saved, cell, tmp_path):
     reloaded.save_pretrained(tmp_path / "again")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "again").eval()
     assert type(again) is type(s.model)
-    for record in ("sfsd_method", "sfsd_layers", "sfsd_fused", "sfsd_pruned", "sfsd_sliced"):
+    for record in ("sfsd_method", "sfsd_layers", "sfsd_fused", "sfsd_factors", "sfsd_pruned", "sfsd_sliced"):
         assert getattr(again.config, record, None) == getattr(s.model.config, record, None), record
     assert again.state_dict().keys() == s.model.state_dict().keys()
     assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in s.model.parameters())
