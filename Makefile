@@ -19,8 +19,7 @@ app: setup
 	@if [ "$(ADDRESS)" != "127.0.0.1" ] && [ "$(READONLY)" != "1" ]; then \
 		echo "make app: ADDRESS=$(ADDRESS) exposes the dashboard: add READONLY=1 (the full mode starts processes and writes files)"; \
 		exit 2; fi
-	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none \
-		--client.toolbarMode $(if $(filter 1,$(READONLY)),viewer,auto)
+	SFSD_READONLY=$(READONLY) $(VENV)/bin/streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true --server.fileWatcherType none
 
 # Tests run in one pytest-xdist worker per core (`make test WORKERS=0`: in this process); the tests that read the
 # dashboard's and the frontier's stores share one worker, so each store is built once (tests/conftest.py).

@@ -146,7 +146,9 @@ def runs_table() -> None:
                   column_config=widgets.run_columns(run_id=315, method=80, model=95, state=80, progress=90))
 
 
-pages = [st.Page(home, title="Home", icon=":material/home:", default=True),
+# No icon on Home: the start page's icon becomes the tab's favicon, which Streamlit fetches from fonts.gstatic.com
+# for a Material icon (the dashboard makes no request outside this machine; tests/test_browser.py checks).
+pages = [st.Page(home, title="Home", default=True),
          *(st.Page(str(PAGES_DIR / name)) for name, _, _ in PAGE_LINKS)]
 navigation = st.navigation(pages)
 widgets.mark_routed()

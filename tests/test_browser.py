@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import cache_env
@@ -158,10 +159,16 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    """A 1400 px page that fails its test if the dashboard fetched anything from outside this machine (the tool
+    works offline: no usage statistics, fonts or scripts from the network)."""
     context = browser.new_context(viewport={"width": 1400, "height": 2400})
     page = context.new_page()
+    outside = []
+    page.on("request", lambda request: outside.append(request.url)
+            if urlsplit(request.url).hostname not in (None, "", "127.0.0.1", "localhost") else None)
     yield page
     context.close()
+    assert not outside, f"requests to other hosts: {outside[:5]}"
 
 
 def settle(page, timeout_s: float = 90) -> None:
@@ -499,6 +506,7 @@ def test_a_page_url_opened_first_on_a_fresh_server_shows_home_first(page, tmp_pa
         else:
             assert not dialogs, dialogs
         assert page.locator("[data-testid='stException']").count() == 0
+        assert page.get_by_role("button", name="Deploy").count() == 0  # .streamlit/config.toml: viewer toolbar
         page.screenshot(path=str(ARTIFACTS / f"first-load-{path}.png"))
 
 
