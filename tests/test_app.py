@@ -441,6 +441,7 @@ def test_report_is_one_self_contained_html_file(env):
     for heading in ("Budget per layer", "Metric versus parameters", "Spectra per role", "Layers", "Config"):
         assert heading in document
     assert "acc:piqa % [95% CI]" in document and "majority class" in document  # snapshot accuracies
+    assert "<th>budget %</th>" in document and "<th>params (M)</th>" in document  # the Accuracy page's units
     assert "held-out check (search vs eval split)" in document
 
 

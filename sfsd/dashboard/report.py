@@ -155,7 +155,7 @@ def _search_sections(out: _Builder, view: RunView, spectra: pd.DataFrame) -> Non
     if not view.snapshots.empty:
         out.heading("Snapshots")
         out.text("Accuracies in % with their 95% Wilson interval; n:<task> is the number of documents.", "note")
-        out.table(data.interval_columns(view.snapshots))
+        out.table(data.snapshot_table([view.snapshots]))  # the Accuracy page's units: M parameters, budget in %
 
 
 def _frontier_section(out: _Builder, view: RunView) -> None:
