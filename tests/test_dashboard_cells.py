@@ -22,4 +22,17 @@ def test_the_runs_table_says_what_each_run_aims_at():
 
     runs = pd.DataFrame({"metric": ["ppl", "ppl", None], "tolerance": [0.05, 0.05, None],
                          "strategy": ["linear", "alg1", None], "target_budget": [None, 0.8, None]})
-    assert list(runs_text(runs)["target"]) == ["ppl ±0.05", "alg1 @0.8", EMPTY]
+    assert list(runs_text(runs)["target"]) == ["ppl +5%", "alg1 to 80% budget", EMPTY]
+
+
+def test_a_run_label_names_a_tolerance_only_for_a_search_with_one():
+    """Allocation runs were labelled with the unused tolerance of their config ("ppl tol 0.05"), four of them
+    alike; a ppl tolerance is a relative increase (+5%), a task's an absolute drop (points)."""
+    from sfsd.dashboard.data import run_label
+
+    ppl = {"kind": "search", "method": "feature", "model": "m", "metric": {"name": "ppl", "tolerance": 0.05}}
+    task = {**ppl, "metric": {"name": "task", "task": "piqa", "tolerance": 0.02}}
+    target = {**ppl, "strategy": "sensitivity", "target_budget": 0.8}
+    assert run_label("search-m-1a2b3c4d", ppl) == "feature · ppl +5% · m · 1a2b3c"
+    assert run_label("search-m-1a2b3c4d", task) == "feature · task/piqa −2 pts · m · 1a2b3c"
+    assert run_label("search-m-1a2b3c4d", target) == "feature · sensitivity to 80% budget · m · 1a2b3c"

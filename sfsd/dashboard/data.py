@@ -200,9 +200,10 @@ def run_label(run_id: str, config: dict | None = None, state: str | None = None)
     parts = [str(config.get("method") or "?")]
     if config.get("kind") == "uniform":
         parts.append(f"beta {config.get('beta')} last {config.get('last_blocks')}")
+    elif _float(config.get("target_budget")) is not None:  # an allocation: no tolerance
+        parts.append(target_budget_text(config.get("strategy"), _float(config.get("target_budget"))))
     elif metric:
-        name = metric.get("name")
-        parts.append(f"{name}{'/' + str(metric.get('task')) if name == 'task' else ''} tol {metric.get('tolerance')}")
+        parts.append(tolerance_text(metric.get("name"), _float(metric.get("tolerance")), metric.get("task")))
     parts.append(model)
     text = " · ".join(parts)
     suffix = run_id.rsplit("-", 1)[-1][:6]
@@ -645,13 +646,35 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return frame.rename(columns={"params": "params (M)", "budget": "budget %", "time": "time (UTC)"})
 
 
+def _float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def tolerance_text(metric: str | None, tolerance: float | None, task: str | None = None) -> str:
+    """What a search keeps, in the metric's own terms: perplexity within +5% of the threshold (a relative
+    increase), a task's accuracy within 5 points (an absolute drop; `sfsd.options.TOLERANCE`)."""
+    name = f"{metric}/{task}" if metric == "task" and task else str(metric)
+    if tolerance is None:
+        return name
+    return f"{name} +{100 * tolerance:g}%" if metric == "ppl" else f"{name} −{100 * tolerance:g} pts"
+
+
+def target_budget_text(strategy: str | None, target: float) -> str:
+    """An allocation run: its strategy and target overall budget (it has no tolerance)."""
+    return f"{strategy} to {100 * target:g}% budget"
+
+
 def _target_text(row: dict, number) -> str:
     metric, tolerance, budget = row.get("metric"), number(row.get("tolerance")), number(row.get("target_budget"))
     if not isinstance(metric, str):
         return EMPTY
     if budget is not None:
-        return f"{row.get('strategy')} @{budget:g}"  # the metric is in the run id
-    return metric if tolerance is None else f"{metric} ±{tolerance:g}"
+        return target_budget_text(row.get("strategy"), budget)  # the metric is in the run id
+    return tolerance_text(metric, tolerance)
 
 
 def runs_text(runs: pd.DataFrame) -> pd.DataFrame:

@@ -82,7 +82,8 @@ def run_columns(**widths: int) -> dict:
     return {
         "run_id": text("run", "run_id", 335), "kind": text("kind", "kind", 65),
         "method": text("method", "method", 75), "model": text("model", "model", 100),
-        "metric": text("target", "metric", 95, "search metric ± tolerance, or allocation strategy @ target budget"),
+        "metric": text("target", "metric", 95, "what a search keeps (ppl +5%: within 5% of the base; task −5 pts), "
+                       "or an allocation's strategy and target budget"),
         "state": text("state", "state", 75),
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent",
                                                     width=widths.get("progress", 100)),
