@@ -36,3 +36,18 @@ def test_a_run_label_names_a_tolerance_only_for_a_search_with_one():
     assert run_label("search-m-1a2b3c4d", ppl) == "feature · ppl +5% · m · 1a2b3c"
     assert run_label("search-m-1a2b3c4d", task) == "feature · task/piqa −2 pts · m · 1a2b3c"
     assert run_label("search-m-1a2b3c4d", target) == "feature · sensitivity to 80% budget · m · 1a2b3c"
+
+
+def test_the_frontier_log_axis_labels_read_their_values():
+    """Plotly's own minor log ticks read "4, 3, 2, 100" (400 shown as "4"): every label is its value written out."""
+    from sfsd.dashboard.frontier import frontier_figure
+
+    frame = pd.DataFrame({"strategy": ["base", "uniform", "uniform", "spectrum"], "run_id": ["a", "b", "c", "d"],
+                          "method": ["none", "feature", "feature", "feature"], "overall_budget": [1.0, 0.8, 0.5, 0.8],
+                          "ppl@128": [31.06, 190.0, 950.0, 280.0], "target": [1.0, 0.8, 0.5, 0.8],
+                          "macs": [1, 1, 1, 1], "tolerance": [None] * 4})
+    axis = frontier_figure(frame, "ppl@128").layout.yaxis
+    scale = {"k": 1e3, "M": 1e6}
+    read = [float(text[:-1]) * scale[text[-1]] if text[-1] in scale else float(text) for text in axis.ticktext]
+    assert read == list(axis.tickvals) and len(read) >= 3
+    assert 10 ** axis.range[0] <= 31.06 and 10 ** axis.range[1] >= 950.0  # the base line and every point shown

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -15,6 +16,7 @@ from sfsd.dashboard.plots import (
     METHOD_COLORS,
     _layout,
     empty_figure,
+    log_ticks,
     method_color,
     method_label,
     wilson_error_bars,
@@ -107,7 +109,13 @@ def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget")
     for value in frame.loc[frame["strategy"] == "base", column].dropna().unique():
         _base_line(fig, float(value), f"base model {column} {value:.4g}", log=True)
     fig.update_xaxes(title=_X_TITLES[x])
-    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]} tokens (log scale)", type="log")
+    # Plotly labels minor log ticks with a bare digit (400 read "4"): round values written out instead
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+    values = values[np.isfinite(values) & (values > 0)]
+    span = (math.log10(values.min()) - 0.1, math.log10(values.max()) + 0.1)
+    ticks = log_ticks(*span, mantissas=(1, 2, 5) if span[1] - span[0] < 3 else (1,))
+    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]} tokens (log scale)", type="log",
+                     range=list(span), tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, None, height=500)
 
 
