@@ -200,10 +200,10 @@ def run_label(run_id: str, config: dict | None = None, state: str | None = None)
     parts = [str(config.get("method") or "?")]
     if config.get("kind") == "uniform":
         parts.append(f"beta {config.get('beta')} last {config.get('last_blocks')}")
-    elif _float(config.get("target_budget")) is not None:  # an allocation: no tolerance
-        parts.append(target_budget_text(config.get("strategy"), _float(config.get("target_budget"))))
+    elif _number(config.get("target_budget")) is not None:  # an allocation: no tolerance
+        parts.append(target_budget_text(config.get("strategy"), _number(config.get("target_budget"))))
     elif metric:
-        parts.append(tolerance_text(metric.get("name"), _float(metric.get("tolerance")), metric.get("task")))
+        parts.append(tolerance_text(metric.get("name"), _number(metric.get("tolerance")), metric.get("task")))
     parts.append(model)
     text = " · ".join(parts)
     suffix = run_id.rsplit("-", 1)[-1][:6]
@@ -644,14 +644,6 @@ def snapshot_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
         times = pd.to_datetime(frame["time"], utc=True, errors="coerce")
         frame["time"] = [EMPTY if pd.isna(t) else t.strftime("%m-%d %H:%M:%S") for t in times]
     return frame.rename(columns={"params": "params (M)", "budget": "budget %", "time": "time (UTC)"})
-
-
-def _float(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
 
 
 def tolerance_text(metric: str | None, tolerance: float | None, task: str | None = None) -> str:
