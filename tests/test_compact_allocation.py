@@ -179,3 +179,40 @@ def test_compact_strategy_lands_on_the_target_as_a_stored_run(cache, tiny_dir, t
     from sfsd.runs.frontier import frontier_frame
 
     assert frontier_frame().set_index("run_id").loc[run.id, "strategy"] == f"{strategy} compact"
+
+
+@pytest.mark.slow  # 36 trials on the tiny model (~50 s)
+def test_compact_sensitivity_trials_build_compact_layers_with_their_own_table(cache, tiny_dir):
+    # the query projections only (2 layers, 18 trials): the plumbing, not the quality
+    target = 0.95
+    compact = run_search(_config(tiny_dir, "sensitivity", target, roles=["q"], factors=COMPACT),
+                         progress=False).result()
+    low, high = budget_band(target)
+    assert compact["factors"] == COMPACT and low <= compact["overall_budget"] <= high
+    assert compact["trials"] == 2 * len(BETA_GRID)
+    grid = {rank_for_budget(beta, 64, 64, COMPACT) for beta in BETA_GRID}
+    assert set(compact["ranks"].values()) <= grid and grid != {rank_for_budget(beta, 64, 64) for beta in BETA_GRID}
+    # another target reuses the compact table; two factors measure their own
+    again = run_search(_config(tiny_dir, "sensitivity", 0.93, roles=["q"], factors=COMPACT),
+                       progress=False).result()
+    assert again["trials"] == 0
+    two = run_search(_config(tiny_dir, "sensitivity", target, roles=["q"]), progress=False).result()
+    assert two["trials"] == 2 * len(BETA_GRID) and two["factors"] == "two-factor"
+
+
+def test_compact_frontier_is_a_line_of_its_own_and_refuses_alg1(cache, tiny_dir, capsys):
+    from sfsd.cli import main
+    from sfsd.runs.frontier import frontier_frame
+
+    argv = ["frontier", "--model", str(tiny_dir), "--budgets", "0.8", "--search-samples", "4", "--search-seq-len",
+            "32", "--ppl-seq-lens", "32", "--ppl-tokens", "512", "--calib-source", "wiki", "--calib-samples", "16",
+            "--calib-seq-len", "32", "--quiet", "--device", "cpu", "--factors", COMPACT]
+    assert main([*argv, "--strategies", "spectrum,alg1"]) == 2
+    assert "two factors only" in capsys.readouterr().err
+    assert frontier_frame().empty  # refused before anything ran
+    assert main([*argv, "--strategies", "spectrum"]) == 0
+    assert "spectrum compact @ 0.8" in capsys.readouterr().out
+    frame = frontier_frame()
+    point = frame[frame["strategy"] == "spectrum compact"]
+    assert len(point) == 1 and point["ppl@32"].notna().all()
+    assert abs(point["overall_budget"].iloc[0] / 0.8 - 1) <= 0.005
