@@ -63,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         if "target_budget" in result:
             inner = result["allocation"].get("trials_in_runs")
             trials = f"{result['trials']} trials" if inner is None else f"{inner} trials in its Algorithm 1 runs"
-            print(f"strategy {result['strategy']}: target {result['target_budget']}, allocated in "
+            factors = result.get("factors", "two-factor")
+            strategy = result["strategy"] + ("" if factors == "two-factor" else f" in {factors} factors")
+            print(f"strategy {strategy}: target {result['target_budget']}, allocated in "
                   f"{result['allocation_seconds']:.1f} s with {trials}")
         from sfsd.cli.runs import metric_text
 

@@ -70,7 +70,8 @@ def point_name(strategy: str, method: str) -> str:
 
 
 def strategy_color(strategy: str) -> str:
-    return STRATEGY_COLORS.get(strategy) or method_color(strategy)
+    # a compact-factor line ("spectrum compact") keeps its strategy's colour; its open markers tell them apart
+    return STRATEGY_COLORS.get(strategy.removesuffix(" compact")) or method_color(strategy)
 
 
 def _base_line(fig: go.Figure, y: float, text: str, log: bool) -> None:
@@ -85,11 +86,12 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
     """One line per (strategy, method) of target-budget runs; Algorithm 1 searches as separate markers."""
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
         group = group.sort_values(x)
-        alg1 = strategy == ALG1
+        alg1, compact = strategy == ALG1, strategy.endswith(" compact")
+        symbol = "diamond" if alg1 else "circle-open" if compact else "circle"
         label = point_name(strategy, method)
         fig.add_trace(go.Scatter(
             x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
-            marker=dict(symbol="diamond" if alg1 else "circle", size=11 if alg1 else 8, color=strategy_color(strategy)),
+            marker=dict(symbol=symbol, size=11 if alg1 else 8, color=strategy_color(strategy)),
             line=dict(color=strategy_color(strategy), dash=METHOD_DASH.get(method, DASHES[i % len(DASHES)])),
             error_y=error_of(group) if error_of else None,
             customdata=_hover_data(group),

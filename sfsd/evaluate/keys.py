@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from sfsd.cache import cache_key
 from sfsd.data.sequences import key_fields
-from sfsd.decompose import DECOMPOSITION_FORMAT
+from sfsd.decompose import DECOMPOSITION_FORMAT, TWO_FACTOR
 
 
 def compressed_model_key(config: dict, ranks: dict[str, int]) -> str:
     """Evaluation cache key of a searched model: base model, method, calibration (and whether its sequences start
     with BOS, recorded in the run's config) and ranks define its weights."""
     identity = {k: config.get(k) for k in ("model", "method", "calibration")}
+    if config.get("factors") not in (None, TWO_FACTOR):  # compact factors: their own weights, their own key
+        identity["factors"] = config["factors"]
     return "searched-" + cache_key("searched model", DECOMPOSITION_FORMAT, **identity, ranks=ranks,
                                    **key_fields(bool(config.get("bos"))))

@@ -1,6 +1,7 @@
 """The budget-quality frontier as a table: one row per finished target-budget run (and per base model run).
 
 Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
+A target-budget run in compact factors is a point of its own line, "<strategy> compact".
 Algorithm 1 searches (a tolerance, no target) whose final model was evaluated on the eval split are points
 with strategy "Algorithm 1" and their tolerance. The uniform runs of a whole-model method (SliceGPT) are points
 of a line of their own, the method's name as strategy, at their parameter-equivalent overall budget.
@@ -76,6 +77,8 @@ def _point(run) -> dict | None:
         return None
     result = run.result() or {}
     strategy = config["strategy"] if is_target else ALG1 if is_search else config["method"] if is_baseline else "base"
+    if is_target and config.get("factors") not in (None, "two-factor"):  # compact factors: a line of their own
+        strategy = f"{strategy} {config['factors']}"
     row = {"model": config["model"], "strategy": strategy, "method": config["method"],
            "target": _target(config, result, strategy),
            "tolerance": _tolerance(config, result, strategy),

@@ -8,6 +8,10 @@ drives them on a model, supplies what they measure (`AllocationInputs`) and stor
 
 Every strategy lands within BUDGET_TOLERANCE (relative) of B in the overall budget of Appendix B, counted
 over *all* decomposable layers of the model (layers outside the search stay intact at beta 1).
+
+Every count follows the factor format the ranks are stored in (`factors`, `sfsd.options.FACTORS`), through
+`factor_params`: two factors spend d1 + d2 weights per rank, compact factors r (d1 + d2 - r) in all, so the
+step r -> r + 1 costs d1 + d2 - 2r - 1 and a beta buys a higher rank.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from sfsd.adapters import LinearLayer
-from sfsd.decompose.budget import BETA_GRID, layer_beta, overall_budget, rank_for_budget, saves_parameters
+from sfsd.decompose.budget import (
+    BETA_GRID,
+    TWO_FACTOR,
+    factor_params,
+    full_rank,
+    layer_beta,
+    overall_budget,
+    rank_for_budget,
+    saves_parameters,
+)
 from sfsd.errors import SfsdError
 from sfsd.registry import Registry
 
@@ -38,6 +51,7 @@ class AllocationInputs(Protocol):
     all_layers: Sequence[LinearLayer]  # every decomposable layer of the model
     layers: Sequence[LinearLayer]  # the searched layers
     target: float
+    factors: str  # the factor format the ranks are stored in, which every count follows
 
     def spectra(self) -> Mapping[str, Sequence[float]]: ...
 
@@ -68,23 +82,24 @@ def check_target(target: float) -> float:
     return float(target)
 
 
-def lowest_rank(strategy: str, layer: LinearLayer) -> int:
+def lowest_rank(strategy: str, layer: LinearLayer, factors: str = TWO_FACTOR) -> int:
     """The smallest rank a strategy gives a layer: rank 1, or the rank of the lowest grid beta."""
     if ALLOCATIONS[strategy].grid_only:
-        return rank_for_budget(BETA_GRID[0], layer.d_in, layer.d_out)
+        return rank_for_budget(BETA_GRID[0], layer.d_in, layer.d_out, factors)
     return 1
 
 
-def minimum_budget(strategy: str, all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer]) -> float:
+def minimum_budget(strategy: str, all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                   factors: str = TWO_FACTOR) -> float:
     """The smallest overall budget a strategy can reach: the lowest rank on every searched layer."""
-    ranks = {layer.name: lowest_rank(strategy, layer) for layer in searched}
-    return overall_budget(all_layers, ranks)
+    ranks = {layer.name: lowest_rank(strategy, layer, factors) for layer in searched}
+    return overall_budget(all_layers, ranks, factors)
 
 
 def check_reachable(strategy: str, target: float, all_layers: Sequence[LinearLayer],
-                    searched: Sequence[LinearLayer]) -> None:
+                    searched: Sequence[LinearLayer], factors: str = TWO_FACTOR) -> None:
     """SfsdError (one line, before anything is written) when B is below what the strategy can reach."""
-    low = minimum_budget(strategy, all_layers, searched)
+    low = minimum_budget(strategy, all_layers, searched, factors)
     if budget_band(target)[1] < low:
         floor = math.ceil(low * 1000) / 1000
         raise SfsdError(f"target budget {target} is below what {strategy!r} can reach on these layers "
@@ -92,49 +107,80 @@ def check_reachable(strategy: str, target: float, all_layers: Sequence[LinearLay
 
 
 def uniform_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
-                       target: float) -> tuple[float, dict[str, int]]:
+                       target: float, factors: str = TWO_FACTOR) -> tuple[float, dict[str, int]]:
     """One beta for every searched layer, any rank: (beta, ranks).
 
     The overall budget is linear in a common real-valued beta, so beta = (B total - fixed) / searched is
     exact; each layer's real rank beta d1 d2 / (d1 + d2) (Eq. 3 without the floor) is rounded down, then
     rounded up one layer at a time, largest fractional part first, while that brings the budget closer to
     B. Every layer thus keeps beta of its parameters up to one rank (Eq. 3's floor alone could miss B by
-    a whole rank on every layer at once)."""
+    a whole rank on every layer at once). Compact factors: the real rank is the smaller root of
+    r (d1 + d2 - r) = beta d1 d2 (`real_rank`), a step up costs d1 + d2 - 2r - 1."""
     total = sum(layer.params for layer in all_layers)
     searched_total = sum(layer.params for layer in searched)
     fixed = total - searched_total
     beta = min(1.0, (target * total - fixed) / searched_total) if searched_total else 1.0
     if beta >= 1.0:
         return 1.0, {}
-    real = {layer.name: beta * layer.params / (layer.d_in + layer.d_out) for layer in searched}
+    real = {layer.name: real_rank(beta, layer.d_in, layer.d_out, factors) for layer in searched}
     ranks = {name: max(1, math.floor(value + 1e-9)) for name, value in real.items()}
     goal = target * total
-    kept = fixed + sum(ranks[layer.name] * (layer.d_in + layer.d_out) for layer in searched)
+
+    def params(layer: LinearLayer, rank: int) -> int:
+        return factor_params(rank, layer.d_in, layer.d_out, factors)
+
+    kept = fixed + sum(params(layer, ranks[layer.name]) for layer in searched)
     for layer in sorted(searched, key=lambda layer: ranks[layer.name] - real[layer.name]):
-        step = layer.d_in + layer.d_out
+        if ranks[layer.name] >= full_rank(layer.d_in, layer.d_out):
+            continue
+        step = params(layer, ranks[layer.name] + 1) - params(layer, ranks[layer.name])
         if abs(kept + step - goal) < abs(kept - goal):
             ranks[layer.name] += 1
             kept += step
     by_name = {layer.name: layer for layer in searched}
     return beta, {name: rank for name, rank in ranks.items()
-                  if saves_parameters(rank, by_name[name].d_in, by_name[name].d_out)}
+                  if saves_parameters(rank, by_name[name].d_in, by_name[name].d_out, factors)}
 
 
-def _increments(layer: LinearLayer, spectrum: Sequence[float]) -> list[tuple[float, int, int | None]]:
+def real_rank(beta: float, d_in: int, d_out: int, factors: str = TWO_FACTOR) -> float:
+    """The real-valued rank whose layer holds exactly beta d1 d2 weights (Eq. 3 without the floor): two factors
+    beta d1 d2 / (d1 + d2); compact the smaller root of r (d1 + d2 - r) = beta d1 d2."""
+    width = d_in + d_out
+    if factors == TWO_FACTOR:
+        return beta * d_in * d_out / width
+    return (width - math.sqrt(max(0.0, width * width - 4 * beta * d_in * d_out))) / 2
+
+
+def largest_saving_rank(layer: LinearLayer, factors: str = TWO_FACTOR) -> int:
+    """The largest rank that still holds fewer weights than W (at least 1): r (d1 + d2) < d1 d2 in two factors,
+    r < min(d1, d2) compact."""
+    if factors == TWO_FACTOR:
+        return max(1, (layer.params - 1) // (layer.d_in + layer.d_out))
+    return max(1, full_rank(layer.d_in, layer.d_out) - 1)
+
+
+def _increments(layer: LinearLayer, spectrum: Sequence[float],
+                factors: str = TWO_FACTOR) -> list[tuple[float, int, int | None]]:
     """The steps from rank 1 up to intact of one layer: (energy recovered, parameters spent, new rank).
 
-    The last step replaces the largest rank that still saves parameters by the intact layer."""
+    A step r -> r + 1 costs factor_params(r + 1) - factor_params(r) (d1 + d2 in two factors, d1 + d2 - 2r - 1
+    compact); the last step replaces the largest rank that still saves parameters by the intact layer, so the
+    costs sum to d1 d2 - factor_params(1)."""
     total = float(sum(spectrum))
     energy = [float(value) / total if total > 0 else 0.0 for value in spectrum]
-    width = layer.d_in + layer.d_out
-    top = max(1, min(len(energy), (layer.params - 1) // width))  # largest rank with r (d1 + d2) < d1 d2
-    steps = [(energy[rank] if rank < len(energy) else 0.0, width, rank + 1) for rank in range(1, top)]
-    steps.append((sum(energy[top:]), layer.params - top * width, None))
+
+    def params(rank: int) -> int:
+        return factor_params(rank, layer.d_in, layer.d_out, factors)
+
+    top = max(1, min(len(energy), largest_saving_rank(layer, factors)))
+    steps = [(energy[rank] if rank < len(energy) else 0.0, params(rank + 1) - params(rank), rank + 1)
+             for rank in range(1, top)]
+    steps.append((sum(energy[top:]), layer.params - params(top), None))
     return steps
 
 
-def spectrum_order(searched: Sequence[LinearLayer],
-                   spectra: Mapping[str, Sequence[float]]) -> list[tuple[str, int, int | None]]:
+def spectrum_order(searched: Sequence[LinearLayer], spectra: Mapping[str, Sequence[float]],
+                   factors: str = TWO_FACTOR) -> list[tuple[str, int, int | None]]:
     """Every rank increment of every layer, most energy per parameter first: (layer, parameters, new rank).
 
     Each layer's spectrum is divided by its total energy, so a step's energy is the relative output error
@@ -145,7 +191,7 @@ def spectrum_order(searched: Sequence[LinearLayer],
     items = []
     for position, layer in enumerate(searched):
         priority = math.inf
-        for step, (gain, cost, rank) in enumerate(_increments(layer, spectra[layer.name])):
+        for step, (gain, cost, rank) in enumerate(_increments(layer, spectra[layer.name], factors)):
             priority = min(priority, gain / cost)
             items.append((-priority, position, step, layer.name, cost, rank))
     items.sort(key=lambda item: item[:3])
@@ -153,14 +199,15 @@ def spectrum_order(searched: Sequence[LinearLayer],
 
 
 def spectrum_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
-                        spectra: Mapping[str, Sequence[float]], target: float) -> dict[str, int]:
+                        spectra: Mapping[str, Sequence[float]], target: float,
+                        factors: str = TWO_FACTOR) -> dict[str, int]:
     """Rank 1 everywhere, then the increments of `spectrum_order` until the budget is closest to B."""
     total = sum(layer.params for layer in all_layers)
     searched_names = {layer.name for layer in searched}
     fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
-    spent = fixed + sum(layer.d_in + layer.d_out for layer in searched)
+    spent = fixed + sum(factor_params(1, layer.d_in, layer.d_out, factors) for layer in searched)
     available = target * total - spent
-    order = spectrum_order(searched, spectra)
+    order = spectrum_order(searched, spectra, factors)
     cumulative = np.concatenate([[0.0], np.cumsum([cost for _, cost, _ in order])])
     count = int(np.searchsorted(cumulative, available, side="right")) - 1  # last prefix within `available`
     if count + 1 < len(cumulative) and abs(cumulative[count + 1] - available) < abs(available - cumulative[count]):
@@ -198,18 +245,20 @@ def solve_choices(costs: Sequence[Sequence[float]], weights: Sequence[Sequence[f
 
 
 def sensitivity_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
-                           table: Mapping[str, Mapping[str, float]], target: float) -> dict[str, int]:
+                           table: Mapping[str, Mapping[str, float]], target: float,
+                           factors: str = TWO_FACTOR) -> dict[str, int]:
     """The per-layer grid betas (or intact) minimising the summed metric change at budget B.
 
-    `table[layer][str(beta)]` is the metric change with only that layer at beta (intact: 0)."""
+    `table[layer][str(beta)]` is the metric change with only that layer at beta (intact: 0), the layer at Eq. 3's
+    rank for beta in the factor format `factors` (the format the table was measured in)."""
     total = sum(layer.params for layer in all_layers)
     searched_names = {layer.name for layer in searched}
     fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
     costs, weights, ranks_of = [], [], []
     for layer in searched:
-        ranks = [rank_for_budget(beta, layer.d_in, layer.d_out) for beta in BETA_GRID]
+        ranks = [rank_for_budget(beta, layer.d_in, layer.d_out, factors) for beta in BETA_GRID]
         costs.append([table[layer.name][str(beta)] for beta in BETA_GRID] + [0.0])
-        weights.append([rank * (layer.d_in + layer.d_out) for rank in ranks] + [layer.params])
+        weights.append([factor_params(rank, layer.d_in, layer.d_out, factors) for rank in ranks] + [layer.params])
         ranks_of.append([*ranks, None])
     low, high = budget_band(target)
     chosen = solve_choices(costs, weights, low * total - fixed, high * total - fixed)
@@ -279,18 +328,18 @@ def bisect_tolerance(budget_at: Callable[[float], tuple[float, Any]], target: fl
     return high, best
 
 
-def layer_budget(rank: int | None, layer: LinearLayer) -> float | None:
+def layer_budget(rank: int | None, layer: LinearLayer, factors: str = TWO_FACTOR) -> float | None:
     """The decision record's `beta` of an allocation: the layer's actual budget (None when intact)."""
-    return None if rank is None else layer_beta(rank, layer.d_in, layer.d_out)
+    return None if rank is None else layer_beta(rank, layer.d_in, layer.d_out, factors)
 
 
 def _uniform(inputs: AllocationInputs) -> Allocated:
-    beta, ranks = uniform_allocation(inputs.all_layers, inputs.layers, inputs.target)
+    beta, ranks = uniform_allocation(inputs.all_layers, inputs.layers, inputs.target, inputs.factors)
     return ranks, {"beta": beta}
 
 
 def _spectrum(inputs: AllocationInputs) -> Allocated:
-    ranks = spectrum_allocation(inputs.all_layers, inputs.layers, inputs.spectra(), inputs.target)
+    ranks = spectrum_allocation(inputs.all_layers, inputs.layers, inputs.spectra(), inputs.target, inputs.factors)
     return ranks, {"normalised": "total energy"}
 
 
@@ -298,7 +347,8 @@ def _sensitivity(inputs: AllocationInputs) -> Allocated:
     table = inputs.sensitivities()
     if table is None:
         return None
-    return sensitivity_allocation(inputs.all_layers, inputs.layers, table, inputs.target), {"file": SENSITIVITY_FILE}
+    ranks = sensitivity_allocation(inputs.all_layers, inputs.layers, table, inputs.target, inputs.factors)
+    return ranks, {"file": SENSITIVITY_FILE}
 
 
 def _algorithm1(inputs: AllocationInputs) -> Allocated:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from sfsd import options
 from sfsd.compress import CalibrationSpec
-from sfsd.decompose import check_layer_method
+from sfsd.decompose import TWO_FACTOR, check_factors, check_layer_method
 from sfsd.errors import SfsdError
 from sfsd.models import parse_dtype, sequence_identity
 from sfsd.search.allocation import ALLOCATIONS, check_target
@@ -40,6 +40,9 @@ class SearchConfig:
     # alg1 only: the factor the tolerance grows by until its run reaches B (None: ALG1_GROWTH, 2). A larger
     # factor runs fewer tolerances far from the start, with a wider bracket to bisect. Left out when None.
     alg1_growth: float | None = options.ALG1_GROWTH.field()
+    # How the thin layers are stored and counted (two-factor, compact): every budget the allocation spends and
+    # every trial layer follow it. Left out of the stored config at its default, so earlier runs keep their ids.
+    factors: str = options.FACTORS.field()
 
     def __post_init__(self):
         if self.strategy is None:
@@ -59,6 +62,13 @@ class SearchConfig:
             raise SfsdError("--alg1-bisections must be >= 0 and goes with --strategy alg1 (and a --target-budget)")
         if self.alg1_growth is not None and (not self.alg1_growth > 1 or self.strategy != "alg1"):
             raise SfsdError("--alg1-growth must be > 1 and goes with --strategy alg1 (and a --target-budget)")
+        check_factors(self.factors)
+        if self.factors != TWO_FACTOR and self.target_budget is None:
+            raise SfsdError(f"Algorithm 1 searches in two factors only: --factors {self.factors} goes with "
+                            "--target-budget (strategies uniform, spectrum, sensitivity) or `sfsd uniform`")
+        if self.factors != TWO_FACTOR and self.strategy == "alg1":
+            raise SfsdError(f"--strategy alg1 runs Algorithm 1, which searches in two factors only: --factors "
+                            f"{self.factors} goes with --strategy uniform, spectrum or sensitivity")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:
@@ -86,6 +96,8 @@ class SearchConfig:
         for key in ("alg1_bisections", "alg1_growth"):
             if data[key] is None:
                 del data[key]
+        if data["factors"] == TWO_FACTOR:  # the default, left out so that earlier runs keep their ids
+            del data["factors"]
         return data | sequence_identity(self.model)
 
     @classmethod

@@ -1,5 +1,6 @@
 """The budget-quality frontier: one target-budget run per (strategy, budget), each final model evaluated
-on the eval split, and the base model as a `uniform` run of method "none".
+on the eval split, and the base model as a `uniform` run of method "none". The base config's factor format
+(`--factors compact`) goes to every point: its runs (other ids) are lines of their own, "<strategy> compact".
 
 Every point is a run, so a killed frontier started again continues where it stopped: finished runs are
 reused (and said so), interrupted ones resume, evaluations already stored are not repeated.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from sfsd import options
 from sfsd.accounting import count_parameters, measure_macs
+from sfsd.decompose import TWO_FACTOR
 from sfsd.errors import SfsdError
 from sfsd.evaluate.keys import compressed_model_key
 from sfsd.runs import Run, run_id_for
@@ -70,7 +72,7 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
     say(f"base model: run {base_run.id}")
     runs = []
     for config in configs:
-        point = f"{config.strategy} @ {config.target_budget}"
+        point = f"{strategy_label(config.strategy, config.factors)} @ {config.target_budget}"
         run_id = run_id_for(config.to_dict())
         folder = (Path(root) if root is not None else None)
         try:
@@ -99,6 +101,11 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
                 if e.get("kind") == "ppl"))
         runs.append(run)
     return runs
+
+
+def strategy_label(strategy: str, factors: str = TWO_FACTOR) -> str:
+    """A point's strategy as its line is named: compact factors make a line of their own ("spectrum compact")."""
+    return strategy if factors == TWO_FACTOR else f"{strategy} {factors}"
 
 
 def _num_blocks(model: str) -> int:

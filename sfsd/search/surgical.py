@@ -20,6 +20,7 @@ from sfsd.compress import Compressor, decomposition_folder
 from sfsd.data.sequences import starts_with_bos
 from sfsd.decompose import (
     BETA_GRID,
+    TWO_FACTOR,
     Decomposition,
     apply_ranks,
     low_rank_module,
@@ -185,7 +186,7 @@ class SurgicalSearch:
             raise SfsdError(f"the trace of run {self.run_store.id} does not match this search: delete the run "
                             f"with `sfsd runs delete {self.run_store.id}`")
         self.ranks = decided_ranks(decided)
-        apply_ranks(self.model, decs, self.ranks)
+        apply_ranks(self.model, decs, self.ranks, self.config.factors)
         return decided[-1]["value"] if decided else None
 
     def heldout(self, base: bool) -> dict:
@@ -205,7 +206,7 @@ class SurgicalSearch:
             evals = {row.task: {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)}
                      for row in summary.itertuples()}
         self.run_store.append_snapshot({"step": step, "params": count_parameters(self.model),
-                                        "budget": overall_budget(self.all_layers, self.ranks),
+                                        "budget": overall_budget(self.all_layers, self.ranks, self.config.factors),
                                         "metric": value, "evals": evals})
 
     def prepare(self) -> tuple[dict[str, Decomposition], float, int, dict]:
@@ -328,7 +329,8 @@ def materialize(run: Run, out: str | Path, device: str | None = None, overwrite:
     mark_compressed(model, run.config["method"], low_rank_specs(model, ranks),
                     {"protocol": "search", "run_id": run.id, "overall_budget": result["overall_budget"],
                      # what the model was fitted to, so that evaluation can refuse leaks (sfsd.data.leakage)
-                     "calibration": run.config.get("calibration"), "search": run.config.get("metric")})
+                     "calibration": run.config.get("calibration"), "search": run.config.get("metric")},
+                    run.config.get("factors", TWO_FACTOR))
     return save_compressed(model, tokenizer, out, overwrite=overwrite)
 
 
@@ -341,7 +343,7 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     model, tokenizer = load_model(config.model, device, config.dtype)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
     ranks = decided_ranks(decided[:step])
-    apply_ranks(model, decs, ranks)
+    apply_ranks(model, decs, ranks, config.factors)
     return model, tokenizer, ranks
 
 

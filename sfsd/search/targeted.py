@@ -3,7 +3,9 @@
 The run looks like any search run (config, spectra, snapshots at step 0 and at the end, one decision
 per searched layer in search order, result with ranks and the held-out check), so `materialize`, the
 budget heatmap and `sfsd runs show` read it unchanged. A decision's `beta` is the layer's actual budget
-rank (d_in + d_out) / (d_in d_out), since ranks need not come from the 0.1 grid.
+rank (d_in + d_out) / (d_in d_out) (compact factors: rank (d_in + d_out - rank) / (d_in d_out)), since ranks need
+not come from the 0.1 grid. The run's factor format (`SearchConfig.factors`) is how every count is made, how the
+sensitivity trials and the final model store their thin layers, and is in the run's id when not the default.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from sfsd.cache import cache_key, model_fingerprint
 from sfsd.decompose import (
     BETA_GRID,
     DECOMPOSITION_FORMAT,
+    TWO_FACTOR,
     Decomposition,
     apply_ranks,
+    factor_params,
     low_rank_module,
     overall_budget,
     set_module,
@@ -61,7 +65,7 @@ def run_allocation(config: SearchConfig, root: Path | None = None, device: str |
     refused before the run folder is created."""
     model, tokenizer = load_model(config.model, device, config.dtype)
     layers = search_layers(model, config)
-    check_reachable(config.strategy, config.target_budget, adapter_for(model).layers(), layers)
+    check_reachable(config.strategy, config.target_budget, adapter_for(model).layers(), layers, config.factors)
     run = Run.create(run_record(config, layers), root)
     if run.status()["state"] == "done":
         return run
@@ -91,7 +95,7 @@ class AllocationSearch(SurgicalSearch):
             return {"state": "cancelled"}
         ranks, details = allocated
         seconds = time.perf_counter() - start
-        budget = overall_budget(self.all_layers, ranks)
+        budget = overall_budget(self.all_layers, ranks, self.config.factors)
         low, high = budget_band(target)
         if not low <= budget <= high:  # only when single rank steps are large against the whole model
             raise SfsdError(f"{self.config.strategy} ends at budget {budget:.4f}, outside [{low:.4f}, {high:.4f}]: "
@@ -101,7 +105,8 @@ class AllocationSearch(SurgicalSearch):
         value = self.evaluate(0)
         self.snapshot(len(self.layers), value)
         result = {"ranks": self.ranks, "overall_budget": budget, "target_budget": target,
-                  "strategy": self.config.strategy, "allocation_seconds": seconds, "allocation": details,
+                  "strategy": self.config.strategy, "factors": self.config.factors,
+                  "allocation_seconds": seconds, "allocation": details,
                   "params": count_parameters(self.model), "macs": measure_macs(self.model, 128), "macs_seq_len": 128,
                   "base_params": base_params, "base_metric": base_value,
                   "final_metric": value, "trials": self.trials,
@@ -117,12 +122,15 @@ class AllocationSearch(SurgicalSearch):
         return ALLOCATIONS[self.config.strategy].allocate(RunInputs(self, decs, base_value))
 
     def sensitivity_path(self) -> Path:
-        """The table's place in the cache: one per model weights, method, calibration, metric and layers."""
+        """The table's place in the cache: one per model weights, method, calibration, metric, layers and factor
+        format (a grid beta is another rank in compact factors; the format is in the key only when not the
+        default, so the tables measured before it existed are still found)."""
         metric = {k: v for k, v in asdict(self.config.metric).items() if k not in ("tolerance", "compounding")}
+        factors = {} if self.config.factors == TWO_FACTOR else {"factors": self.config.factors}
         key = cache_key("sensitivity", DECOMPOSITION_FORMAT, model=resolve_model(self.config.model),
                         weights=model_fingerprint(self.model), method=self.config.method,
                         calibration=asdict(self.config.calibration), metric=metric,
-                        layers=[layer.name for layer in self.layers], grid=list(BETA_GRID))
+                        layers=[layer.name for layer in self.layers], grid=list(BETA_GRID), **factors)
         return cache_dir() / "sensitivity" / f"{self.config.method}-{self.config.metric.name}-{key}.json"
 
     def sensitivities(self, decs: dict[str, Decomposition], base_value: float) -> dict | None:
@@ -152,7 +160,8 @@ class AllocationSearch(SurgicalSearch):
         changes = {}
         try:
             for beta in BETA_GRID:
-                set_module(self.model, layer.name, low_rank_module(dec, grid_rank(beta, layer.d_in, layer.d_out), like))
+                rank = grid_rank(beta, layer.d_in, layer.d_out, self.config.factors)
+                set_module(self.model, layer.name, low_rank_module(dec, rank, like, self.config.factors))
                 value = self.evaluate(layer.block)
                 self.trials += 1
                 changes[str(beta)] = base_value - value if self.metric.higher_is_better else value / base_value - 1
@@ -195,12 +204,12 @@ class AllocationSearch(SurgicalSearch):
     # ---- storing ---------------------------------------------------------------------------------------
 
     def apply(self, decs: dict[str, Decomposition], ranks: dict[str, int]) -> None:
-        apply_ranks(self.model, decs, ranks)
+        apply_ranks(self.model, decs, ranks, self.config.factors)
         self.ranks = dict(ranks)
 
     def write_decisions(self, ranks: dict[str, int]) -> None:
         """One decision per searched layer, in search order; a resumed run checks and completes them."""
-        written = self.run_store.decisions()
+        written, factors = self.run_store.decisions(), self.config.factors
         for index, layer in enumerate(self.layers):
             rank = ranks.get(layer.name)
             if index < len(written):
@@ -209,8 +218,9 @@ class AllocationSearch(SurgicalSearch):
                                     f"the run with `sfsd runs delete {self.run_store.id}`")
                 continue
             self.run_store.append_trace({
-                "kind": "decision", "index": index, **self._layer_fields(layer), "beta": layer_budget(rank, layer),
-                "rank": rank, "params_kept": layer.params if rank is None else rank * (layer.d_in + layer.d_out),
+                "kind": "decision", "index": index, **self._layer_fields(layer),
+                "beta": layer_budget(rank, layer, factors), "rank": rank,
+                "params_kept": layer.params if rank is None else factor_params(rank, layer.d_in, layer.d_out, factors),
                 "params_full": layer.params, "value": None,
             })
 
@@ -234,6 +244,10 @@ class RunInputs:
     @property
     def target(self) -> float:
         return self.search.config.target_budget
+
+    @property
+    def factors(self) -> str:
+        return self.search.config.factors
 
     def spectra(self) -> dict[str, list[float]]:
         return {name: dec.spectrum.double().cpu().tolist() for name, dec in self.decs.items()}
