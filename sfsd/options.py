@@ -252,6 +252,14 @@ SLICING = Option("--slicing", "slicegpt only: share of the residual width remove
                  "--sparsity; the width is rounded down to a multiple of 8)", None, "float", label="Slicing")
 LAST_BLOCKS = Option("--last-blocks", "compress the last N blocks", 12, "int", label="Last N blocks")
 
+CALIBRATION_STREAM = Option(
+    "--calibration-stream", "whose activations each block's statistics come from: open-loop (the original model's), "
+    "closed-loop (the model with every earlier block, and the block's earlier layers, already compressed: the inputs "
+    "each layer will see) or anchored (closed-loop inputs, each layer fit to the original model's outputs: an "
+    "error-correcting reduced-rank regression, feature method only); needs the ranks before decomposing (compress "
+    "--beta/--ranks, uniform), not the search", "open-loop", choices=("open-loop", "closed-loop", "anchored"),
+    label="Calibration stream")
+
 # Calibration (CalibrationSpec)
 CALIB_SOURCE = Option("--calib-source", "calibration text: offline mix (an equal share of each pack task), wiki, a "
                       "task name, random; with the hub: paper-mix (the six paper tasks' train splits), wikitext2, c4",

@@ -31,11 +31,16 @@ class UniformConfig:
     ppl_seq_lens: list[int] = options.PPL_SEQ_LENS.field()
     ppl_tokens: int | None = options.PPL_TOKENS.field()  # first tokens of the wiki eval split
     dtype: str = options.DTYPE.field()
+    calibration_stream: str = options.CALIBRATION_STREAM.field()
 
     def __post_init__(self):
         parse_dtype(self.dtype)
         if self.method != "none":
             check_compress_request(self.method, self.beta, self.calibration)
+        if self.calibration_stream != "open-loop":
+            from sfsd.closed_loop import check_stream
+
+            check_stream(self.calibration_stream, self.method)
         from sfsd.data import OFFLINE_TASKS
 
         unknown = [t for t in self.tasks if t not in OFFLINE_TASKS]
@@ -46,6 +51,8 @@ class UniformConfig:
         data = {**asdict(self), "kind": "uniform"}
         if data["dtype"] == "auto":  # the runs made before --dtype existed keep their ids
             del data["dtype"]
+        if data["calibration_stream"] == "open-loop":  # and before --calibration-stream existed
+            del data["calibration_stream"]
         return data | sequence_identity(self.model)
 
     @classmethod
@@ -70,7 +77,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         start = time.perf_counter()
         if config.method != "none":
             compress(model, tokenizer, config.method, beta=config.beta, last_blocks=config.last_blocks,
-                     calibration=config.calibration, progress=progress)
+                     calibration=config.calibration, progress=progress, calibration_stream=config.calibration_stream)
         seconds = time.perf_counter() - start
         info = describe(model, seq_len=128)
         key = f"{run.id}"
