@@ -115,33 +115,36 @@ def test_anchored_fit_beats_the_open_loop_fit_on_the_compressed_stream(name):
         assert error(anchored_feature(weight, bias, paired), rank) <= error(open_loop, rank) + 1e-9
 
 
-@pytest.mark.parametrize("stream", ["closed-loop", "anchored"])
-def test_closed_loop_compress_saves_reloads_and_has_its_own_keys(stream, tmp_path):
+def test_closed_loop_compress_saves_reloads_and_has_its_own_keys(tmp_path):
     from transformers import AutoModelForCausalLM
 
     model = tiny_model("llama")
     names = [layer.name for layer in _layers(model, {1, 2})]
     ranks = uniform_ranks(adapter_for(model).layers(), 0.5, 2, 3)
-    open_key = decomposition_folder(model, "feature", CALIB, names)
-    def key(s):
-        return decomposition_folder(model, "feature", CALIB, names, stream=stream_key_fields(s, ranks))
 
-    assert key("open-loop") == open_key != key(stream)
-    assert stream_key_fields(stream, ranks) != stream_key_fields(stream, {**ranks, names[0]: 1})
+    def key(s, chosen=ranks):
+        return decomposition_folder(model, "feature", CALIB, names, stream=stream_key_fields(s, chosen))
 
+    assert key("open-loop") == decomposition_folder(model, "feature", CALIB, names)  # open-loop keys unchanged
+    assert len({key("open-loop"), key("closed-loop"), key("anchored"),
+                key("closed-loop", {**ranks, names[0]: 1})}) == 4
+    ids = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(2))
     opened = compress(copy.deepcopy(model), None, "feature", beta=0.5, last_blocks=2, calibration=CALIB,
                       batch_size=5, progress=False)
-    closed = compress(model, None, "feature", beta=0.5, last_blocks=2, calibration=CALIB, batch_size=5,
-                      progress=False, calibration_stream=stream)
-    assert closed.config.sfsd["calibration_stream"] == stream and "calibration_stream" not in opened.config.sfsd
-    ids = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        logits = closed(input_ids=ids).logits
-        assert not torch.allclose(logits, opened(input_ids=ids).logits)
-    save_compressed(closed, None, tmp_path / "out")
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, logits)
+        open_logits = opened(input_ids=ids).logits
+    assert "calibration_stream" not in opened.config.sfsd
+    for stream in ("closed-loop", "anchored"):
+        closed = compress(copy.deepcopy(model), None, "feature", beta=0.5, last_blocks=2, calibration=CALIB,
+                          batch_size=5, progress=False, calibration_stream=stream)
+        assert closed.config.sfsd["calibration_stream"] == stream
+        with torch.no_grad():
+            logits = closed(input_ids=ids).logits
+        assert not torch.allclose(logits, open_logits)
+        save_compressed(closed, None, tmp_path / stream)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / stream).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded(input_ids=ids).logits, logits)
 
 
 def test_run_ids_and_refusals():

@@ -34,8 +34,10 @@ from sfsd.decompose.methods import Decomposition, _cast, feature_space
 ANCHOR_RIDGE = 1.0
 
 
-def anchored_map(weight: torch.Tensor, paired: PairedStatistics, ridge: float = ANCHOR_RIDGE) -> torch.Tensor:
-    """W*(lambda) = (W Cov(x, x') + lambda W)(Cov(x') + lambda I)^-1 in float64 (lambda relative: see above)."""
+def anchored_map(weight: torch.Tensor, paired: PairedStatistics, ridge: float | None = None) -> torch.Tensor:
+    """W*(lambda) = (W Cov(x, x') + lambda W)(Cov(x') + lambda I)^-1 in float64 (lambda relative: see above;
+    `ridge` None: ANCHOR_RIDGE)."""
+    ridge = ANCHOR_RIDGE if ridge is None else ridge
     w = weight.to(torch.float64)
     cov = paired.covariance_xp.to(w.device)
     cross = paired.cross_covariance.to(w.device)
@@ -47,7 +49,7 @@ def anchored_map(weight: torch.Tensor, paired: PairedStatistics, ridge: float = 
 
 
 def anchored_feature(weight: torch.Tensor, bias: torch.Tensor | None, paired: PairedStatistics,
-                     ridge: float = ANCHOR_RIDGE, dtype: torch.dtype | None = None) -> Decomposition:
+                     ridge: float | None = None, dtype: torch.dtype | None = None) -> Decomposition:
     """The anchored fit of one layer (float64 maths; factors stored in `dtype`, default the weight's)."""
     dtype = dtype or weight.dtype
     paired = paired.to(weight.device)
