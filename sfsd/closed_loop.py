@@ -244,7 +244,7 @@ def stream_closed_loop(
 
     def work(module: nn.Module, dev: torch.device, block: int) -> None:
         nonlocal original
-        if stream == ANCHORED and original is None:  # the streams part at the first compressed block
+        if stream == ANCHORED and original is None and batches is not None:  # the streams part here
             original = [batch.states.clone() for batch in batches]
         began = time.perf_counter()
         if block in done:

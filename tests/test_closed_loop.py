@@ -141,6 +141,10 @@ def test_closed_loop_compress_saves_reloads_and_has_its_own_keys(tmp_path):
         with torch.no_grad():
             logits = closed(input_ids=ids).logits
         assert not torch.allclose(logits, open_logits)
+        again = compress(copy.deepcopy(model), None, "feature", beta=0.5, last_blocks=2, calibration=CALIB,
+                         batch_size=5, progress=False, calibration_stream=stream)  # every block from the cache
+        with torch.no_grad():
+            torch.testing.assert_close(again(input_ids=ids).logits, logits)
         save_compressed(closed, None, tmp_path / stream)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / stream).eval()
         with torch.no_grad():
