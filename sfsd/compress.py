@@ -94,7 +94,8 @@ def stream_decompositions(
     model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration: CalibrationSpec,
     folder: str | Path | None = None, batch_size: int = 16, device: torch.device | str | None = None,
     progress: bool = True, on_block: BlockCallback | None = None, timings: dict | None = None,
-    statistics_cache: bool = False, weights: str | None = None,
+    statistics_cache: bool = False, weights: str | None = None, stream: str = "open-loop",
+    ranks: Mapping[str, int] | None = None,
 ) -> dict[str, Decomposition]:
     """Decompose `layers` one block at a time (the block-streaming engine behind compress, uniform, search).
 
@@ -112,7 +113,19 @@ def stream_decompositions(
     decomposed from them, and no calibration pass runs when every block's are (`timings["forward_blocks"]`
     lists the blocks that ran a forward pass). `weights` is the model's `model_fingerprint` when the
     caller already has it (the statistics cache's key needs it; hashing again costs ~1 s per GB).
+
+    `stream` closed-loop or anchored: the statistics come from the model compressed so far, at `ranks`
+    (`sfsd.closed_loop`; the model's layers are swapped as it goes, and no statistics cache is used).
     """
+    if stream != "open-loop":
+        from sfsd.closed_loop import stream_closed_loop
+
+        if ranks is None:
+            raise SfsdError(f"--calibration-stream {stream} needs the ranks before decomposing: use sfsd compress "
+                            "--beta/--ranks or sfsd uniform (a search decomposes once and slices ranks: open-loop)")
+        folder = None if folder is None else Path(folder)
+        return stream_closed_loop(model, tokenizer, layers, method, calibration, folder, batch_size, device, progress,
+                                  on_block, {} if timings is None else timings, stream, ranks)
     from tqdm.auto import tqdm
 
     adapter = adapter_for(model)
@@ -244,7 +257,7 @@ def _with_block_on(adapter: ModelAdapter, block: int, device, work: Callable[[nn
 
 
 def decomposition_folder(model: nn.Module, method: str, calibration: CalibrationSpec, names: list[str],
-                         weights: str | None = None, bos: bool = False) -> Path:
+                         weights: str | None = None, bos: bool = False, stream: Mapping | None = None) -> Path:
     """Where the streamed decompositions of these layers of this model are kept (and resumed from), the
     same folder for `compress` (so `sfsd compress`, `sfsd uniform`, Table 1) and the search.
 
@@ -252,12 +265,13 @@ def decomposition_folder(model: nn.Module, method: str, calibration: Calibration
     caller already has it), where the model was loaded from, dtype, method, calibration, layers and
     `DECOMPOSITION_FORMAT`: weights edited in place (same size and time) or factors from older maths
     are never reused. `bos`: the calibration sequences start with BOS (`sfsd.data.sequences`; only then is it
-    in the key, so the folders of models without BOS keep theirs).
+    in the key, so the folders of models without BOS keep theirs). `stream`: `closed_loop.stream_key_fields`
+    of a closed-loop run (empty open loop: the folders of open-loop runs keep theirs).
     """
     key = cache_key("decompositions", DECOMPOSITION_FORMAT, weights=weights or model_fingerprint(model),
                     model=str(getattr(model.config, "name_or_path", "") or ""),
                     dtype=str(next(model.parameters()).dtype), method=method, calibration=asdict(calibration),
-                    layers=list(names), **key_fields(bos))
+                    layers=list(names), **key_fields(bos), **(stream or {}))
     return cache_dir() / "decompositions" / f"{method}-{key}"
 
 
@@ -413,6 +427,7 @@ def compress(
     timings: dict | None = None,
     slicing: float | None = None,
     factors: str = TWO_FACTOR,
+    calibration_stream: str = "open-loop",
 ) -> nn.Module:
     """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks
     (or, for slicegpt only, SliceGPT's own `slicing` fraction). `factors`: the format the thin layers are stored
@@ -421,8 +436,13 @@ def compress(
     The base model's parameters and MACs at `seq_len` are measured first and recorded in the config.
     Blocks stream through `device` one at a time (see `stream_decompositions`); each block's layers are
     swapped as soon as its decompositions exist, so no full set of decompositions is ever held, and a
-    rerun after an interruption resumes from the decompositions already in the cache.
+    rerun after an interruption resumes from the decompositions already in the cache. `calibration_stream`:
+    open-loop, closed-loop or anchored (`sfsd.closed_loop`).
     """
+    if calibration_stream != "open-loop":
+        from sfsd.closed_loop import check_stream
+
+        check_stream(calibration_stream, method)
     if slicing is not None:
         check_slicing_request(method, slicing)
     if sum(x is not None for x in (beta, ranks, slicing)) != 1:
@@ -450,16 +470,20 @@ def compress(
     # One content hash per call, before any layer is swapped, shared by the decomposition and statistics
     # keys: ~1 s for the default model, ~10-25 s for a 7B model in bfloat16 (vs minutes per block).
     weights = model_fingerprint(model)
+    from sfsd.closed_loop import stream_key_fields
+
     folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen], weights,
-                                  starts_with_bos(tokenizer))
+                                  starts_with_bos(tokenizer), stream_key_fields(calibration_stream, ranks))
 
     def swap(_block: int, decs: dict[str, Decomposition]) -> None:  # the block's outputs are already passed on
         apply_ranks(model, decs, {name: ranks[name] for name in decs}, factors)
 
     stream_decompositions(model, tokenizer, chosen, method, calibration, folder, batch_size, device, progress,
-                          on_block=swap, timings=timings, statistics_cache=True, weights=weights)
+                          on_block=swap, timings=timings, statistics_cache=True, weights=weights,
+                          stream=calibration_stream, ranks=ranks)
     extra = {"overall_budget": overall_budget(adapter.layers(), ranks, factors), "calibration": asdict(calibration),
              "bos": starts_with_bos(tokenizer),
+             **({"calibration_stream": calibration_stream} if calibration_stream != "open-loop" else {}),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra, factors)
 

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
     add_calibration_flags(p)
-    add_flags(p, options.BATCH_SIZE)
+    add_flags(p, options.CALIBRATION_STREAM, options.BATCH_SIZE)
     p.set_defaults(func=run_compress)
 
     q = subparsers.add_parser("info", help="ranks, parameters, budget and MACs of a model folder")
@@ -50,6 +50,10 @@ def run_compress(args: argparse.Namespace) -> int:
         raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
     calibration = config_from_args(CalibrationSpec, args)
     check_compress_request(args.method, args.beta, calibration, args.slicing, args.factors)
+    if args.calibration_stream != "open-loop":
+        from sfsd.closed_loop import check_stream
+
+        check_stream(args.calibration_stream, args.method)
     start = time.perf_counter()
     # The model stays on the host; its blocks visit the compute device one at a time (sequential onloading).
     compute = pick_device(args.device)
@@ -62,7 +66,7 @@ def run_compress(args: argparse.Namespace) -> int:
                                       max_memory=args.max_memory, offload_dir=args.offload_dir)
     compress(model, tokenizer, args.method, beta=args.beta, last_blocks=args.last_blocks, ranks=ranks,
              calibration=calibration, batch_size=args.batch_size, seq_len=args.seq_len, device=compute,
-             slicing=args.slicing, factors=args.factors)
+             slicing=args.slicing, factors=args.factors, calibration_stream=args.calibration_stream)
     save_compressed(model, tokenizer, out, overwrite=args.overwrite)
     print(f"saved {out} in {time.perf_counter() - start:.1f} s")
     _print_info(model, args.seq_len, layers=False)

@@ -32,11 +32,16 @@ class UniformConfig:
     ppl_seq_lens: list[int] = options.PPL_SEQ_LENS.field()
     ppl_tokens: int | None = options.PPL_TOKENS.field()  # first tokens of the wiki eval split
     dtype: str = options.DTYPE.field()
+    calibration_stream: str = options.CALIBRATION_STREAM.field()
 
     def __post_init__(self):
         parse_dtype(self.dtype)
         if self.method != "none":
             check_compress_request(self.method, self.beta, self.calibration, factors=self.factors)
+        if self.calibration_stream != "open-loop":
+            from sfsd.closed_loop import check_stream
+
+            check_stream(self.calibration_stream, self.method)
         from sfsd.data import OFFLINE_TASKS
 
         unknown = [t for t in self.tasks if t not in OFFLINE_TASKS]
@@ -45,8 +50,8 @@ class UniformConfig:
 
     def to_dict(self) -> dict:
         data = {**asdict(self), "kind": "uniform"}
-        for name in ("dtype", "factors"):  # left out at their defaults: runs made before they existed keep their ids
-            if data[name] == UniformConfig.__dataclass_fields__[name].default:
+        for name in ("dtype", "factors", "calibration_stream"):  # left out at their defaults: runs made before
+            if data[name] == UniformConfig.__dataclass_fields__[name].default:  # they existed keep their ids
                 del data[name]
         return data | sequence_identity(self.model)
 
@@ -72,7 +77,8 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
         start = time.perf_counter()
         if config.method != "none":
             compress(model, tokenizer, config.method, beta=config.beta, last_blocks=config.last_blocks,
-                     calibration=config.calibration, progress=progress, factors=config.factors)
+                     calibration=config.calibration, progress=progress, factors=config.factors,
+                     calibration_stream=config.calibration_stream)
         seconds = time.perf_counter() - start
         info = describe(model, seq_len=128)
         key = f"{run.id}"
