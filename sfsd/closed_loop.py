@@ -50,9 +50,10 @@ from sfsd.decompose import (
 from sfsd.decompose import anchored as anchored_fit
 from sfsd.errors import SfsdError
 from sfsd.offload import onloaded
+from sfsd.options import CALIBRATION_STREAMS, OPEN_LOOP
 
-OPEN_LOOP, CLOSED_LOOP, ANCHORED = "open-loop", "closed-loop", "anchored"
-STREAMS = (OPEN_LOOP, CLOSED_LOOP, ANCHORED)
+STREAMS = CALIBRATION_STREAMS  # declared with their option (sfsd.options)
+CLOSED_LOOP, ANCHORED = STREAMS[1:]
 
 
 def check_stream(stream: str, method: str) -> None:

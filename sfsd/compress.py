@@ -94,7 +94,7 @@ def stream_decompositions(
     model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration: CalibrationSpec,
     folder: str | Path | None = None, batch_size: int = 16, device: torch.device | str | None = None,
     progress: bool = True, on_block: BlockCallback | None = None, timings: dict | None = None,
-    statistics_cache: bool = False, weights: str | None = None, stream: str = "open-loop",
+    statistics_cache: bool = False, weights: str | None = None, stream: str = options.OPEN_LOOP,
     ranks: Mapping[str, int] | None = None,
 ) -> dict[str, Decomposition]:
     """Decompose `layers` one block at a time (the block-streaming engine behind compress, uniform, search).
@@ -117,7 +117,7 @@ def stream_decompositions(
     `stream` closed-loop or anchored: the statistics come from the model compressed so far, at `ranks`
     (`sfsd.closed_loop`; the model's layers are swapped as it goes, and no statistics cache is used).
     """
-    if stream != "open-loop":
+    if stream != options.OPEN_LOOP:
         from sfsd.closed_loop import stream_closed_loop
 
         if ranks is None:
@@ -427,7 +427,7 @@ def compress(
     timings: dict | None = None,
     slicing: float | None = None,
     factors: str = TWO_FACTOR,
-    calibration_stream: str = "open-loop",
+    calibration_stream: str = options.OPEN_LOOP,
 ) -> nn.Module:
     """Compress `model` in place: the uniform protocol (beta, last_blocks) or explicit per-layer ranks
     (or, for slicegpt only, SliceGPT's own `slicing` fraction). `factors`: the format the thin layers are stored
@@ -439,7 +439,7 @@ def compress(
     rerun after an interruption resumes from the decompositions already in the cache. `calibration_stream`:
     open-loop, closed-loop or anchored (`sfsd.closed_loop`).
     """
-    if calibration_stream != "open-loop":
+    if calibration_stream != options.OPEN_LOOP:
         from sfsd.closed_loop import check_stream
 
         check_stream(calibration_stream, method)
@@ -483,7 +483,7 @@ def compress(
                           stream=calibration_stream, ranks=ranks)
     extra = {"overall_budget": overall_budget(adapter.layers(), ranks, factors), "calibration": asdict(calibration),
              "bos": starts_with_bos(tokenizer),
-             **({"calibration_stream": calibration_stream} if calibration_stream != "open-loop" else {}),
+             **({"calibration_stream": calibration_stream} if calibration_stream != options.OPEN_LOOP else {}),
              **description, "base": base, "dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     return mark_compressed(model, method, low_rank_specs(model, ranks), extra, factors)
 

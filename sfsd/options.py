@@ -258,12 +258,14 @@ FACTORS = Option("--factors", "how each thin layer is stored and counted: two-fa
                  "weights, so a higher rank at the same beta)", FACTOR_FORMATS[0], choices=FACTOR_FORMATS,
                  label="Factor format")
 
+CALIBRATION_STREAMS = ("open-loop", "closed-loop", "anchored")
+OPEN_LOOP = CALIBRATION_STREAMS[0]  # the default: the paper's statistics, on the original model
 CALIBRATION_STREAM = Option(
     "--calibration-stream", "whose activations each block's statistics come from: open-loop (the original model's), "
     "closed-loop (the model with every earlier block, and the block's earlier layers, already compressed: the inputs "
     "each layer will see) or anchored (closed-loop inputs, each layer fit to the original model's outputs: an "
     "error-correcting reduced-rank regression, feature method only); needs the ranks before decomposing (compress "
-    "--beta/--ranks, uniform), not the search", "open-loop", choices=("open-loop", "closed-loop", "anchored"),
+    "--beta/--ranks, uniform), not the search", CALIBRATION_STREAMS[0], choices=CALIBRATION_STREAMS,
     label="Calibration stream")
 
 # Calibration (CalibrationSpec)

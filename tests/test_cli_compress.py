@@ -59,6 +59,23 @@ def test_explicit_ranks_file(capsys, tiny_folder, tmp_path):
         "model.layers.1.mlp.down_proj": 8, "model.layers.0.self_attn.q_proj": 4}
 
 
+def test_ranks_of_a_finished_run(capsys, tiny_folder, tmp_path):
+    """--ranks RUN_ID builds a run's allocation again (e.g. with another --calibration-stream)."""
+    from sfsd.paths import runs_dir
+
+    run = runs_dir() / "search-tiny-feature-ppl-000000000000"
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"ranks": {"model.layers.1.mlp.down_proj": 6}, "final_metric": 9.0}))
+    code, out, err = _run(capsys, "compress", "--model", tiny_folder, "--ranks", run.name, "--calib-source", "random",
+                          "--calib-samples", "4", "--calib-seq-len", "8", "--out", tmp_path / "from-run")
+    assert code == 0, err
+    layers = AutoModelForCausalLM.from_pretrained(tmp_path / "from-run").config.sfsd_layers
+    assert {name: spec["rank"] for name, spec in layers.items()} == {"model.layers.1.mlp.down_proj": 6}
+    code, out, err = _run(capsys, "compress", "--model", tiny_folder, "--ranks", "search-no-such-run",
+                          "--out", tmp_path / "none")
+    assert code != 0 and "no such file or run" in err and len(err.strip().splitlines()) == 1
+
+
 def _bad_folders(tmp_path):
     not_lm = tmp_path / "bert"
     not_lm.mkdir()

@@ -41,14 +41,22 @@ def split_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def read_ranks(path: str) -> dict[str, int]:
-    """A JSON file mapping full module names to ranks."""
+def read_ranks(source: str) -> dict[str, int]:
+    """Per-layer ranks: a JSON file {module name: rank}, or a run's allocation (a run id in the cache, or its
+    result.json), so one search's ranks can be built again with another --factors or --calibration-stream."""
+    from sfsd.paths import runs_dir
+
+    run_result = runs_dir() / source / "result.json"
+    path = run_result if "/" not in source and run_result.is_file() else Path(source)
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise SfsdError(f"ranks file {path} does not exist: pass a JSON file of {{module name: rank}}") from exc
+        raise SfsdError(f"--ranks {source}: no such file or run: pass a JSON file of {{module name: rank}} or a "
+                        "finished run's id") from exc
     except json.JSONDecodeError as exc:
         raise SfsdError(f"ranks file {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(data, dict) and isinstance(data.get("ranks"), dict):  # a run's result.json
+        data = data["ranks"]
     if not isinstance(data, dict):
         raise SfsdError(f"ranks file {path} must hold a JSON object {{module name: rank}}")
     return data

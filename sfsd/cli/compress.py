@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dispatch_flags(p)
     add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, options.SLICING, options.FACTORS,
               beta=None, last_blocks=None)
-    p.add_argument("--ranks", help="JSON file {module name: rank} instead of --beta")
+    p.add_argument("--ranks", help="per-layer ranks instead of --beta: a JSON file {module name: rank}, or a "
+                   "finished run's id (its allocation)")
     p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
@@ -50,7 +51,7 @@ def run_compress(args: argparse.Namespace) -> int:
         raise SfsdError(f"{out} already exists: choose another --out or pass --overwrite")
     calibration = config_from_args(CalibrationSpec, args)
     check_compress_request(args.method, args.beta, calibration, args.slicing, args.factors)
-    if args.calibration_stream != "open-loop":
+    if args.calibration_stream != options.OPEN_LOOP:
         from sfsd.closed_loop import check_stream
 
         check_stream(args.calibration_stream, args.method)

@@ -38,7 +38,7 @@ class UniformConfig:
         parse_dtype(self.dtype)
         if self.method != "none":
             check_compress_request(self.method, self.beta, self.calibration, factors=self.factors)
-        if self.calibration_stream != "open-loop":
+        if self.calibration_stream != options.OPEN_LOOP:
             from sfsd.closed_loop import check_stream
 
             check_stream(self.calibration_stream, self.method)
