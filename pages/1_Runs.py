@@ -160,4 +160,5 @@ if not readable.empty:
             if readonly():
                 st.caption("The log is not shown in read-only mode (it names local paths).")
             else:
-                st.code(view.log_tail or "(no log: this run was not launched from the dashboard)", language="text")
+                st.code(view.log_tail or "(no log here: this run was started from a terminal, which got its output)",
+                        language="text")

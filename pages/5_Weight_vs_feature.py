@@ -48,7 +48,11 @@ def settings(defaults: dict, key: str) -> dict:
     seq_lens = defaults.get("ppl_seq_lens", options.PPL_SEQ_LENS.default)
     ppl_len = widgets.option_input(c3, options.PPL_SEQ_LENS, f"{key}-ppl", int(seq_lens[0]),
                                    min_value=limits["ppl_seq_len"][0], max_value=limits["ppl_seq_len"][1])
-    return {"model": model, "beta": float(beta), "last_blocks": int(last), "tasks": tasks, "limit": int(limit),
+    c1, c2, _ = st.columns([1, 1, 2], vertical_alignment="bottom")  # the paper's: two factors, open loop
+    factors = widgets.option_input(c1, options.FACTORS, f"{key}-factors", defaults.get("factors"))
+    stream = widgets.option_input(c2, options.CALIBRATION_STREAM, f"{key}-stream", defaults.get("calibration_stream"))
+    return {"model": model, "beta": float(beta), "last_blocks": int(last), "factors": factors,
+            "calibration_stream": stream, "tasks": tasks, "limit": int(limit),
             "ppl_seq_lens": [int(ppl_len)], "ppl_tokens": defaults.get("ppl_tokens", options.PPL_TOKENS.default),
             "calibration": replace(calibration, samples=int(samples))}
 
@@ -61,10 +65,15 @@ def launch_buttons(chosen: dict, methods: list[str], key: str) -> None:
         names = ", ".join(plots.method_label(m) for m in methods)
         st.caption(f"Missing here: {names} (read-only mode: nothing is started).")
         return
-    try:
-        configs = {m: UniformConfig(method="none" if m == "base" else m, **chosen) for m in methods}
-    except SfsdError as exc:
-        st.error(str(exc))
+    configs, refused = {}, {}
+    for method in methods:  # a format may not suit every method (anchored: feature only; compact: no pruning)
+        try:
+            configs[method] = UniformConfig(method="none" if method == "base" else method, **chosen)
+        except SfsdError as exc:
+            refused[method] = str(exc)
+    if refused:
+        st.caption("Not with these settings: " + "; ".join(f"{m} ({why})" for m, why in refused.items()))
+    if not configs:
         return
     st.code("\n".join(jobs.command_line(config) for config in configs.values()), language="bash", wrap_lines=True)
     if st.button("Run all missing", key=f"{key}-all", type="primary", icon=":material/play_arrow:",
@@ -94,10 +103,10 @@ if not groups:
     widgets.progress_panel(key="uni-progress")
     st.stop()
 
-labels = [f"{data.model_display(str(g['model']))} · beta {g['beta']} · last {g['last_blocks']} blocks" for g in groups]
+labels = [data.protocol_label(g) for g in groups]
 index = st.selectbox("Protocol", range(len(groups)), format_func=lambda i: labels[i], key="uni-group")
 group = groups[index]
-rows = data.table1_rows(uniform, group["model"], group["beta"], group["last_blocks"])
+rows = data.table1_rows(uniform, **group)
 
 st.subheader("Table 1")
 for note in data.table1_warnings(rows):
@@ -121,7 +130,8 @@ missing = [m for m in data.UNIFORM_METHODS if m not in set(rows["method"])]
 # base evaluation: its beta 1.0 and 0 blocks are not the protocol's)
 first = data.load_run(rows["run_id"].iloc[0])
 defaults = data.protocol_defaults(first.config if first else None, group)
-FORM_FIELDS = ("model", "beta", "last", "limit", "tasks", "calib", "ppl")  # settings' widget keys, after its key
+# settings' widget keys, after its key
+FORM_FIELDS = ("model", "beta", "last", "limit", "tasks", "calib", "ppl", "factors", "stream")
 picked = repr(sorted((k, str(v)) for k, v in group.items()))
 if st.session_state.get("uni-fill-protocol") != picked:  # another protocol: its form starts at its settings
     for name in FORM_FIELDS:
@@ -129,8 +139,9 @@ if st.session_state.get("uni-fill-protocol") != picked:  # another protocol: its
     st.session_state["uni-fill-protocol"] = picked
 with st.expander(f"Add methods (missing here: {', '.join(missing) if missing else 'none'})", expanded=bool(missing)):
     chosen = settings(defaults, key="uni-fill")
-    have = uniform[(uniform["model"] == chosen["model"]) & (uniform["beta"] == chosen["beta"])
-                   & (uniform["last_blocks"] == chosen["last_blocks"])]["method"]
+    made = data.same_format(uniform, chosen["factors"], chosen["calibration_stream"])
+    have = made[(made["model"] == chosen["model"]) & (made["beta"] == chosen["beta"])
+                & (made["last_blocks"] == chosen["last_blocks"])]["method"]
     launch_buttons(chosen, [m for m in data.UNIFORM_METHODS if m not in set(have)], key="uni-fill-launch")
 widgets.progress_panel(key="uni-progress")
 

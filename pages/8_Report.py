@@ -26,7 +26,8 @@ def build(root: str, run_id: str, updated: str | None) -> str:
     group = None
     if view.kind == "uniform":
         group = data.table1_rows(data.uniform_frame(), view.model, view.config.get("beta"),
-                                 view.config.get("last_blocks"))
+                                 view.config.get("last_blocks"), **{k: view.config.get(k, v)
+                                                                    for k, v in data.PAPER_FORMAT.items()})
     return report.build_report(view, data.spectra(run_id) if view.kind == "search" else data.spectra(run_id).head(0),
                                group)
 

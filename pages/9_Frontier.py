@@ -29,6 +29,9 @@ st.caption("Lines: target-budget runs of one strategy; diamonds: Algorithm 1 sea
            "Click a point to open its budget heatmap below.")
 event = widgets.chart(frontier.frontier_figure(frame, column, x_axis), key="frontier-chart", on_select="rerun",
                       selection_mode="points")
+_, other_protocols = frontier.one_protocol(frame, column)
+if other_protocols:
+    st.caption(other_protocols)
 tasks = frontier.task_columns(frame)
 if tasks:
     task = st.selectbox("Accuracy on", tasks, key="frontier-task") if len(tasks) > 1 else tasks[0]

@@ -189,6 +189,7 @@ PAGES = {
     "runs": "pages/1_Runs.py", "heatmap": "pages/2_Budget_heatmap.py", "spectra": "pages/3_Spectra.py",
     "accuracy": "pages/4_Accuracy_vs_parameters.py", "table1": "pages/5_Weight_vs_feature.py",
     "disagreement": "pages/6_Disagreement.py", "bias": "pages/7_Bias.py", "report": "pages/8_Report.py",
+    "frontier": "pages/9_Frontier.py",
 }
 
 

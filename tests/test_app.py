@@ -548,6 +548,9 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
     assert [c["label"] for c in record["commands"]] == ["search feature", "search weight", "uniform base",
                                                         "uniform feature", "uniform weight"]
     assert all(c["exit"] == 0 and c["seconds"] > 0 for c in record["commands"])
+    for run_id in ids:  # each run's log holds its own output, not the whole chain's
+        log = Run.open(run_id).log_path.read_text()
+        assert [i for i in ids if f"sfsd runs resume {i}" in log] == [run_id]
     for run_id in searches:  # piqa at every snapshot after step 0
         snapshots = Run.open(run_id).read_snapshots()
         assert len(snapshots) >= 3 and all("piqa" in s["evals"] for s in snapshots if s["step"] > 0)
@@ -558,8 +561,16 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
     no_exception(at)
     summary = " ".join(s.value for s in at.success)
     assert re.search(r"The quick demo ran a feature-space search .* a weight-space search .*Table 1's uniform "
-                     r"protocol at beta 0.46 on the last 3 blocks \(base, feature, weight\)\. It took \d+m\d\ds "
+                     r"protocol at beta 0.46 on the last 3 blocks \(base, feature, weight\)\..* It took \d+m\d\ds "
                      r"\(search feature \d+m\d\ds, search weight .*uniform weight \d+m\d\ds\)", summary), summary
+    from sfsd.search.heldout import heldout_summary
+
+    # each search's held-out change beside its search-split change, and a plain word when it is over twice the tolerance
+    changes = [heldout_summary(Run.open(i).result()) for i in searches]
+    for change in changes:
+        assert f"search split {change['search_change'] * 100:+.1f}%, eval split {change['eval_change'] * 100:+.1f}%" \
+            in summary, summary
+    assert ("more than twice the +10% tolerance" in summary) == any(c["eval_change"] > 0.2 for c in changes), summary
     labels = [link.proto.label for link in at.get("page_link")]
     assert {"Budget per layer: heatmap", "Spectra: feature vs weight", "Accuracy vs parameters",
             "Table 1: feature vs weight at one budget"} <= set(labels), labels
@@ -581,6 +592,18 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
     assert list(table["method"]) == ["base", "weight", "feature"]
     assert list(table.columns[2:3]) == ["ppl @128 tokens"]
     assert all(re.fullmatch(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cell) for cell in table.filter(like="acc %").stack())
+    # the Frontier has points after the demo: its searches (their own held-out check) and their base model, all on
+    # the held-out check's protocol (16,384 tokens), the demo's 4,096-token Table 1 base left out and said so
+    at = open_page("frontier")
+    no_exception(at)
+    drawn = json.loads(charts(at)[0].proto.spec)
+    points = [t for t in drawn["data"] if t.get("name") in ("Algorithm 1 (feature)", "Algorithm 1 (weight)")]
+    assert len(points) == 2 and all(len(t["x"]) == 1 for t in points), [t.get("name") for t in drawn["data"]]
+    bases = [a["text"] for a in drawn["layout"]["annotations"] if a["text"].startswith("base model")]
+    heldout = Run.open(searches[0]).result()["heldout"]["base"]
+    assert bases == [f"base model {heldout['value']:.4g}"], bases
+    assert "16,384 tokens" in drawn["layout"]["yaxis"]["title"]["text"]
+    assert "4,096" in texts(at) and "another protocol" in texts(at)
 
 
 def test_run_all_missing_queues_the_runs_behind_one_background_process(empty_env, store):

@@ -173,3 +173,26 @@ def test_table1_shows_only_the_paper_s_factor_format():
          "limit": 100, "run_id": "f"},
     ])
     assert list(data.table1_rows(uniform, "m", 0.46, 11)["run_id"]) == ["f"]
+
+
+def test_a_format_other_than_the_paper_s_is_a_protocol_of_its_own():
+    """Compact or anchored runs of a beta and blocks make a Table 1 of their own, labelled with the format, and
+    borrow the base row (the base model has no format); the paper's protocol keeps only its own runs."""
+    import pandas as pd
+
+    from sfsd.dashboard import data
+
+    uniform = pd.DataFrame([
+        {"model": "m", "method": "feature", "beta": 0.46, "factors": "compact", "calibration_stream": "anchored",
+         "last_blocks": 11, "tasks": "", "limit": 100, "run_id": "ca"},
+        {"model": "m", "method": "feature", "beta": 0.46, "factors": "compact", "last_blocks": 11, "tasks": "",
+         "limit": 100, "run_id": "c"},
+        {"model": "m", "method": "feature", "beta": 0.46, "last_blocks": 11, "tasks": "", "limit": 100, "run_id": "f"},
+        {"model": "m", "method": "base", "beta": 1.0, "last_blocks": 0, "tasks": "", "limit": 100, "run_id": "b"},
+    ])
+    protocols = data.table1_protocols(uniform)
+    assert [data.protocol_label(p) for p in protocols] == [
+        "m · beta 0.46 · last 11 blocks · compact · anchored", "m · beta 0.46 · last 11 blocks · compact",
+        "m · beta 0.46 · last 11 blocks"]
+    assert [list(data.table1_rows(uniform, **p)["run_id"]) for p in protocols] == [["b", "ca"], ["b", "c"], ["b", "f"]]
+    assert data.protocol_defaults({}, protocols[0])["calibration_stream"] == "anchored"

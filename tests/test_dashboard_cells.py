@@ -51,3 +51,24 @@ def test_the_frontier_log_axis_labels_read_their_values():
     read = [float(text[:-1]) * scale[text[-1]] if text[-1] in scale else float(text) for text in axis.ticktext]
     assert read == list(axis.tickvals) and len(read) >= 3
     assert 10 ** axis.range[0] <= 31.06 and 10 ** axis.range[1] >= 950.0  # the base line and every point shown
+
+
+def test_the_frontier_draws_one_perplexity_protocol_with_its_own_base_line():
+    """Two base models measured on 16,384 and 4,096 tokens were two unlabelled lines: the chart draws the token
+    count most points were measured on, its base line only, says the count in the axis title and what it left out."""
+    from sfsd.dashboard.frontier import frontier_figure, one_protocol
+
+    frame = pd.DataFrame({"strategy": ["base", "base", "Algorithm 1", "Algorithm 1", "uniform"],
+                          "run_id": ["b1", "b2", "s1", "s2", "u"], "method": ["none", "none", "feature", "weight",
+                                                                             "feature"],
+                          "overall_budget": [1.0, 1.0, 0.97, 0.97, 0.8], "ppl@128": [31.06, 28.2, 40.1, 900.0, 74.8],
+                          "tokens@128": [16384, 4096, 16384, 16384, 4096], "target": [1.0, 1.0, None, None, 0.8],
+                          "macs": [1] * 5, "tolerance": [None, None, 0.1, 0.1, None]})
+    kept, note = one_protocol(frame, "ppl@128")
+    assert list(kept["run_id"]) == ["b1", "s1", "s2"]
+    assert note == ("ppl@128 on 16,384 eval-split tokens; 2 point(s) measured on other token counts (4,096) are "
+                    "another protocol and are not drawn.")
+    fig = frontier_figure(frame, "ppl@128")
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("base model")] == ["base model 31.06"]
+    assert "16,384 tokens" in fig.layout.yaxis.title.text
+    assert sorted(t.name for t in fig.data) == ["Algorithm 1 (feature)", "Algorithm 1 (weight)"]

@@ -406,7 +406,8 @@ def test_protocol_defaults_keep_only_what_the_form_takes():
         [{"model": "m", "method": "base", "beta": 1.0, "last_blocks": 0},
          {"model": "m", "method": "base", "beta": 0.5, "last_blocks": 2},
          {"model": "m", "method": "weight", "beta": 0.4, "last_blocks": 2}])) == [
-        {"model": "m", "beta": 0.4, "last_blocks": 2}, {"model": "m", "beta": 0.5, "last_blocks": 2}]
+        {"model": "m", "beta": 0.4, "last_blocks": 2, **data.PAPER_FORMAT},
+        {"model": "m", "beta": 0.5, "last_blocks": 2, **data.PAPER_FORMAT}]
 
 
 def test_chart_titles_wrap_and_the_legend_gets_room_above_the_plot():

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from sfsd import options
 from sfsd.dashboard.plots import BASE
 from sfsd.decompose import METHODS, TWO_FACTOR
 from sfsd.errors import SfsdError
@@ -320,6 +321,7 @@ def uniform_row(view: RunView) -> dict:
     calibration = config.get("calibration") if isinstance(config.get("calibration"), dict) else {}
     row = {"run_id": view.run_id, "origin": view.origin, "model": view.model, "method": method,
            "beta": config.get("beta"), "factors": config.get("factors", TWO_FACTOR),
+           "calibration_stream": config.get("calibration_stream", options.OPEN_LOOP),
            "last_blocks": config.get("last_blocks"), "state": view.state,
            "calibration": "{source} {samples}x{seq_len}".format(**{"source": "?", "samples": "?", "seq_len": "?",
                                                                     **calibration}),
@@ -349,8 +351,8 @@ def uniform_frame() -> pd.DataFrame:
         view = load_run(run_id)
         if view is not None:
             rows.append(uniform_row(view))
-    base = ["run_id", "model", "method", "beta", "factors", "last_blocks", "state", "calibration", "limit", "tasks",
-            "params", "macs", "overall_budget", "origin"]
+    base = ["run_id", "model", "method", "beta", "factors", "calibration_stream", "last_blocks", "state",
+            "calibration", "limit", "tasks", "params", "macs", "overall_budget", "origin"]
     frame = pd.DataFrame(rows)
     accs = sorted(c for c in frame.columns if c.startswith("acc:"))
     ns = sorted(c for c in frame.columns if c.startswith("n:"))
@@ -370,7 +372,17 @@ def _base_row_for(uniform: pd.DataFrame, rows: pd.DataFrame, model: str) -> pd.D
     return bases.iloc[0:1]
 
 
-PROTOCOL_KEYS = ["model", "beta", "last_blocks"]
+# A protocol: the paper's (model, beta, last N blocks), and how its layers were made (the factor format and the
+# calibration stream; the paper's are two factors, open loop). Each is a Table 1 of its own.
+PROTOCOL_KEYS = ["model", "beta", "last_blocks", "factors", "calibration_stream"]
+PAPER_FORMAT = {"factors": TWO_FACTOR, "calibration_stream": options.OPEN_LOOP}
+
+
+def protocol_label(protocol: dict) -> str:
+    """'SmolLM2-135M · beta 0.46 · last 11 blocks', then the format when it is not the paper's."""
+    label = f"{model_display(str(protocol['model']))} · beta {protocol['beta']} · last {protocol['last_blocks']} blocks"
+    extra = [str(protocol.get(k)) for k, paper in PAPER_FORMAT.items() if protocol.get(k, paper) != paper]
+    return " · ".join([label, *extra])
 
 
 def is_base_evaluation(method: Any, last_blocks: Any) -> bool:
@@ -382,7 +394,7 @@ def is_base_evaluation(method: Any, last_blocks: Any) -> bool:
 
 
 def table1_protocols(uniform: pd.DataFrame) -> list[dict]:
-    """The Table 1 protocols ({model, beta, last_blocks}) of the uniform runs, in the order the page offers them:
+    """The Table 1 protocols (PROTOCOL_KEYS) of the uniform runs, in the order the page offers them:
     newest first, those holding only a base-model run last. Base evaluations are no protocol (see
     `is_base_evaluation`), nor is a row whose protocol fields are missing."""
     if uniform.empty:
@@ -394,6 +406,7 @@ def table1_protocols(uniform: pd.DataFrame) -> list[dict]:
     rows = uniform[keep]
     if rows.empty:
         return []
+    rows = rows.assign(**{k: rows[k].fillna(v) if k in rows else v for k, v in PAPER_FORMAT.items()})
     compressed = set(rows[rows["method"] != BASE][PROTOCOL_KEYS].apply(tuple, axis=1))
     groups = rows[PROTOCOL_KEYS].drop_duplicates()
     groups = groups.assign(only_base=~groups.apply(tuple, axis=1).isin(compressed))
@@ -440,6 +453,9 @@ def protocol_defaults(config: dict | None, protocol: dict | None = None) -> dict
             out["beta"] = float(source["beta"])
         if _within(source.get("last_blocks"), "last_blocks") is not None:
             out["last_blocks"] = int(source["last_blocks"])
+    for name, option in (("factors", options.FACTORS), ("calibration_stream", options.CALIBRATION_STREAM)):
+        if source.get(name) in option.choices:  # a protocol's format, or the run's
+            out[name] = source[name]
     if _within(config.get("limit"), "limit") is not None:
         out["limit"] = int(config["limit"])
     tasks = config.get("tasks")
@@ -466,12 +482,26 @@ def protocol_defaults(config: dict | None, protocol: dict | None = None) -> dict
     return out
 
 
-def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any) -> pd.DataFrame:
-    """The uniform runs of one protocol (model, beta, last N blocks), one per method, in Table 1's order; Table 1 is
-    the paper's protocol, so only runs in its factor format (two factors) are rows of it."""
-    if "factors" in uniform:
-        uniform = uniform[uniform["factors"].fillna(TWO_FACTOR) == TWO_FACTOR]
-    rows = uniform[(uniform["model"] == model) & (uniform["beta"] == beta) & (uniform["last_blocks"] == last_blocks)]
+def same_format(uniform: pd.DataFrame, factors: str = TWO_FACTOR,
+                calibration_stream: str = options.OPEN_LOOP) -> pd.DataFrame:
+    """The uniform runs made in one factor format and calibration stream (runs older than those fields: the
+    paper's)."""
+    keep = pd.Series(True, index=uniform.index)
+    for column, value in (("factors", factors), ("calibration_stream", calibration_stream)):
+        if column in uniform:
+            keep &= uniform[column].fillna(PAPER_FORMAT[column]) == value
+        elif value != PAPER_FORMAT[column]:
+            keep &= False
+    return uniform[keep]
+
+
+def table1_rows(uniform: pd.DataFrame, model: str, beta: Any, last_blocks: Any, factors: str = TWO_FACTOR,
+                calibration_stream: str = options.OPEN_LOOP) -> pd.DataFrame:
+    """The uniform runs of one protocol (model, beta, last N blocks, factor format, calibration stream), one per
+    method, in Table 1's order; the paper's Table 1 is two factors, open loop (the defaults). The base row may
+    be borrowed (`_base_row_for`): the base model has no format."""
+    made = same_format(uniform, factors, calibration_stream)
+    rows = made[(made["model"] == model) & (made["beta"] == beta) & (made["last_blocks"] == last_blocks)]
     rows = pd.concat([_base_row_for(uniform, rows, model), rows])
     order = {m: i for i, m in enumerate(UNIFORM_METHODS)}
     rows = rows.sort_values("method", key=lambda s: s.map(lambda m: order.get(m, len(order))), kind="stable")

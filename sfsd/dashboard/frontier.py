@@ -99,9 +99,40 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
                           "tolerance %{customdata[2]}<br>%{customdata[0]}<extra></extra>"))
 
 
+def protocol_tokens(frame: pd.DataFrame, column: str) -> int | None:
+    """The token count of `column`'s comparison: the one most points (not the base model) were measured on."""
+    tokens = frame.get(column.replace("ppl@", "tokens@"))
+    if tokens is None:
+        return None
+    measured = pd.to_numeric(tokens[(frame["strategy"] != "base") & frame[column].notna()], errors="coerce").dropna()
+    if measured.empty:
+        return None
+    counts = measured.astype("int64").value_counts()
+    return int(max(counts.index, key=lambda n: (counts[n], n)))
+
+
+def one_protocol(frame: pd.DataFrame, column: str) -> tuple[pd.DataFrame, str | None]:
+    """The rows whose `column` was measured on `protocol_tokens` tokens (base lines included), and a note on
+    what was left out: perplexities on other token counts are another protocol, never drawn beside them."""
+    tokens = protocol_tokens(frame, column)
+    if tokens is None:
+        return frame, None
+    counted = pd.to_numeric(frame[column.replace("ppl@", "tokens@")], errors="coerce")
+    same = (counted == tokens) | frame[column].isna()
+    left = frame[~same]
+    note = None
+    if not left.empty:
+        others = ", ".join(f"{int(n):,}" for n in sorted(counted[~same].dropna().unique()))
+        note = (f"{column} on {tokens:,} eval-split tokens; {len(left)} point(s) measured on other token counts "
+                f"({others}) are another protocol and are not drawn.")
+    return frame[same], note
+
+
 def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget") -> go.Figure:
     """`column` (log scale) against overall budget or MACs; one line per (strategy, method), Algorithm 1
-    searches as points, base models as horizontal lines."""
+    searches as points, base models as horizontal lines; all on one protocol (`one_protocol`)."""
+    frame, _ = one_protocol(frame, column)
+    tokens = protocol_tokens(frame, column)
     points_ = frame[(frame["strategy"] != "base")].dropna(subset=[column, x])
     if points_.empty:
         return empty_figure(f"No frontier point has {column} {'and MACs ' if x == 'macs' else ''}yet: run "
@@ -109,14 +140,15 @@ def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget")
     fig = go.Figure()
     _traces(fig, points_, x, lambda g: g[column].tolist(), column)
     for value in frame.loc[frame["strategy"] == "base", column].dropna().unique():
-        _base_line(fig, float(value), f"base model {column} {value:.4g}", log=True)
+        _base_line(fig, float(value), f"base model {value:.4g}", log=True)
     fig.update_xaxes(title=_X_TITLES[x])
     # Plotly labels minor log ticks with a bare digit (400 read "4"): round values written out instead
     values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
     values = values[np.isfinite(values) & (values > 0)]
     span = (math.log10(values.min()) - 0.1, math.log10(values.max()) + 0.1)
     ticks = log_ticks(*span, mantissas=(1, 2, 5) if span[1] - span[0] < 3 else (1,))
-    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]} tokens (log scale)", type="log",
+    on = f", {tokens:,} tokens" if tokens else ""
+    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]}-token windows{on} (log scale)", type="log",
                      range=list(span), tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, None, height=500)
 

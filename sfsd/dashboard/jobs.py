@@ -190,7 +190,7 @@ def start_all(configs: Sequence[RunConfig], root: Path | None = None, record: Pa
     if not todo:
         return results
     first = todo[0][0]
-    steps = [{"argv": resume_argv(run.id), "label": label(config)} for run, config in todo]
+    steps = [{"argv": resume_argv(run.id), "label": label(config), "log": str(run.log_path)} for run, config in todo]
     chain = [sys.executable, "-m", "sfsd.dashboard.chain", json.dumps(steps)]
     if record is not None:
         chain.append(str(record))

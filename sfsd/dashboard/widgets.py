@@ -262,21 +262,39 @@ def demo_summary(views: Sequence[data.RunView | None], record: dict | None = Non
     for view in searches:
         budget = (view.result or {}).get("overall_budget")
         parts.append(f"a {view.method}-space search (overall budget "
-                     f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'})")
+                     f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'}; {view.metric_label.split(' (')[0]} "
+                     f"{view.heldout})")
     if uniform:
         config = uniform[0].config
         methods = ", ".join("base" if view.method == "none" else view.method for view in uniform)
         parts.append(f"Table 1's uniform protocol at beta {config.get('beta')} on the last "
                      f"{config.get('last_blocks')} blocks ({methods})")
-    text = "The quick demo ran " + "; ".join(parts)
+    text = "The quick demo ran " + "; ".join(parts) + "." + _heldout_verdict(searches)
     took = _demo_seconds(views, record)
     if took is None:
-        return text + "."
+        return text
     if not _measured(record):
-        return text + f". It took {duration(took)}."
+        return text + f" It took {duration(took)}."
     partial = len(record["commands"]) < len(views)  # the other runs were already done when it was started
-    return (text + (". Its last start, for the runs still missing, took" if partial else ". It took")
+    return (text + (" Its last start, for the runs still missing, took" if partial else " It took")
             + f" {duration(took)} ({_demo_steps(record)}).")
+
+
+def _heldout_verdict(searches: Sequence[data.RunView]) -> str:
+    """Whether the searches' tolerance held on text they never saw (within twice it), said plainly."""
+    from sfsd.search.heldout import heldout_summary
+
+    over = []
+    for view in searches:
+        summary, tolerance = heldout_summary(view.result), view.config.get("metric", {}).get("tolerance")
+        if summary and tolerance and not summary["higher_is_better"] and summary["eval_change"] > 2 * tolerance:
+            over.append(f"{view.method} {100 * summary['eval_change']:+.1f}%")
+    if not over:
+        return ""
+    metric = searches[0].config.get("metric", {})
+    return (f" On held-out text the change is more than twice the {100 * metric['tolerance']:+.0f}% tolerance "
+            f"({', '.join(over)}): a search on {metric.get('samples')} windows of {metric.get('seq_len')} tokens "
+            "fits its own text; `sfsd search` uses 32 windows of 128 tokens by default, which hold it better.")
 
 
 def _measured(record: dict | None) -> bool:

@@ -3,8 +3,10 @@
 Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
 A target-budget run in compact factors is a point of its own line, "<strategy> compact".
 Algorithm 1 searches (a tolerance, no target) whose final model was evaluated on the eval split are points
-with strategy "Algorithm 1" and their tolerance. The uniform runs of a whole-model method (SliceGPT) are points
-of a line of their own, the method's name as strategy, at their parameter-equivalent overall budget.
+with strategy "Algorithm 1" and their tolerance; a search's own held-out check (its final and base model on the
+eval split, `result.heldout`) counts as such an evaluation, and gives a base point too. The uniform runs of a
+whole-model method (SliceGPT) are points of a line of their own, the method's name as strategy, at their
+parameter-equivalent overall budget.
 """
 
 from __future__ import annotations
@@ -19,24 +21,25 @@ from sfsd.runs.store import RunStore
 
 FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "tolerance", "overall_budget", "params", "macs",
                     "ppl@128", "ppl@2048", "run_id"]
+# each `ppl@<n>` goes with `tokens@<n>`, the tokens it was measured on: one comparison, one protocol
 _DTYPES = {"target": "float64", "tolerance": "float64", "overall_budget": "float64", "params": "Int64",
            "macs": "Int64", "ppl@128": "float64", "ppl@2048": "float64"}
 ALG1 = "Algorithm 1"
+_FROM_HELDOUT = "_from_heldout"  # a point made from its search's own held-out check (removed before the frame)
 
 
 def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.DataFrame:
-    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths and `acc:<task>`, `n:<task>` columns),
+    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths, `tokens@<n>`, `acc:<task>`, `n:<task>` columns),
     sorted by model, strategy, method and budget. Runs that are not done, or cannot be read, are left out."""
     store = RunStore(root)
     rows = []
     for run_id in store.ids():
         try:
             run = store.run(run_id)
-            row = _point(run)
+            found = _points(run)
         except SfsdError:
             continue
-        if row is not None and (model is None or row["model"] == model):
-            rows.append(row)
+        rows.extend(row for row in found if model is None or row["model"] == model)
     frame = _frame(rows, FRONTIER_COLUMNS, _DTYPES)
     return frame.sort_values(["model", "strategy", "method", "overall_budget"], kind="stable").reset_index(drop=True)
 
@@ -66,6 +69,36 @@ def _target(config: dict, result: dict, strategy: str) -> float | None:
     return config.get("target_budget")
 
 
+def _points(run) -> list[dict]:
+    """A run's point, and for an Algorithm 1 search evaluated only by its own held-out check, that check's base
+    model as a base point of the same protocol."""
+    row = _point(run)
+    if row is None:
+        return []
+    base = _heldout_base(run, row) if row.pop(_FROM_HELDOUT, False) else None
+    return [row] if base is None else [row, base]
+
+
+def _heldout(run) -> dict:
+    heldout = (run.result() or {}).get("heldout") or {}
+    return heldout if heldout.get("metric") == "ppl" else {}
+
+
+def _ppl_cells(entry: dict | None) -> dict:
+    """{ppl@<n>: value, tokens@<n>: tokens} of one eval-split perplexity record of a held-out check."""
+    if not isinstance(entry, dict) or entry.get("split") != "eval" or entry.get("value") is None:
+        return {}
+    return {f"ppl@{entry.get('seq_len')}": entry["value"], f"tokens@{entry.get('seq_len')}": entry.get("n")}
+
+
+def _heldout_base(run, row: dict) -> dict | None:
+    cells = _ppl_cells(_heldout(run).get("base"))
+    if not cells:
+        return None
+    return {"model": row["model"], "strategy": "base", "method": "none", "target": 1.0, "overall_budget": 1.0,
+            "run_id": run.id, **cells}
+
+
 def _point(run) -> dict | None:
     config = run.config
     is_search = config.get("kind") == "search"
@@ -93,9 +126,14 @@ def _point(run) -> dict | None:
         row["macs"] = row["macs"] if row["macs"] is not None else record.get("macs")
         if record.get("kind") == "ppl":
             row[f"ppl@{metrics.get('seq_len')}"] = metrics.get("ppl")
+            row[f"tokens@{metrics.get('seq_len')}"] = metrics.get("n_tokens")
         elif record.get("kind") == "task":
             row[f"acc:{record['task']}"] = metrics.get("acc")
             row[f"n:{record['task']}"] = metrics.get("n")
-    if strategy == ALG1 and not evaluated:  # a search nobody evaluated on the eval split has no point here
-        return None
+    if strategy == ALG1 and not evaluated:  # its own held-out check, else no point here
+        cells = _ppl_cells(_heldout(run).get("final"))
+        if not cells:
+            return None
+        row.update(cells)
+        row[_FROM_HELDOUT] = True
     return row
