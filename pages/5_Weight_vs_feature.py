@@ -109,6 +109,9 @@ group = groups[index]
 rows = data.table1_rows(uniform, **group)
 
 st.subheader("Table 1")
+headline = data.table1_headline(rows)
+if headline:
+    st.markdown(f"**{headline}**")
 for note in data.table1_warnings(rows):
     st.warning(note)
 widgets.table(data.table1_text(rows), "table1", key="uni-table")

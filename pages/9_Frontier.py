@@ -25,6 +25,9 @@ if not columns:
     st.stop()
 column = c2.radio("Perplexity at", columns, horizontal=True, key="frontier-ppl")
 x_axis = frontier.X_AXES[c3.radio("Against", list(frontier.X_AXES), horizontal=True, key="frontier-x")]
+headline = frontier.frontier_headline(frame, column)
+if headline:
+    st.markdown(f"**{headline}**")
 st.caption("Lines: target-budget runs of one strategy; diamonds: Algorithm 1 searches (a tolerance, no target). "
            "Click a point to open its budget heatmap below.")
 event = widgets.chart(frontier.frontier_figure(frame, column, x_axis), key="frontier-chart", on_select="rerun",

@@ -18,33 +18,30 @@ stopping at the stage's first layer) and passes both streams on, so about twice 
 stream's states are held too (one more copy of the calibration states). The statistics cache is not used (the
 statistics depend on the ranks upstream); decompositions are cached and resumed as open loop, under a key that
 holds the stream and a hash of the ranks.
+
+This module holds the per-block pieces; the loop over blocks (`sfsd.compress.stream_closed_loop`) sits beside the
+open-loop one, so that the compressor imports this module and not the other way round.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from sfsd.adapters import LinearLayer, ModelAdapter, adapter_for
-from sfsd.calibration import StatisticsHooks, choose_sides
-from sfsd.calibration.blocks import BlockBatch, block_outputs, capture_block_inputs, to_device
+from sfsd.adapters import LinearLayer, ModelAdapter
+from sfsd.calibration import StatisticsHooks
+from sfsd.calibration.blocks import BlockBatch, block_outputs, to_device
 from sfsd.calibration.paired import PairedStatistics
 from sfsd.decompose import (
     Decomposition,
     apply_ranks,
-    decompositions_verified,
     fit_decompositions,
     get_method,
-    load_decompositions,
-    save_decompositions,
     set_module,
 )
 from sfsd.decompose import anchored as anchored_fit
@@ -207,72 +204,3 @@ def forward_streams(model: nn.Module, block: nn.Module, index: int, batches: lis
                     original[i] = _call(block, original[i], batch, index, device).to(original[i].device)
         for batch in batches:
             batch.states = _call(block, batch.states, batch, index, device).to(batch.states.device)
-
-
-def stream_closed_loop(
-    model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration, folder: Path | None,
-    batch_size: int, device, progress: bool, on_block, timings: dict, stream: str, ranks: Mapping[str, int],
-) -> dict[str, Decomposition]:
-    """`stream_decompositions` closed loop (see the module docstring): the model is compressed as it goes (each
-    block's layers swapped at `ranks`), `on_block(block, decompositions)` runs after each decomposed block and,
-    without it, the decompositions are returned (on the host)."""
-    from tqdm.auto import tqdm
-
-    from sfsd.compress import _block_folder, _compute_device, _to_host, _with_block_on, calibration_tokens
-
-    check_stream(stream, method)
-    missing = sorted(layer.name for layer in layers if layer.name not in ranks)
-    if missing:
-        raise SfsdError(f"closed-loop calibration needs every layer's rank before decomposing; {missing[0]} has none: "
-                        "give --beta (with --last-blocks) or --ranks")
-    adapter = adapter_for(model)
-    sides = choose_sides(layers, get_method(method).output_statistics)
-    by_block: dict[int, list[LinearLayer]] = {}
-    for layer in layers:
-        by_block.setdefault(layer.block, []).append(layer)
-    done = {b for b in by_block if folder is not None and decompositions_verified(_block_folder(folder, b))}
-    todo = sorted(set(by_block) - done)
-    timings.setdefault("blocks", {})
-    timings["forward_blocks"] = []
-    kept: dict[str, Decomposition] = {}
-    batches, original = None, None
-    if todo:
-        start = time.perf_counter()
-        ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
-        batches = capture_block_inputs(model, adapter, ids, mask, batch_size, _compute_device(model, device))
-        timings["capture_s"] = time.perf_counter() - start
-    last = max(todo) if todo else -1
-
-    def work(module: nn.Module, dev: torch.device, block: int) -> None:
-        nonlocal original
-        if stream == ANCHORED and original is None and batches is not None:  # the streams part here
-            original = [batch.states.clone() for batch in batches]
-        began = time.perf_counter()
-        if block in done:
-            decs = load_decompositions(_block_folder(folder, block), dev)
-            originals = apply_ranks(model, decs, {layer.name: ranks[layer.name] for layer in by_block[block]})
-        else:
-            decs, originals = fit_block(model, adapter, module, block, by_block[block], method, ranks, batches,
-                                        original, dev, sides, stream)
-            if folder is not None:
-                save_decompositions(decs, _block_folder(folder, block))
-            timings["blocks"][block] = time.perf_counter() - began
-        if block < last:
-            timings["forward_blocks"].append(block)
-            forward_streams(model, module, block, batches, original, dev, originals)
-        if on_block is not None:
-            on_block(block, decs)
-        else:
-            kept.update({name: _to_host(dec) for name, dec in decs.items()})
-
-    def forward(module: nn.Module, dev: torch.device, block: int) -> None:
-        timings["forward_blocks"].append(block)
-        forward_streams(model, module, block, batches, original, dev, {})
-
-    for block in tqdm(range(adapter.num_blocks), desc=f"blocks ({method}, {stream})", unit="block",
-                      disable=not progress):
-        if block in by_block:
-            _with_block_on(adapter, block, device, lambda m, dev, b=block: work(m, dev, b))
-        elif block < last:
-            _with_block_on(adapter, block, device, lambda m, dev, b=block: forward(m, dev, b))
-    return {layer.name: kept[layer.name] for layer in layers if layer.name in kept}

@@ -28,6 +28,7 @@ from sfsd.calibration import (
     statistics_entries,
 )
 from sfsd.calibration.cache import STATISTICS_FORMAT, StatisticsCache
+from sfsd.closed_loop import ANCHORED, check_stream, fit_block, forward_streams, stream_key_fields
 from sfsd.data.sequences import bos_id, key_fields, prepend_bos, starts_with_bos
 from sfsd.decompose import (
     DECOMPOSITION_FORMAT,
@@ -118,8 +119,6 @@ def stream_decompositions(
     (`sfsd.closed_loop`; the model's layers are swapped as it goes, and no statistics cache is used).
     """
     if stream != options.OPEN_LOOP:
-        from sfsd.closed_loop import stream_closed_loop
-
         if ranks is None:
             raise SfsdError(f"--calibration-stream {stream} needs the ranks before decomposing: use sfsd compress "
                             "--beta/--ranks or sfsd uniform (a search decomposes once and slices ranks: open-loop)")
@@ -440,8 +439,6 @@ def compress(
     open-loop, closed-loop or anchored (`sfsd.closed_loop`).
     """
     if calibration_stream != options.OPEN_LOOP:
-        from sfsd.closed_loop import check_stream
-
         check_stream(calibration_stream, method)
     if slicing is not None:
         check_slicing_request(method, slicing)
@@ -470,8 +467,6 @@ def compress(
     # One content hash per call, before any layer is swapped, shared by the decomposition and statistics
     # keys: ~1 s for the default model, ~10-25 s for a 7B model in bfloat16 (vs minutes per block).
     weights = model_fingerprint(model)
-    from sfsd.closed_loop import stream_key_fields
-
     folder = decomposition_folder(model, method, calibration, [layer.name for layer in chosen], weights,
                                   starts_with_bos(tokenizer), stream_key_fields(calibration_stream, ranks))
 
@@ -664,3 +659,70 @@ def _pruned_widths(model: nn.Module, table: pd.DataFrame) -> int:
 def info_as_json(info: dict[str, Any]) -> str:
     plain = {k: v for k, v in info.items() if not isinstance(v, pd.DataFrame)}
     return json.dumps(plain, indent=2)
+
+
+def stream_closed_loop(
+    model: nn.Module, tokenizer: Any, layers: list[LinearLayer], method: str, calibration, folder: Path | None,
+    batch_size: int, device, progress: bool, on_block, timings: dict, stream: str, ranks: Mapping[str, int],
+) -> dict[str, Decomposition]:
+    """`stream_decompositions` closed loop (see `sfsd.closed_loop`): the model is compressed as it goes (each
+    block's layers swapped at `ranks`), `on_block(block, decompositions)` runs after each decomposed block and,
+    without it, the decompositions are returned (on the host)."""
+    from tqdm.auto import tqdm
+
+    check_stream(stream, method)
+    missing = sorted(layer.name for layer in layers if layer.name not in ranks)
+    if missing:
+        raise SfsdError(f"closed-loop calibration needs every layer's rank before decomposing; {missing[0]} has none: "
+                        "give --beta (with --last-blocks) or --ranks")
+    adapter = adapter_for(model)
+    sides = choose_sides(layers, get_method(method).output_statistics)
+    by_block: dict[int, list[LinearLayer]] = {}
+    for layer in layers:
+        by_block.setdefault(layer.block, []).append(layer)
+    done = {b for b in by_block if folder is not None and decompositions_verified(_block_folder(folder, b))}
+    todo = sorted(set(by_block) - done)
+    timings.setdefault("blocks", {})
+    timings["forward_blocks"] = []
+    kept: dict[str, Decomposition] = {}
+    batches, original = None, None
+    if todo:
+        start = time.perf_counter()
+        ids, mask = calibration_tokens(tokenizer, calibration, model.config.vocab_size)
+        batches = capture_block_inputs(model, adapter, ids, mask, batch_size, _compute_device(model, device))
+        timings["capture_s"] = time.perf_counter() - start
+    last = max(todo) if todo else -1
+
+    def work(module: nn.Module, dev: torch.device, block: int) -> None:
+        nonlocal original
+        if stream == ANCHORED and original is None and batches is not None:  # the streams part here
+            original = [batch.states.clone() for batch in batches]
+        began = time.perf_counter()
+        if block in done:
+            decs = load_decompositions(_block_folder(folder, block), dev)
+            originals = apply_ranks(model, decs, {layer.name: ranks[layer.name] for layer in by_block[block]})
+        else:
+            decs, originals = fit_block(model, adapter, module, block, by_block[block], method, ranks, batches,
+                                        original, dev, sides, stream)
+            if folder is not None:
+                save_decompositions(decs, _block_folder(folder, block))
+            timings["blocks"][block] = time.perf_counter() - began
+        if block < last:
+            timings["forward_blocks"].append(block)
+            forward_streams(model, module, block, batches, original, dev, originals)
+        if on_block is not None:
+            on_block(block, decs)
+        else:
+            kept.update({name: _to_host(dec) for name, dec in decs.items()})
+
+    def forward(module: nn.Module, dev: torch.device, block: int) -> None:
+        timings["forward_blocks"].append(block)
+        forward_streams(model, module, block, batches, original, dev, {})
+
+    for block in tqdm(range(adapter.num_blocks), desc=f"blocks ({method}, {stream})", unit="block",
+                      disable=not progress):
+        if block in by_block:
+            _with_block_on(adapter, block, device, lambda m, dev, b=block: work(m, dev, b))
+        elif block < last:
+            _with_block_on(adapter, block, device, lambda m, dev, b=block: forward(m, dev, b))
+    return {layer.name: kept[layer.name] for layer in layers if layer.name in kept}

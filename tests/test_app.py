@@ -249,6 +249,17 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert references["majority"] == pytest.approx(100 * max(golds.count(0), golds.count(1)) / 5)
     assert references["chance"] == pytest.approx(50.0)
     assert "identical outputs" in texts(at)
+    # the headline: each method's perplexity as a multiple of the base's, recomputed here from the table shown
+    from sfsd.dashboard import plots
+
+    ratios = {m: float(v.replace(",", "")) / float(table["ppl @32 tokens"][0].replace(",", ""))
+              for m, v in zip(table["method"][1:], table["ppl @32 tokens"][1:], strict=True)}
+    headline = next(m.value for m in at.markdown if "as a multiple of the base model's" in m.value)
+    for method, ratio in ratios.items():
+        shown = float(re.search(re.escape(plots.method_label(method)) + r" ([\d,.]+)x", headline).group(1)
+                      .replace(",", ""))
+        assert shown == pytest.approx(ratio, rel=0.02, abs=0.06), (method, headline)
+    assert ("(broken)" in headline) == any(r > 10 for r in ratios.values())
     commands = "\n".join(c.value for c in at.code)
     for method in ("feature-paper", "feature-uncentred", "asvd", "svdllm"):  # the missing rows
         assert f"--method {method} " in commands

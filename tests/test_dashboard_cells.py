@@ -72,3 +72,30 @@ def test_the_frontier_draws_one_perplexity_protocol_with_its_own_base_line():
     assert [a.text for a in fig.layout.annotations if a.text.startswith("base model")] == ["base model 31.06"]
     assert "16,384 tokens" in fig.layout.yaxis.title.text
     assert sorted(t.name for t in fig.data) == ["Algorithm 1 (feature)", "Algorithm 1 (weight)"]
+
+
+def test_table1_headline_reads_the_rows_it_sits_above():
+    from sfsd.dashboard import data
+    from sfsd.dashboard.plots import method_label
+
+    rows = pd.DataFrame({"method": ["base", "weight", "feature"], "ppl@128": [28.21, 4196.0, 57.94],
+                         "overall_budget": [1.0, 0.928, 0.928]})
+    assert data.table1_headline(rows) == (
+        "At 92.8% of the decomposable parameters, perplexity (128-token windows) as a multiple of the base model's "
+        f"28.21: {method_label('weight')} 149x (broken), {method_label('feature')} 2.1x.")
+    assert data.table1_headline(rows[rows["method"] != "base"]) is None  # no base: no multiple
+
+
+def test_frontier_headline_compares_the_lines_at_the_budget_most_reached():
+    from sfsd.dashboard.frontier import frontier_headline
+
+    frame = pd.DataFrame({"strategy": ["base", "uniform", "sensitivity", "uniform", "spectrum", "sensitivity"],
+                          "method": ["none"] + ["feature"] * 5, "run_id": list("abcdef"),
+                          "target": [1.0, 0.8, 0.8, 0.6, 0.8, 0.6], "overall_budget": [1.0, 0.8, 0.8, 0.6, 0.8, 0.6],
+                          "ppl@128": [31.06, 192.7, 82.0, 579.8, 276.5, 273.8], "tokens@128": [16384] * 6,
+                          "macs": [1] * 6, "tolerance": [None] * 6})
+    assert frontier_headline(frame, "ppl@128") == (
+        "At the 80% target budget, perplexity (128-token windows on 16,384 eval-split tokens) as a multiple of the "
+        "base model's 31.06: sensitivity (feature) 2.6x, uniform (feature) 6.2x, spectrum (feature) 8.9x (best "
+        "first).")
+    assert frontier_headline(frame[frame["strategy"] != "base"], "ppl@128") is None

@@ -615,6 +615,31 @@ def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def table1_headline(rows: pd.DataFrame) -> str | None:
+    """The sentence a slide would take from Table 1, computed from its rows: each method's perplexity as a
+    multiple of the base model's at the budget they share (None without a base perplexity)."""
+    from sfsd.dashboard.plots import method_label
+
+    columns = [c for c in rows.columns if c.startswith("ppl@") and rows[c].notna().any()]
+    bases = rows[rows["method"] == BASE]
+    if not columns or bases.empty or _number(bases[columns[0]].iloc[0]) is None:
+        return None
+    column, base = columns[0], _number(bases[columns[0]].iloc[0])
+    methods = rows[(rows["method"] != BASE) & rows[column].notna()]
+    if methods.empty:
+        return None
+    parts = []
+    for _, row in methods.iterrows():
+        ratio = _number(row[column]) / base
+        parts.append(f"{method_label(row['method'])} {ratio:,.{1 if ratio < 100 else 0}f}x"
+                     + (" (broken)" if ratio > PPL_BLOWUP else ""))
+    budgets = methods["overall_budget"].map(_number).dropna()
+    at = (f"At {100 * budgets.min():.1f}%" if budgets.max() - budgets.min() < 0.005 else
+          f"At {100 * budgets.min():.1f}-{100 * budgets.max():.1f}%") + " of the decomposable parameters"
+    return (f"{at}, perplexity ({column.removeprefix('ppl@')}-token windows) as a multiple of the base model's "
+            f"{base:,.2f}: " + ", ".join(parts) + ".")
+
+
 def table1_warnings(rows: pd.DataFrame) -> list[str]:
     """Why some of Table 1's numbers cannot carry weight: tasks with fewer than SMALL_N documents, and
     models whose perplexity is more than PPL_BLOWUP times the base model's (their accuracy is then the

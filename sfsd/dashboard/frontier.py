@@ -212,3 +212,23 @@ def clicked_run(event) -> str | None:
         if custom and str(custom[0]).startswith(("search-", "uniform-")):
             return str(custom[0])
     return None
+
+
+def frontier_headline(frame: pd.DataFrame, column: str) -> str | None:
+    """The slide sentence of the frontier, from the points drawn (one protocol): at the target budget most
+    strategies reached, each line's perplexity as a multiple of the base model's, best first."""
+    frame, _ = one_protocol(frame, column)
+    bases = frame.loc[frame["strategy"] == "base", column].dropna()
+    targets = frame[(frame["strategy"] != "base") & frame["target"].notna() & frame[column].notna()]
+    if bases.empty or targets.empty:
+        return None
+    base = float(bases.iloc[0])
+    counts = targets.groupby("target")["strategy"].nunique()
+    target = max(counts.index, key=lambda t: (counts[t], -abs(t - 0.8)))
+    at = targets[targets["target"] == target].sort_values(column)
+    lines = [f"{point_name(s, m)} {v / base:,.{1 if v / base < 100 else 0}f}x"
+             for s, m, v in zip(at["strategy"], at["method"], at[column], strict=True)]
+    tokens = protocol_tokens(frame, column)
+    on = f" on {tokens:,} eval-split tokens" if tokens else ""
+    return (f"At the {100 * target:.0f}% target budget, perplexity ({column.removeprefix('ppl@')}-token windows{on}) "
+            f"as a multiple of the base model's {base:,.2f}: " + ", ".join(lines) + " (best first).")
