@@ -227,6 +227,12 @@ def perplexity(
     return {**result, "window_nll": nll, "dataset": dataset, "cached": False}
 
 
+def run_metrics(result: dict) -> dict:
+    """What a run records of a perplexity result (its evaluations' `metrics`): the value, its interval (None when
+    served from an entry without windows), the window length, the tokens and windows, and BOS."""
+    return {name: result[name] for name in ("ppl", "ppl_low", "ppl_high", "seq_len", "n_tokens", "n_windows", "bos")}
+
+
 def _from_cache(meta: dict, records: pd.DataFrame | None) -> dict:
     """A cached result; its interval is recomputed from the stored window NLLs. An entry written before they were
     kept has none: its point value stays usable (hours of model time) and its interval is None; deleting the

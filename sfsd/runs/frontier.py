@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from sfsd.errors import SfsdError
-from sfsd.runs.frames import _frame
+from sfsd.runs.frames import _frame, ppl_cells
 from sfsd.runs.store import RunStore
 
 FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "tolerance", "overall_budget", "params", "macs",
@@ -25,7 +25,8 @@ ALG1 = "Algorithm 1"
 
 
 def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.DataFrame:
-    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths and `acc:<task>`, `n:<task>` columns),
+    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths, each perplexity's `low:`, `high:` and `tokens:`
+    (`sfsd.runs.frames.ppl_cells`), and `acc:<task>`, `n:<task>` columns),
     sorted by model, strategy, method and budget. Runs that are not done, or cannot be read, are left out."""
     store = RunStore(root)
     rows = []
@@ -92,7 +93,7 @@ def _point(run) -> dict | None:
         metrics = record.get("metrics") or {}
         row["macs"] = row["macs"] if row["macs"] is not None else record.get("macs")
         if record.get("kind") == "ppl":
-            row[f"ppl@{metrics.get('seq_len')}"] = metrics.get("ppl")
+            row.update(ppl_cells(metrics))
         elif record.get("kind") == "task":
             row[f"acc:{record['task']}"] = metrics.get("acc")
             row[f"n:{record['task']}"] = metrics.get("n")
