@@ -84,11 +84,13 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     no_exception(at)
     assert len(charts(at)) == 1  # the search trace
     assert {m.label for m in at.metric} >= {"State", "Layers decided", "Overall budget", "Final metric"}
-    # The held-out check: the searched metric's change on the search split next to the eval split's (on
-    # conftest's SMALL_HELDOUT tokens; the demo's runs, in their own process, show the default 16,384).
+    # The held-out check: the searched metric's change on the search split next to the eval split's, and the
+    # eval-split perplexities with their 95% intervals (on conftest's SMALL_HELDOUT tokens in windows of the
+    # metric's 32; the demo's runs, in their own process, show the default 16,384).
     tokens = f"{SMALL_HELDOUT['HELDOUT_TOKENS']:,}"
-    assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d% "
-                     rf"\({tokens} tokens\)", texts(at))
+    assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d%: "
+                     r"ppl \S+ \[\S+, \S+\] vs base \S+ \[\S+, \S+\] "
+                     rf"\({tokens} tokens, 32-token windows, 95% bootstrap over windows\)", texts(at))
 
 
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):

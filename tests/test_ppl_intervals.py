@@ -165,6 +165,7 @@ def test_describe_heldout_shows_intervals_and_says_when_there_are_none():
     assert "16,384 tokens, 128-token windows, 95% bootstrap over windows" in text and "eval split +10.0%" in text
     old = describe_heldout(result({}))  # a run recorded before the interval was kept
     assert "ppl 44.00 vs base 40.00" in old and "no interval" in old
+    assert describe_heldout(result({}), values=False) == "search split +5.0%, eval split +10.0% (16,384 tokens)"
 
 
 def test_uniform_run_records_the_interval_and_table1_shows_it(default_model_dir, tmp_path):

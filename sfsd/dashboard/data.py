@@ -175,6 +175,15 @@ class RunView:
         return describe_heldout(self.result)
 
     @property
+    def heldout_change(self) -> str:
+        """The held-out check's changes alone, for a chart's subtitle ("" when not a finished search)."""
+        if self.kind != "search" or not self.result:
+            return ""
+        from sfsd.search.heldout import describe_heldout
+
+        return describe_heldout(self.result, values=False)
+
+    @property
     def tolerance(self) -> Any:
         metric = self.config.get("metric")
         return metric.get("tolerance") if isinstance(metric, dict) else self.config.get("tolerance")

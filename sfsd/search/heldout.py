@@ -61,23 +61,28 @@ def heldout_summary(result: dict | None) -> dict | None:
     }
 
 
-def describe_heldout(result: dict | None) -> str:
+def describe_heldout(result: dict | None, values: bool = True) -> str:
     """'search split +4.9%, eval split +31.0%: ppl 40.56 [39.12, 42.01] vs base 31.06 [30.01, 32.12] (16,384
     tokens, 128-token windows, 95% bootstrap over windows)', or the accuracy form in points with Wilson intervals.
-    A run recorded before perplexity intervals were kept shows its values and says it has none."""
+    A run recorded before perplexity intervals were kept shows its values and says it has none. `values=False`:
+    the changes alone, 'search split +4.9%, eval split +31.0% (16,384 tokens)' (a chart's subtitle)."""
     s = heldout_summary(result)
     if s is None:
         return "eval split: not measured"
     held = result["heldout"]
     if s["higher_is_better"]:
-        values = " vs base ".join(format_proportion(held[k]["value"], held[k]["n"], show_n=False)
-                                  for k in ("final", "base"))
-        return (f"search split {s['search_change'] * 100:+.1f} pts, eval split {s['eval_change'] * 100:+.1f} pts: "
-                f"acc {values} (n={s['n']:,}, 95% Wilson)")
-    values = " vs base ".join(format_ppl(held[k]["value"], held[k].get("low"), held[k].get("high"))
-                              for k in ("final", "base"))
+        changes = f"search split {s['search_change'] * 100:+.1f} pts, eval split {s['eval_change'] * 100:+.1f} pts"
+        if not values:
+            return f"{changes} (n={s['n']:,})"
+        accs = " vs base ".join(format_proportion(held[k]["value"], held[k]["n"], show_n=False)
+                                for k in ("final", "base"))
+        return f"{changes}: acc {accs} (n={s['n']:,}, 95% Wilson)"
+    changes = f"search split {s['search_change'] * 100:+.1f}%, eval split {s['eval_change'] * 100:+.1f}%"
+    if not values:
+        return f"{changes} ({s['n']:,} tokens)"
+    ppls = " vs base ".join(format_ppl(held[k]["value"], held[k].get("low"), held[k].get("high"))
+                            for k in ("final", "base"))
     windows = f", {held['final']['seq_len']}-token windows" if held["final"].get("seq_len") else ""
     shown = all(held[k].get("low") is not None for k in ("final", "base"))
     how = "95% bootstrap over windows" if shown else "no interval: measured before perplexity intervals were kept"
-    return (f"search split {s['search_change'] * 100:+.1f}%, eval split {s['eval_change'] * 100:+.1f}%: "
-            f"ppl {values} ({s['n']:,} tokens{windows}, {how})")
+    return f"{changes}: ppl {ppls} ({s['n']:,} tokens{windows}, {how})"
