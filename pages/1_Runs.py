@@ -144,6 +144,8 @@ if not readable.empty:
                 else:
                     widgets.table(data.evaluations_text(view.evaluations), f"{run_id}-evaluations",
                                   key="detail-evaluations")
+                    if (view.evaluations.get("kind") == "ppl").any():
+                        st.caption(data.PPL_NOTE)
             with tabs[1]:
                 widgets.table(data.table1_text(pd.DataFrame([data.uniform_row(view)])), f"{run_id}-row",
                               key="detail-row")

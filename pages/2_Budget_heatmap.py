@@ -31,7 +31,7 @@ if len(views) == 1:
     budget = (view.result or {}).get("overall_budget")
     title = (f"{view.label}: {int(view.layers['decided'].sum())}/{len(view.layers)} layers decided"
              + (f", overall budget {100 * budget:.1f}%" if budget is not None else "")
-             + (f"<br><sup>{view.heldout}</sup>" if view.heldout else ""))
+             + (f"<br><sup>{view.heldout_change}</sup>" if view.heldout_change else ""))
 else:
     title = f"Average over {len(views)} runs (hover: mean rank)"
     methods = {view.method for view in views}

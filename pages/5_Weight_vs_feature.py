@@ -115,10 +115,10 @@ if headline:
 for note in data.table1_warnings(rows):
     st.warning(note)
 widgets.table(data.table1_text(rows), "table1", key="uni-table")
-st.caption("Perplexity (wiki eval split, window length in the header) comes first: on a small model it is the "
-           "number that separates the methods. Accuracy in %, its 95% Wilson interval in brackets (the average: "
-           "a normal interval of the mean), n = documents per task. **Equal by theory:** SVD-LLM (`svdllm`) and "
-           "`feature-uncentred` (uncentred, no bias) give identical outputs, so their rows must match.")
+st.caption("Perplexity comes first: on a small model it is the number that separates the methods. "
+           f"{data.PPL_NOTE} Accuracy in %, its 95% Wilson interval in brackets (the average: a normal interval of "
+           "the mean), n = documents per task. **Equal by theory:** SVD-LLM (`svdllm`) and `feature-uncentred` "
+           "(uncentred, no bias) give identical outputs, so their rows must match.")
 details = rows.reindex(columns=["method", "calibration", "tasks", "limit", "run_id", "origin"])
 st.caption("Calibration, tasks and documents per task of each row: "
            + "; ".join(f"{r.method}: {r.calibration}, {r.tasks or 'no tasks'}, limit {r.limit}"

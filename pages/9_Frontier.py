@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from sfsd.dashboard import frontier, widgets
+from sfsd.dashboard import data, frontier, widgets
 
 widgets.page_setup("Budget-quality frontier", "Each point is a run of `sfsd frontier` (or `sfsd search "
                    "--target-budget B --strategy S`): ranks allocated to reach B, the final model evaluated on the "
@@ -41,6 +41,7 @@ if tasks:
     widgets.chart(frontier.accuracy_figure(frame, task, x_axis), key="frontier-acc-chart")
 else:
     st.caption("No accuracy yet: `sfsd frontier ... --tasks piqa --limit 500` adds eval-split accuracy per point.")
+st.caption(data.PPL_NOTE)
 widgets.table(frontier.display_table(frame), "frontier", key="frontier")
 
 clicked = frontier.clicked_run(event)

@@ -84,11 +84,13 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     no_exception(at)
     assert len(charts(at)) == 1  # the search trace
     assert {m.label for m in at.metric} >= {"State", "Layers decided", "Overall budget", "Final metric"}
-    # The held-out check: the searched metric's change on the search split next to the eval split's (on
-    # conftest's SMALL_HELDOUT tokens; the demo's runs, in their own process, show the default 16,384).
+    # The held-out check: the searched metric's change on the search split next to the eval split's, and the
+    # eval-split perplexities with their 95% intervals (on conftest's SMALL_HELDOUT tokens in windows of the
+    # metric's 32; the demo's runs, in their own process, show the default 16,384).
     tokens = f"{SMALL_HELDOUT['HELDOUT_TOKENS']:,}"
-    assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d% "
-                     rf"\({tokens} tokens\)", texts(at))
+    assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d%: "
+                     r"ppl \S+ \[\S+, \S+\] vs base \S+ \[\S+, \S+\] "
+                     rf"\({tokens} tokens, 32-token windows, 95% bootstrap over windows\)", texts(at))
 
 
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
@@ -227,7 +229,11 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     assert abs(float(params["slicegpt"]) - float(params["weight"])) <= 0.06
     where = dict(zip(table["method"], table["compressed"], strict=True))  # the table says what each row changed
     assert where["feature"] == "last 2 blocks" and where["slicegpt"] == "whole model (same params as weight)"
-    assert list(table.columns[:5]) == ["method", "state", "ppl @32 tokens", "params (M)", "MACs @128 tokens (G)"]
+    ppl_header = "ppl @32 tokens [95% CI] n=32 windows"  # UNIFORM: 1,024 tokens in windows of 32
+    assert list(table.columns[:5]) == ["method", "state", ppl_header, "params (M)", "MACs @128 tokens (G)"]
+    for cell in table[ppl_header]:  # "value [low, high]": the 95% bootstrap interval over the windows
+        value, low, high = (float(x.replace(",", "")) for x in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell).groups())
+        assert low < value < high
     accuracy = "piqa acc % [95% CI] n=5"
     assert accuracy in table.columns and "average acc % [95% CI]" not in table.columns  # one task: no average
     for cell in table[accuracy]:  # "value [low, high]", the value inside its interval
@@ -239,7 +245,8 @@ def test_table1_page_lists_methods_and_offers_the_missing_ones(env):
     ticks = ppl["layout"]["yaxis"]["ticktext"]  # close perplexities: round 1-2-5 labels, written out
     assert ticks and all(re.fullmatch(r"[125]0*(k|M)?", t) for t in ticks), ticks
     assert [trace["y"][0] for trace in ppl["data"]] == pytest.approx(
-        [float(v.replace(",", "")) for v in table["ppl @32 tokens"]], rel=1e-2)
+        [float(v.split(" ")[0].replace(",", "")) for v in table[ppl_header]], rel=1e-2)
+    assert all(trace["error_y"]["array"][0] > 0 for trace in ppl["data"])  # each bar with its interval
     accuracy_bars = [trace for trace in bars["data"] if trace["type"] == "bar"]
     assert all(trace["error_y"]["array"][0] > 0 for trace in accuracy_bars)
     references = {trace["name"].split(" ")[0]: trace["y"][0] for trace in bars["data"] if trace["type"] == "scatter"}
@@ -601,7 +608,7 @@ def test_finished_quick_demo_says_what_it_ran_and_where_to_look(demo_env):
     no_exception(at)
     table = at.dataframe[0].value
     assert list(table["method"]) == ["base", "weight", "feature"]
-    assert list(table.columns[2:3]) == ["ppl @128 tokens"]
+    assert table.columns[2].startswith("ppl @128 tokens [95% CI]")
     assert all(re.fullmatch(r"\d+\.\d \[\d+\.\d, \d+\.\d\]", cell) for cell in table.filter(like="acc %").stack())
     # the Frontier has points after the demo: its searches (their own held-out check) and their base model, all on
     # the held-out check's protocol (16,384 tokens), the demo's 4,096-token Table 1 base left out and said so

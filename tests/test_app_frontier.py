@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,10 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert all(y > 0 for trace in lines.values() for y in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     base_labels = [a for a in figure["layout"].get("annotations", []) if "base model" in a.get("text", "")]
-    base_ppl = float(base_labels[0]["text"].split()[-1])
+    # "base model ppl@32 value [low, high]": the base model's perplexity with its 95% interval over windows
+    base_ppl, low, high = (float(x.replace(",", "")) for x in re.fullmatch(
+        r"base model ppl@32 (\S+) \[(\S+), (\S+)\]", base_labels[0]["text"]).groups())
+    assert low < base_ppl < high
     # On the log axis the label sits at log10(ppl) (Plotly's own hline label went to 10^ppl and the axis with it).
     assert len(base_labels) == 1 and abs(base_labels[0]["y"] - math.log10(base_ppl)) < 1e-3
     assert len({trace["marker"]["color"] for trace in lines.values()}) == 4  # one colour per strategy
@@ -49,7 +53,11 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert "piqa" in accuracy["layout"]["yaxis"]["title"]["text"]
     for trace in accuracy["data"]:  # every point with its 95% interval, which contains it
         assert len(trace["error_y"]["array"]) == len(trace["y"]) and all(e > 0 for e in trace["error_y"]["array"])
+    for trace in lines.values():  # every point with its 95% bootstrap interval over windows
+        assert len(trace["error_y"]["array"]) == len(trace["y"]) and all(e > 0 for e in trace["error_y"]["array"])
     table = at.dataframe[0].value
+    ppl = "ppl @32 tokens [95% CI] n=64 windows"  # 2,048 tokens in windows of 32
+    assert all(re.fullmatch(r"\S+ \[\S+, \S+\]", cell) for cell in table[ppl])
     assert len(table) == 8 and set(table["strategy"]) == {"base", "uniform", "spectrum", "Algorithm 1", "slicegpt"}
     assert all("(n=12)" in cell for cell in table["acc piqa [95% CI] (n)"])
     heatmaps = [json.loads(f.proto.spec) for f in figures[2:]]

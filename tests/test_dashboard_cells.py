@@ -62,7 +62,7 @@ def test_the_frontier_draws_one_perplexity_protocol_with_its_own_base_line():
                           "run_id": ["b1", "b2", "s1", "s2", "u"], "method": ["none", "none", "feature", "weight",
                                                                              "feature"],
                           "overall_budget": [1.0, 1.0, 0.97, 0.97, 0.8], "ppl@128": [31.06, 28.2, 40.1, 900.0, 74.8],
-                          "tokens@128": [16384, 4096, 16384, 16384, 4096], "target": [1.0, 1.0, None, None, 0.8],
+                          "tokens:ppl@128": [16384, 4096, 16384, 16384, 4096], "target": [1.0, 1.0, None, None, 0.8],
                           "macs": [1] * 5, "tolerance": [None, None, 0.1, 0.1, None]})
     kept, note = one_protocol(frame, "ppl@128")
     assert list(kept["run_id"]) == ["b1", "s1", "s2"]
@@ -92,7 +92,7 @@ def test_frontier_headline_compares_the_lines_at_the_budget_most_reached():
     frame = pd.DataFrame({"strategy": ["base", "uniform", "sensitivity", "uniform", "spectrum", "sensitivity"],
                           "method": ["none"] + ["feature"] * 5, "run_id": list("abcdef"),
                           "target": [1.0, 0.8, 0.8, 0.6, 0.8, 0.6], "overall_budget": [1.0, 0.8, 0.8, 0.6, 0.8, 0.6],
-                          "ppl@128": [31.06, 192.7, 82.0, 579.8, 276.5, 273.8], "tokens@128": [16384] * 6,
+                          "ppl@128": [31.06, 192.7, 82.0, 579.8, 276.5, 273.8], "tokens:ppl@128": [16384] * 6,
                           "macs": [1] * 6, "tolerance": [None] * 6})
     assert frontier_headline(frame, "ppl@128") == (
         "At the 80% target budget, perplexity (128-token windows on 16,384 eval-split tokens) as a multiple of the "

@@ -612,7 +612,11 @@ def test_cli_eval_ppl_bias_disagree(fixture_pack, capsys):
     assert "piqa" in out and "boolq" in out and "acc_norm [95% CI]" in out
     assert len(re.findall(r" 3 +(\d\.\d{3}) \[(\d\.\d{3}), (\d\.\d{3})\]", out)) == 2  # n = 3, acc [interval]
     assert main(["ppl", "tiny-a", "--seq-len", "16"]) == 0
-    assert "seq_len 16" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "seq_len 16" in out and "bootstrap over the windows" in out
+    cells = re.search(r"perplexity (\S+) \[(\S+), (\S+)\]", out).groups()  # value [95% interval]
+    value, low, high = (float(x.replace(",", "")) for x in cells)
+    assert low < value < high
     assert main(["bias", "tiny-a"]) == 0
     out = capsys.readouterr().out
     assert "StereoSet, split all: 6 examples" in out and "ICAT" in out and "bootstrap" in out

@@ -55,13 +55,16 @@ def test_table1_text_leads_with_perplexity_and_warns_on_weak_numbers():
 
     rows = pd.DataFrame([
         {"method": "base", "state": "done", "params": 134.5e6, "macs": 1e9, "overall_budget": 1.0,
-         "acc:boolq": 0.62, "n:boolq": 100, "acc:piqa": 0.66, "n:piqa": 20, "avg": 0.64, "ppl@128": 20.0},
+         "acc:boolq": 0.62, "n:boolq": 100, "acc:piqa": 0.66, "n:piqa": 20, "avg": 0.64, "ppl@128": 20.0,
+         "low:ppl@128": 19.4, "high:ppl@128": 20.7, "tokens:ppl@128": 16384},
         {"method": "weight", "state": "running", "params": 111e6, "macs": 8e8, "overall_budget": 0.8,
-         "acc:boolq": 0.67, "n:boolq": 100, "acc:piqa": None, "n:piqa": None, "avg": None, "ppl@128": 371565.0},
+         "acc:boolq": 0.67, "n:boolq": 100, "acc:piqa": None, "n:piqa": None, "avg": None, "ppl@128": 371565.0,
+         "tokens:ppl@128": 16384},  # recorded before perplexity intervals were kept
     ])
     table = data.table1_text(rows)
-    assert list(table.columns[:4]) == ["method", "state", "ppl @128 tokens", "params (M)"]
-    assert list(table["ppl @128 tokens"]) == ["20.00", "371,565"]
+    ppl = "ppl @128 tokens [95% CI] n=128 windows"
+    assert list(table.columns[:4]) == ["method", "state", ppl, "params (M)"]
+    assert list(table[ppl]) == ["20.00 [19.40, 20.70]", "371,565 (no CI)"]
     assert table.loc[0, "boolq acc % [95% CI] n=100"] == "62.0 [52.2, 70.9]"
     assert table.loc[1, "piqa acc % [95% CI] n=20"] == "—" and table.loc[1, "average acc % [95% CI]"] == "—"
     value, low, high = map(float, CELL.fullmatch(table.loc[0, "average acc % [95% CI]"]).groups())

@@ -157,6 +157,7 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     from the hub joined with blank lines as SVD-LLM and SliceGPT do."""
     from sfsd.data.leakage import ppl_eval_rows
     from sfsd.evaluate import perplexity
+    from sfsd.evaluate.intervals import PPL_BOOTSTRAP_RESAMPLES, format_ppl
     from sfsd.evaluate.leaks import refuse_folder_leaks
     from sfsd.evaluate.perplexity import dataset_split, require_dataset
 
@@ -178,9 +179,16 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     )
     cached = " (cached)" if result["cached"] else ""
     starts = "each BOS + text (BOS not scored)" if result["bos"] else "no BOS"
+    value = format_ppl(result["ppl"], result["ppl_low"], result["ppl_high"], digits=3)
+    if result["ppl_low"] is not None:
+        interval = f"[95% interval: bootstrap over the windows, {PPL_BOOTSTRAP_RESAMPLES} resamples]"
+    elif result["n_windows"] < 2:
+        interval = "(one window: no interval)"
+    else:
+        interval = "(no interval: cached before the windows were kept; delete its cache/evals/ppl entry to measure it)"
     print(
-        f"perplexity {result['ppl']:.3f} at seq_len {result['seq_len']} on {args.dataset} {result['split']}: "
-        f"{result['n_windows']} windows ({starts}), {result['n_tokens']} tokens{cached}"
+        f"perplexity {value} at seq_len {result['seq_len']} on {args.dataset} {result['split']}: "
+        f"{result['n_windows']} windows ({starts}), {result['n_tokens']} tokens{cached} {interval}"
     )
     return 0
 

@@ -23,7 +23,7 @@ from sfsd import options
 from sfsd.dashboard.plots import BASE
 from sfsd.decompose import METHODS, TWO_FACTOR
 from sfsd.errors import SfsdError
-from sfsd.evaluate.intervals import format_proportion, mean_interval
+from sfsd.evaluate.intervals import PPL_BOOTSTRAP_RESAMPLES, format_ppl, format_proportion, mean_interval
 from sfsd.models import DEFAULT_MODEL
 from sfsd.paths import models_dir
 from sfsd.runs import (
@@ -39,6 +39,7 @@ from sfsd.runs import (
     spectra_frame,
     trace_frame,
 )
+from sfsd.runs.frames import PPL_PARTS, ppl_cells
 from sfsd.runs.readonly import readonly, require_writable
 from sfsd.runs.transfer import imported_origin, origin_line
 
@@ -173,6 +174,15 @@ class RunView:
         from sfsd.search.heldout import describe_heldout
 
         return describe_heldout(self.result)
+
+    @property
+    def heldout_change(self) -> str:
+        """The held-out check's changes alone, for a chart's subtitle ("" when not a finished search)."""
+        if self.kind != "search" or not self.result:
+            return ""
+        from sfsd.search.heldout import describe_heldout
+
+        return describe_heldout(self.result, values=False)
 
     @property
     def tolerance(self) -> Any:
@@ -335,10 +345,8 @@ def uniform_row(view: RunView) -> dict:
             if value is not None:
                 row[f"acc:{record.get('task')}"] = value
                 row[f"n:{record.get('task')}"] = n
-        elif kind == "ppl":
-            value, seq_len = _number(record.get("ppl")), _number(record.get("seq_len"))
-            if value is not None:
-                row[f"ppl@{int(seq_len)}" if seq_len is not None else "ppl"] = value
+        elif kind == "ppl" and _number(record.get("ppl")) is not None:
+            row.update(ppl_cells(record))
     tasks = [key for key in row if key.startswith("acc:")]
     row["avg"] = sum(row[key] for key in tasks) / len(tasks) if tasks else None
     return row
@@ -357,7 +365,8 @@ def uniform_frame() -> pd.DataFrame:
     accs = sorted(c for c in frame.columns if c.startswith("acc:"))
     ns = sorted(c for c in frame.columns if c.startswith("n:"))
     ppls = sorted((c for c in frame.columns if c.startswith("ppl")), key=lambda c: (len(c), c))
-    return frame.reindex(columns=[*base, *accs, "avg", *ppls, *ns])
+    beside = [f"{part}:{c}" for c in ppls for part in PPL_PARTS]  # each perplexity's interval and tokens
+    return frame.reindex(columns=[*base, *accs, "avg", *ppls, *ns, *beside])
 
 
 def _base_row_for(uniform: pd.DataFrame, rows: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -584,13 +593,15 @@ def _where_compressed(method: str, last_blocks) -> str:
 
 def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
     """Table 1 for people: method, state, perplexity per window length first (the metric that separates
-    the methods), then size and every accuracy in % as `value [95% interval]`, n in the header (in the
-    cell when the rows' n differ). Empty cells read as an em dash."""
+    the methods) with its 95% bootstrap interval over windows and their number (`ppl_column_text`), then
+    size and every accuracy in % as `value [95% interval]`, n in the header (in the cell when the rows' n
+    differ). Empty cells read as an em dash."""
     acc_cols = [c for c in rows.columns if c.startswith("acc:") and rows[c].notna().any()]
     ppl_cols = [c for c in rows.columns if c.startswith("ppl") and rows[c].notna().any()]
     out = pd.DataFrame({"method": rows["method"].astype(str), "state": rows["state"].astype(str)})
     for column in ppl_cols:
-        out[column.replace("ppl@", "ppl @") + (" tokens" if "@" in column else "")] = rows[column].map(number_text)
+        header, cells = ppl_column_text(rows, column)
+        out[header] = cells
     out["params (M)"] = [number_text(v / 1e6 if _number(v) is not None else None) for v in rows["params"]]
     out["MACs @128 tokens (G)"] = [number_text(v / 1e9 if _number(v) is not None else None, 3) for v in rows["macs"]]
     out["budget (%)"] = [number_text(100 * v if _number(v) is not None else None, 1) for v in rows["overall_budget"]]
@@ -613,6 +624,44 @@ def table1_text(rows: pd.DataFrame) -> pd.DataFrame:
                             f"{100 * sum(values) / len(values):.1f} [{100 * low:.1f}, {100 * high:.1f}]")
         out["average acc % [95% CI]"] = averages
     return out.reset_index(drop=True)
+
+
+NO_INTERVAL = "(no CI)"  # a perplexity recorded before its interval was kept (PPL_NOTE says so)
+PPL_NOTE = ("Perplexity: wiki eval split, non-overlapping windows of the length in the header (n windows); "
+            f"[95% CI]: bootstrap over the windows ({PPL_BOOTSTRAP_RESAMPLES:,} resamples, seeded), which covers the "
+            f"choice of windows from this text, not other text. {NO_INTERVAL}: recorded before perplexity intervals "
+            "were kept.")
+
+
+def ppl_text(value: Any, low: Any = None, high: Any = None) -> str:
+    """'57.93 [55.12, 61.04]'; a value recorded without its interval reads '57.93 (no CI)'; none reads "—"."""
+    if _number(value) is None:
+        return EMPTY
+    if _number(low) is None or _number(high) is None:
+        return f"{format_ppl(_number(value))} {NO_INTERVAL}"
+    return format_ppl(_number(value), _number(low), _number(high))
+
+
+def ppl_column_text(rows: pd.DataFrame, column: str) -> tuple[str, list[str]]:
+    """The header and cells of a perplexity column (`ppl@<seq_len>` with its `low:`, `high:` and `tokens:`
+    cells, `sfsd.runs.frames.ppl_cells`): 'ppl @128 tokens [95% CI] n=128 windows', each cell `ppl_text`. The
+    windows are the bootstrap's unit (tokens / window length); they go into each cell when the rows' differ."""
+    def part(name: str) -> pd.Series:
+        key = f"{name}:{column}"
+        return pd.to_numeric(rows[key], errors="coerce") if key in rows else pd.Series(float("nan"), index=rows.index)
+
+    seq_len = int(column.split("@", 1)[1]) if "@" in column else None
+    low, high, tokens = part("low"), part("high"), part("tokens")
+
+    def count(tokens_: float) -> str:
+        return f"n={int(tokens_) // seq_len:,} windows" if seq_len else f"n={int(tokens_):,} tokens"
+
+    shared = tokens[rows[column].notna()].dropna().unique()
+    same = len(shared) == 1
+    header = f"ppl{f' @{seq_len} tokens' if seq_len else ''} [95% CI]" + (f" {count(shared[0])}" if same else "")
+    cells = [ppl_text(v, lo, hi) + ("" if same or _number(v) is None or _number(n) is None else f" ({count(n)})")
+             for v, lo, hi, n in zip(rows[column], low, high, tokens, strict=True)]
+    return header, cells
 
 
 def table1_headline(rows: pd.DataFrame) -> str | None:
@@ -752,8 +801,14 @@ def runs_text(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluations_text(evaluations: pd.DataFrame) -> pd.DataFrame:
-    """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %; empty cells "—"."""
+    """A run's evaluations with acc and acc_norm as `value [95% interval] (n=...)` in %, perplexity as
+    `value [95% interval]` (`ppl_text`; its seq_len and n_tokens in their own columns); empty cells "—"."""
     out = evaluations.copy()
+    if "ppl" in out:
+        bounds = [out[c] if c in out else pd.Series(None, index=out.index) for c in ("ppl_low", "ppl_high")]
+        out["ppl"] = [ppl_text(*cells) for cells in zip(out["ppl"], *bounds, strict=True)]
+        out = out.drop(columns=[c for c in ("ppl_low", "ppl_high") if c in out])
+        out = out.rename(columns={"ppl": "ppl [95% CI]"})
     if "n" not in out:
         return out.astype(object).where(out.notna(), EMPTY)
     for column in ("acc", "acc_norm"):

@@ -16,12 +16,14 @@ from sfsd.dashboard.plots import (
     METHOD_COLORS,
     _layout,
     empty_figure,
+    interval_error_bars,
     log_ticks,
     method_color,
     method_label,
     wilson_error_bars,
 )
 from sfsd.decompose import METHODS
+from sfsd.runs.frames import PPL_PARTS
 from sfsd.runs.frontier import ALG1, frontier_frame
 from sfsd.search.allocation import ALLOCATIONS
 
@@ -82,26 +84,28 @@ def _base_line(fig: go.Figure, y: float, text: str, log: bool) -> None:
                        xanchor="left", yanchor="bottom")
 
 
-def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, error_of=None) -> None:
-    """One line per (strategy, method) of target-budget runs; Algorithm 1 searches as separate markers."""
+def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, error_of=None, text_of=None) -> None:
+    """One line per (strategy, method) of target-budget runs; Algorithm 1 searches as separate markers.
+    `text_of(group)`: each point's value as the hover shows it (default: y to 4 digits)."""
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
         group = group.sort_values(x)
         alg1, compact = strategy == ALG1, strategy.endswith(" compact")
         symbol = "diamond" if alg1 else "circle-open" if compact else "circle"
         label = point_name(strategy, method)
+        texts = text_of(group) if text_of else [f"{y:.4g}" for y in y_of(group)]
         fig.add_trace(go.Scatter(
             x=_x_values(group, x), y=y_of(group), name=label, mode="markers" if alg1 else "lines+markers",
             marker=dict(symbol=symbol, size=11 if alg1 else 8, color=strategy_color(strategy)),
             line=dict(color=strategy_color(strategy), dash=METHOD_DASH.get(method, DASHES[i % len(DASHES)])),
             error_y=error_of(group) if error_of else None,
-            customdata=_hover_data(group),
-            hovertemplate=f"{label}<br>x %{{x:.4g}}<br>{hover} %{{y:.4g}}<br>target %{{customdata[1]}}, "
+            customdata=[[*cells, text] for cells, text in zip(_hover_data(group), texts, strict=True)],
+            hovertemplate=f"{label}<br>x %{{x:.4g}}<br>{hover} %{{customdata[3]}}<br>target %{{customdata[1]}}, "
                           "tolerance %{customdata[2]}<br>%{customdata[0]}<extra></extra>"))
 
 
 def protocol_tokens(frame: pd.DataFrame, column: str) -> int | None:
     """The token count of `column`'s comparison: the one most points (not the base model) were measured on."""
-    tokens = frame.get(column.replace("ppl@", "tokens@"))
+    tokens = frame.get(f"tokens:{column}")
     if tokens is None:
         return None
     measured = pd.to_numeric(tokens[(frame["strategy"] != "base") & frame[column].notna()], errors="coerce").dropna()
@@ -117,7 +121,7 @@ def one_protocol(frame: pd.DataFrame, column: str) -> tuple[pd.DataFrame, str | 
     tokens = protocol_tokens(frame, column)
     if tokens is None:
         return frame, None
-    counted = pd.to_numeric(frame[column.replace("ppl@", "tokens@")], errors="coerce")
+    counted = pd.to_numeric(frame[f"tokens:{column}"], errors="coerce")
     same = (counted == tokens) | frame[column].isna()
     left = frame[~same]
     note = None
@@ -128,9 +132,16 @@ def one_protocol(frame: pd.DataFrame, column: str) -> tuple[pd.DataFrame, str | 
     return frame[same], note
 
 
+def _ppl_parts(frame: pd.DataFrame, column: str) -> tuple[pd.Series, pd.Series]:
+    """The `low:` and `high:` bounds of a perplexity column (NaN where a run recorded none)."""
+    return tuple(pd.to_numeric(frame[f"{part}:{column}"], errors="coerce") if f"{part}:{column}" in frame
+                 else pd.Series(float("nan"), index=frame.index) for part in ("low", "high"))
+
+
 def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget") -> go.Figure:
-    """`column` (log scale) against overall budget or MACs; one line per (strategy, method), Algorithm 1
-    searches as points, base models as horizontal lines; all on one protocol (`one_protocol`)."""
+    """`column` (log scale) against overall budget or MACs, with its 95% bootstrap interval over windows as
+    error bars; one line per (strategy, method), Algorithm 1 searches as points, base models as horizontal
+    lines labelled with their interval; all on one protocol (`one_protocol`)."""
     frame, _ = one_protocol(frame, column)
     tokens = protocol_tokens(frame, column)
     points_ = frame[(frame["strategy"] != "base")].dropna(subset=[column, x])
@@ -138,17 +149,23 @@ def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget")
         return empty_figure(f"No frontier point has {column} {'and MACs ' if x == 'macs' else ''}yet: run "
                             "`sfsd frontier`")
     fig = go.Figure()
-    _traces(fig, points_, x, lambda g: g[column].tolist(), column)
-    for value in frame.loc[frame["strategy"] == "base", column].dropna().unique():
-        _base_line(fig, float(value), f"base model {value:.4g}", log=True)
+    _traces(fig, points_, x, lambda g: g[column].tolist(), column,
+            error_of=lambda g: interval_error_bars(g[column].tolist(), *(b.tolist() for b in _ppl_parts(g, column))),
+            text_of=lambda g: [data.ppl_text(*cells) for cells in zip(g[column], *_ppl_parts(g, column), strict=True)])
+    bases = frame[frame["strategy"] == "base"].dropna(subset=[column])
+    low, high = _ppl_parts(bases, column)
+    for value, text in dict(zip(bases[column], map(data.ppl_text, bases[column], low, high), strict=True)).items():
+        _base_line(fig, float(value), f"base model {text}", log=True)
     fig.update_xaxes(title=_X_TITLES[x])
     # Plotly labels minor log ticks with a bare digit (400 read "4"): round values written out instead
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64")
+    values = pd.concat([pd.to_numeric(frame[column], errors="coerce"), *_ppl_parts(frame, column)])
+    values = values.to_numpy(dtype="float64")
     values = values[np.isfinite(values) & (values > 0)]
     span = (math.log10(values.min()) - 0.1, math.log10(values.max()) + 0.1)
     ticks = log_ticks(*span, mantissas=(1, 2, 5) if span[1] - span[0] < 3 else (1,))
     on = f", {tokens:,} tokens" if tokens else ""
-    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]}-token windows{on} (log scale)", type="log",
+    fig.update_yaxes(title=f"eval-split perplexity, {column.split('@')[1]}-token windows{on} (log scale, 95% CI)",
+                     type="log",
                      range=list(span), tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, None, height=500)
 
@@ -179,11 +196,17 @@ def accuracy_figure(frame: pd.DataFrame, task: str, x: str = "overall_budget") -
 
 
 def display_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The points for reading: budgets in %, perplexities, and each task's accuracy with its 95% interval
-    and n (`acc:<task>` / `n:<task>` columns become one `acc <task> [95% CI] (n)` text column)."""
+    """The points for reading: budgets in %, perplexities with their 95% bootstrap interval and tokens
+    (`data.ppl_column_text`), and each task's accuracy with its 95% interval and n (`acc:<task>` / `n:<task>`
+    columns become one `acc <task> [95% CI] (n)` text column)."""
     from sfsd.evaluate.intervals import format_proportion
 
-    table = frame.drop(columns=[c for c in frame.columns if c.startswith(("acc:", "n:"))])
+    parts = tuple(f"{part}:" for part in PPL_PARTS)
+    table = frame.drop(columns=[c for c in frame.columns if c.startswith(("acc:", "n:", *parts))])
+    for column in [c for c in frame.columns if c.startswith("ppl@")]:
+        header, cells = data.ppl_column_text(frame, column)
+        table.insert(table.columns.get_loc(column), header, cells)
+        table = table.drop(columns=[column])
     for column in [c for c in frame.columns if c.startswith("acc:")]:
         task = column.split(":", 1)[1]
         n = frame.get(f"n:{task}")

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 
 from sfsd.adapters.base import ROLE_ORDER
 from sfsd.decompose import BETA_GRID, METHODS, rank_for_budget
-from sfsd.evaluate.intervals import mean_interval, wilson_interval
+from sfsd.evaluate.intervals import format_ppl, mean_interval, wilson_interval
 
 # Every method's colour and label come from its registry entry (sfsd.decompose.methods); "base", the
 # uncompressed model, is not a method but is drawn beside them.
@@ -520,7 +520,8 @@ def accuracy_bars(table: pd.DataFrame, title: str | None = None,
 
 
 def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
-    """Perplexity per method on a log scale, one group per window length (`ppl@<seq_len>` columns)."""
+    """Perplexity per method on a log scale, one group per window length (`ppl@<seq_len>` columns), with its
+    95% bootstrap interval over windows as error bars where the rows have one (`low:`/`high:` columns)."""
     columns = [c for c in table.columns if c.startswith("ppl") and table[c].notna().any()]
     if table.empty or not columns:
         return empty_figure("No perplexity in these runs")
@@ -528,12 +529,18 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     names = [c.replace("ppl@", "window ") + (" tokens" if "@" in c else "") for c in columns]
     for row in table.to_dict("records"):
         values = [row.get(c) for c in columns]
+        error_y = interval_error_bars(values, [row.get(f"low:{c}") for c in columns],
+                                      [row.get(f"high:{c}") for c in columns])
         fig.add_trace(go.Bar(x=names, y=[None if v is None or pd.isna(v) else float(v) for v in values],
                              name=method_label(row.get("method")), marker_color=method_color(row.get("method")),
-                             text=[_ppl_text(v) for v in values], textposition="outside",
-                             hovertemplate="%{x}: perplexity %{y:,.2f}<extra>" + str(row.get("method")) + "</extra>"))
+                             text=[_ppl_text(v) for v in values], textposition="outside", error_y=error_y,
+                             customdata=[format_ppl(v, row.get(f"low:{c}"), row.get(f"high:{c}"))
+                                         for v, c in zip(values, columns, strict=True)],
+                             hovertemplate="%{x}: perplexity %{customdata}<extra>" + str(row.get("method"))
+                                           + "</extra>"))
     fig.update_layout(barmode="group")
-    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64").ravel()
+    shown = [f"{part}{c}" for c in columns for part in ("", "low:", "high:") if f"{part}{c}" in table]
+    values = table[shown].apply(pd.to_numeric, errors="coerce").to_numpy(dtype="float64").ravel()
     values = values[np.isfinite(values) & (values > 0)]
     # bars rise from a floor well under the smallest value, so that close perplexities stay visible
     span = [math.log10(values.min()) - 0.6, math.log10(values.max()) + 0.35] if len(values) else None
@@ -544,6 +551,23 @@ def perplexity_bars(table: pd.DataFrame, title: str | None = None) -> go.Figure:
     fig.update_yaxes(title="perplexity (log scale, lower is better)", type="log", range=span,
                      tickvals=[v for v, _ in ticks] or None, ticktext=[t for _, t in ticks] or None)
     return _layout(fig, title, height=420)
+
+
+def interval_error_bars(values: Sequence[float | None], lows: Sequence[float | None],
+                        highs: Sequence[float | None]) -> dict | None:
+    """Plotly `error_y` from stored interval bounds (a perplexity's bootstrap interval), asymmetric, in the
+    values' unit (on a log axis too: Plotly draws data-space bars there). None if no value has both bounds."""
+    plus, minus = [], []
+    for value, low, high in zip(values, lows, highs, strict=True):
+        if any(x is None or pd.isna(x) for x in (value, low, high)):
+            plus.append(None)
+            minus.append(None)
+            continue
+        plus.append(float(high) - float(value))
+        minus.append(float(value) - float(low))
+    if all(v is None for v in plus):
+        return None
+    return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1.3, width=4)
 
 
 def log_ticks(low: float, high: float, mantissas: Sequence[int] = (1, 2, 5)) -> list[tuple[float, str]]:

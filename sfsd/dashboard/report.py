@@ -172,6 +172,7 @@ def _frontier_section(out: _Builder, view: RunView) -> None:
         out.figure(frontier.frontier_figure(points, column))
     for task in frontier.task_columns(points):
         out.figure(frontier.accuracy_figure(points, task))
+    out.text(data.PPL_NOTE, "note")
     out.table(frontier.display_table(points))
 
 
@@ -182,10 +183,12 @@ def _uniform_sections(out: _Builder, view: RunView, uniform_rows: pd.DataFrame |
     for note in data.table1_warnings(rows):
         out.text(f"Warning: {note}", "note")
     out.table(data.table1_text(rows))
-    out.text("Accuracy in % with its 95% Wilson interval (average: normal interval of the mean); n = documents "
-             "per task. SVD-LLM and feature-uncentred (uncentred, no bias) give identical outputs by theory.", "note")
+    out.text(f"{data.PPL_NOTE} Accuracy in % with its 95% Wilson interval (average: normal interval of the mean); "
+             "n = documents per task. SVD-LLM and feature-uncentred (uncentred, no bias) give identical outputs by "
+             "theory.", "note")
     out.figure(plots.perplexity_bars(rows, "Perplexity (log scale)"))
     out.figure(plots.accuracy_bars(rows, "Accuracy per task with 95% intervals; dashes: majority class and chance",
                                    references=data.task_references(rows)))
     out.heading("Evaluations")
+    out.text(data.PPL_NOTE, "note")
     out.table(data.evaluations_text(view.evaluations))

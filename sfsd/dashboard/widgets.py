@@ -263,7 +263,7 @@ def demo_summary(views: Sequence[data.RunView | None], record: dict | None = Non
         budget = (view.result or {}).get("overall_budget")
         parts.append(f"a {view.method}-space search (overall budget "
                      f"{data.EMPTY if budget is None else f'{100 * budget:.1f}%'}; {view.metric_label.split(' (')[0]} "
-                     f"{view.heldout})")
+                     f"{view.heldout_change})")
     if uniform:
         config = uniform[0].config
         methods = ", ".join("base" if view.method == "none" else view.method for view in uniform)

@@ -12,6 +12,9 @@ dropped), and the perplexity is exp of the mean next-token loss over every predi
   SliceGPT has no PTB).
 - "c4": the first 2000 documents of the validation shard en/c4-validation.00000-of-00008.json.gz of
   `allenai/c4` (SVD-LLM: `test_data[0:2000]` of its JSON copy of that shard), column "text".
+
+Each window's summed loss is kept (the cache entry's records) and gives the perplexity's 95% bootstrap
+interval over windows (`sfsd.evaluate.intervals.ppl_bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +34,7 @@ from sfsd.data.sequences import BOS_FAMILIES, bos_id, key_fields, prepend_bos, s
 from sfsd.errors import SfsdError
 from sfsd.evaluate import _pack
 from sfsd.evaluate.cache import EvalCache, entry_key, require
+from sfsd.evaluate.intervals import ppl_bootstrap_interval
 from sfsd.evaluate.leaks import refuse_model_leaks
 from sfsd.offload import input_device
 
@@ -39,6 +44,7 @@ C4_DOCUMENTS = 2000  # SVD-LLM's get_test_data: the first 2000 documents of the 
 OFFLINE_WIKI_HINT = "use --dataset wiki, the offline pack's Wikipedia text (its eval split)"
 
 RESULT_KEYS = ("ppl", "seq_len", "n_tokens", "n_windows", "split", "model_key")
+WINDOW_NLL = "nll"  # the records column of a ppl cache entry: each window's summed NLL, in window order
 
 
 def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
@@ -86,21 +92,30 @@ def window_tokens(tokenizer: Any, text: str, seq_len: int, max_tokens: int | Non
 
 
 @torch.no_grad()
-def window_nll(model: nn.Module, batch: torch.Tensor) -> float:
-    """Summed next-token negative log-likelihood over a batch of windows (seq_len - 1 per window)."""
+def window_nll(model: nn.Module, batch: torch.Tensor) -> list[float]:
+    """Each window's summed next-token negative log-likelihood (seq_len - 1 scored tokens per window)."""
     batch = batch.to(input_device(model))
     logits = model(batch).logits[:, :-1].float()
     targets = batch[:, 1:].to(logits.device)  # the head may sit on another device (a device map)
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return losses.view(targets.shape).sum(dim=1).tolist()
 
 
-def perplexity_of_windows(model: nn.Module, chunks: torch.Tensor, batch_size: int, progress: bool = True) -> float:
-    """exp(mean NLL over every predicted token of every window)."""
-    total = 0.0
+def nll_of_windows(model: nn.Module, chunks: torch.Tensor, batch_size: int, progress: bool = True) -> list[float]:
+    """The summed NLL of every window, in order (what the perplexity and its interval are computed from)."""
+    nll: list[float] = []
     starts = range(0, len(chunks), batch_size)
     for start in tqdm(starts, desc="perplexity", unit="batch", disable=not progress):
-        total += window_nll(model, chunks[start : start + batch_size])
-    return math.exp(total / (chunks.shape[0] * (chunks.shape[1] - 1)))
+        nll += window_nll(model, chunks[start : start + batch_size])
+    return nll
+
+
+def ppl_of_nll(nll: list[float], seq_len: int) -> dict:
+    """{ppl, ppl_low, ppl_high}: exp(mean NLL over every predicted token of every window) and its 95%
+    bootstrap interval over the windows (`ppl_bootstrap_interval`; None with fewer than two windows)."""
+    low, high = ppl_bootstrap_interval(nll, seq_len - 1)
+    return {"ppl": math.exp(math.fsum(nll) / (len(nll) * (seq_len - 1))),
+            "ppl_low": None if math.isnan(low) else low, "ppl_high": None if math.isnan(high) else high}
 
 
 def check_dataset(dataset: str) -> str:
@@ -136,8 +151,14 @@ def dataset_split(dataset: str, split: str) -> str:
     return HUB_PPL_SPLIT[dataset]
 
 
-def _check_entry(meta: dict, records: object) -> None:
+def _check_entry(meta: dict, records: pd.DataFrame | None) -> None:
+    """A ppl entry needs its result; its records (one summed NLL per window), where stored, must be whole. An
+    entry written before the windows were kept has no records: it is still served, without an interval."""
     require(meta, None, tuple(f"result.{name}" for name in RESULT_KEYS))
+    if records is not None:
+        require(meta, records, columns=(WINDOW_NLL,))
+        if len(records) != meta["result"]["n_windows"]:
+            raise ValueError("records do not hold one NLL per window")
 
 
 def perplexity(
@@ -156,9 +177,12 @@ def perplexity(
 ) -> dict:
     """Perplexity over the concatenated text of `dataset` (wiki: the pack split; or `text`), cached.
 
-    Returns {ppl, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key, bos, dataset,
-    cached}: the sequence length and whether every window starts with BOS (`window_bos`) always travel
-    with the number (128 in the seed paper, 2048 elsewhere). `max_tokens` bounds the tokens in the windows.
+    Returns {ppl, ppl_low, ppl_high, seq_len, n_tokens (tokens in the windows), n_windows, split, model_key,
+    bos, window_nll, dataset, cached}: the sequence length and whether every window starts with BOS
+    (`window_bos`) always travel with the number (128 in the seed paper, 2048 elsewhere); [ppl_low, ppl_high]
+    is its 95% bootstrap interval over the windows (`sfsd.evaluate.intervals.ppl_bootstrap_interval`) and
+    window_nll each window's summed NLL, both None when served from a cache entry written before the windows
+    were kept. `max_tokens` bounds the tokens in the windows.
     Hub datasets read their fixed split (`split` must be "eval"); a model calibrated or searched on the rows
     evaluated is refused.
     """
@@ -184,13 +208,12 @@ def perplexity(
     cache, key = (EvalCache() if use_cache else None), entry_key(fields)
     hit = cache.load("ppl", key, _check_entry) if cache else None
     if hit is not None:
-        result = hit[0]["result"]
-        return {name: result[name] for name in RESULT_KEYS} | {"bos": bool(result.get("bos", False)),
-                                                             "dataset": dataset, "cached": True}
+        return _from_cache(*hit) | {"dataset": dataset, "cached": True}
     chunks = window_tokens(tokenizer, text, seq_len, max_tokens, bos)
     batch_size = batch_size or max(1, min(16, 2048 // seq_len))
+    nll = nll_of_windows(model, chunks, batch_size, progress)
     result = {
-        "ppl": perplexity_of_windows(model, chunks, batch_size, progress),
+        **ppl_of_nll(nll, seq_len),
         "seq_len": seq_len,
         "n_tokens": int(chunks.numel()),
         "n_windows": int(chunks.shape[0]),
@@ -199,5 +222,25 @@ def perplexity(
         "bos": bos is not None,
     }
     if cache:
-        cache.store("ppl", key, {"result": result, "fields": fields})
-    return {**result, "dataset": dataset, "cached": False}
+        stored = {name: value for name, value in result.items() if name not in ("ppl_low", "ppl_high")}
+        cache.store("ppl", key, {"result": stored, "fields": fields}, pd.DataFrame({WINDOW_NLL: nll}))
+    return {**result, "window_nll": nll, "dataset": dataset, "cached": False}
+
+
+def run_metrics(result: dict) -> dict:
+    """What a run records of a perplexity result (its evaluations' `metrics`): the value, its interval (None when
+    served from an entry without windows), the window length, the tokens and windows, and BOS."""
+    return {name: result[name] for name in ("ppl", "ppl_low", "ppl_high", "seq_len", "n_tokens", "n_windows", "bos")}
+
+
+def _from_cache(meta: dict, records: pd.DataFrame | None) -> dict:
+    """A cached result; its interval is recomputed from the stored window NLLs. An entry written before they were
+    kept has none: its point value stays usable (hours of model time) and its interval is None; deleting the
+    entry (`cache/evals/ppl/<key>`) measures it again, with the interval."""
+    result = meta["result"]
+    out = {name: result[name] for name in RESULT_KEYS} | {"bos": bool(result.get("bos", False))}
+    if records is None:
+        return out | {"ppl_low": None, "ppl_high": None, "window_nll": None}
+    nll = [float(x) for x in records[WINDOW_NLL]]
+    interval = ppl_of_nll(nll, int(result["seq_len"]))
+    return out | {"ppl_low": interval["ppl_low"], "ppl_high": interval["ppl_high"], "window_nll": nll}

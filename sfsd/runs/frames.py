@@ -97,6 +97,23 @@ def evaluations_frame(run: Run) -> pd.DataFrame:
     return _frame(rows, EVALUATION_COLUMNS)
 
 
+# The cells beside a perplexity column `ppl@<n>`, as `<part>:ppl@<n>`, and the metric each is read from.
+PPL_PARTS = {"low": "ppl_low", "high": "ppl_high", "tokens": "n_tokens"}
+
+
+def ppl_cells(metrics: Mapping) -> dict:
+    """A perplexity evaluation as the cells of a table row: `ppl@<seq_len>` (`ppl` without a length) and beside
+    it (PPL_PARTS) `low:` and `high:`, its 95% bootstrap interval over windows (None in a run recorded before
+    intervals were kept), and `tokens:`, the tokens scored; e.g. `low:ppl@128`. Missing or NaN values are None."""
+    def number(name: str) -> float | None:
+        value = metrics.get(name)
+        return None if value is None or pd.isna(value) else value
+
+    seq_len = number("seq_len")
+    column = "ppl" if seq_len is None else f"ppl@{int(seq_len)}"
+    return {column: number("ppl")} | {f"{part}:{column}": number(name) for part, name in PPL_PARTS.items()}
+
+
 def spectra_frame(run: Run, layer: str | None = None, kind: str | None = None) -> pd.DataFrame:
     """Long table layer, block, role, kind ("feature" | "weight"), index, value; optionally one layer / kind."""
     return run.read_spectra(layer, kind)

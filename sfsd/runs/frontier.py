@@ -16,12 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from sfsd.errors import SfsdError
-from sfsd.runs.frames import _frame
+from sfsd.runs.frames import _frame, ppl_cells
 from sfsd.runs.store import RunStore
 
 FRONTIER_COLUMNS = ["model", "strategy", "method", "target", "tolerance", "overall_budget", "params", "macs",
                     "ppl@128", "ppl@2048", "run_id"]
-# each `ppl@<n>` goes with `tokens@<n>`, the tokens it was measured on: one comparison, one protocol
 _DTYPES = {"target": "float64", "tolerance": "float64", "overall_budget": "float64", "params": "Int64",
            "macs": "Int64", "ppl@128": "float64", "ppl@2048": "float64"}
 ALG1 = "Algorithm 1"
@@ -29,7 +28,8 @@ _FROM_HELDOUT = "_from_heldout"  # a point made from its search's own held-out c
 
 
 def frontier_frame(root: Path | None = None, model: str | None = None) -> pd.DataFrame:
-    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths, `tokens@<n>`, `acc:<task>`, `n:<task>` columns),
+    """Points (FRONTIER_COLUMNS, then `ppl@<n>` of other lengths, each perplexity's `low:`, `high:` and `tokens:`
+    (`sfsd.runs.frames.ppl_cells`), and `acc:<task>`, `n:<task>` columns),
     sorted by model, strategy, method and budget. Runs that are not done, or cannot be read, are left out."""
     store = RunStore(root)
     rows = []
@@ -85,10 +85,11 @@ def _heldout(run) -> dict:
 
 
 def _ppl_cells(entry: dict | None) -> dict:
-    """{ppl@<n>: value, tokens@<n>: tokens} of one eval-split perplexity record of a held-out check."""
+    """The `ppl_cells` of one eval-split perplexity of a held-out check (value, interval, tokens)."""
     if not isinstance(entry, dict) or entry.get("split") != "eval" or entry.get("value") is None:
         return {}
-    return {f"ppl@{entry.get('seq_len')}": entry["value"], f"tokens@{entry.get('seq_len')}": entry.get("n")}
+    return ppl_cells({"ppl": entry["value"], "seq_len": entry.get("seq_len"), "ppl_low": entry.get("low"),
+                      "ppl_high": entry.get("high"), "n_tokens": entry.get("n")})
 
 
 def _heldout_base(run, row: dict) -> dict | None:
@@ -125,8 +126,7 @@ def _point(run) -> dict | None:
         metrics = record.get("metrics") or {}
         row["macs"] = row["macs"] if row["macs"] is not None else record.get("macs")
         if record.get("kind") == "ppl":
-            row[f"ppl@{metrics.get('seq_len')}"] = metrics.get("ppl")
-            row[f"tokens@{metrics.get('seq_len')}"] = metrics.get("n_tokens")
+            row.update(ppl_cells(metrics))
         elif record.get("kind") == "task":
             row[f"acc:{record['task']}"] = metrics.get("acc")
             row[f"n:{record['task']}"] = metrics.get("n")

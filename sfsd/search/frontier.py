@@ -16,6 +16,7 @@ from sfsd import options
 from sfsd.accounting import count_parameters, measure_macs
 from sfsd.decompose import TWO_FACTOR
 from sfsd.errors import SfsdError
+from sfsd.evaluate.intervals import format_ppl
 from sfsd.evaluate.keys import compressed_model_key
 from sfsd.runs import Run, run_id_for
 from sfsd.search.config import SearchConfig
@@ -88,19 +89,23 @@ def run_frontier(base: SearchConfig, strategies: Sequence[str], budgets: Sequenc
         run = run_search(config, root, device, progress)
         evaluate_point(run, seq_lens, ppl_tokens, tasks, limit, device, progress)
         result = run.result()
-        say(f"{point}: overall budget {result['overall_budget']:.4f}, "
-            + ", ".join(f"ppl@{e['metrics']['seq_len']} {e['metrics']['ppl']:.2f}"
-                        for e in run.read_evaluations() if e.get("kind") == "ppl"))
+        say(f"{point}: overall budget {result['overall_budget']:.4f}, {ppl_line(run)}")
         runs.append(run)
     for config in baseline_configs:
         run = run_uniform(config, root, device, progress)
         result = run.result()
         say(f"{config.method} @ {config.beta}: run {run.id}, parameter-equivalent budget "
-            f"{result['overall_budget']:.4f}, " + ", ".join(
-                f"ppl@{e['metrics']['seq_len']} {e['metrics']['ppl']:.2f}" for e in run.read_evaluations()
-                if e.get("kind") == "ppl"))
+            f"{result['overall_budget']:.4f}, {ppl_line(run)}")
         runs.append(run)
     return runs
+
+
+def ppl_line(run: Run) -> str:
+    """A run's eval perplexities for a progress line: 'ppl@128 57.93 [55.12, 61.04] (128 windows), ...' (the
+    95% bootstrap interval over windows; none for evaluations recorded before it was kept)."""
+    return ", ".join(f"ppl@{m['seq_len']} {format_ppl(m['ppl'], m.get('ppl_low'), m.get('ppl_high'))}"
+                     + (f" ({m['n_windows']} windows)" if m.get("n_windows") else "")
+                     for m in (e["metrics"] for e in run.read_evaluations() if e.get("kind") == "ppl"))
 
 
 def strategy_label(strategy: str, factors: str = TWO_FACTOR) -> str:
@@ -121,6 +126,7 @@ def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, ta
                    limit: int | None, device: str | None = None, progress: bool = True) -> None:
     """Eval-split perplexity (and tasks) of a finished run's final model, each stored once in the run."""
     from sfsd.evaluate import evaluate_tasks, perplexity
+    from sfsd.evaluate.perplexity import run_metrics
 
     done = {(e.get("kind"), e.get("task"), e.get("limit"), (e.get("metrics") or {}).get("seq_len"))
             for e in run.read_evaluations() if e.get("split") == "eval"}
@@ -137,8 +143,7 @@ def evaluate_point(run: Run, seq_lens: Sequence[int], ppl_tokens: int | None, ta
                          progress=progress)
         run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": ppl_tokens, "step": step,
                                "params": params, "macs": macs, "macs_seq_len": MACS_SEQ_LEN,
-                               "metrics": {"ppl": res["ppl"], "seq_len": seq_len, "n_tokens": res["n_tokens"],
-                                           "bos": res["bos"]}})
+                               "metrics": run_metrics(res)})
     for task in todo_tasks:
         row = evaluate_tasks(model, tokenizer, [task], split="eval", limit=limit, model_key=key).summary.iloc[0]
         run.append_evaluation({"kind": "task", "task": task, "split": "eval", "limit": limit, "step": step,

@@ -3,7 +3,8 @@
 A search keeps its metric within the tolerance on the *search* split by construction; whether the budget
 holds on unseen data is a separate measurement. Every finished search records both, side by side:
 - `ppl`: wiki perplexity of the eval split at the search's sequence length over the first
-  HELDOUT_TOKENS tokens (the search split is a different part of the text);
+  HELDOUT_TOKENS tokens (the search split is a different part of the text), with its tokens, windows and
+  95% bootstrap interval over windows (`low`, `high`; absent from runs recorded before it was kept);
 - `task`: accuracy (acc or acc_norm, as searched) on the task's whole eval split (`--suite paper`:
   lm-eval's own evaluation split of the task), with n and a 95% Wilson interval.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from sfsd.evaluate.intervals import wilson_interval
+from sfsd.evaluate.intervals import format_ppl, format_proportion, wilson_interval
 
 HELDOUT_TOKENS = 16_384  # the eval-split perplexity budget of bench.quality (128 windows of 128 tokens)
 HELDOUT_DOCUMENTS: int | None = None  # task metric: every document of the eval split (tests/conftest.py lowers both)
@@ -29,7 +30,7 @@ def heldout_value(model: nn.Module, tokenizer: Any, metric: dict, model_key: str
         res = perplexity(model, tokenizer, split="eval", seq_len=metric["seq_len"], max_tokens=HELDOUT_TOKENS,
                          model_key=model_key, progress=progress)
         return {"value": res["ppl"], "split": "eval", "seq_len": res["seq_len"], "n": res["n_tokens"],
-                "bos": res["bos"]}
+                "n_windows": res["n_windows"], "bos": res["bos"], "low": res["ppl_low"], "high": res["ppl_high"]}
     from sfsd.evaluate import evaluate_tasks
 
     suite = metric.get("suite", "offline")  # paper: lm-eval's own task (validation; ARC: test)
@@ -60,13 +61,28 @@ def heldout_summary(result: dict | None) -> dict | None:
     }
 
 
-def describe_heldout(result: dict | None) -> str:
-    """'search split +4.9%, eval split +31.0% (16,384 tokens)' or the accuracy form in points."""
+def describe_heldout(result: dict | None, values: bool = True) -> str:
+    """'search split +4.9%, eval split +31.0%: ppl 40.56 [39.12, 42.01] vs base 31.06 [30.01, 32.12] (16,384
+    tokens, 128-token windows, 95% bootstrap over windows)', or the accuracy form in points with Wilson intervals.
+    A run recorded before perplexity intervals were kept shows its values and says it has none. `values=False`:
+    the changes alone, 'search split +4.9%, eval split +31.0% (16,384 tokens)' (a chart's subtitle)."""
     s = heldout_summary(result)
     if s is None:
         return "eval split: not measured"
+    held = result["heldout"]
     if s["higher_is_better"]:
-        return (f"search split {s['search_change'] * 100:+.1f} pts, eval split {s['eval_change'] * 100:+.1f} pts "
-                f"(n={s['n']:,})")
-    return (f"search split {s['search_change'] * 100:+.1f}%, eval split {s['eval_change'] * 100:+.1f}% "
-            f"({s['n']:,} tokens)")
+        changes = f"search split {s['search_change'] * 100:+.1f} pts, eval split {s['eval_change'] * 100:+.1f} pts"
+        if not values:
+            return f"{changes} (n={s['n']:,})"
+        accs = " vs base ".join(format_proportion(held[k]["value"], held[k]["n"], show_n=False)
+                                for k in ("final", "base"))
+        return f"{changes}: acc {accs} (n={s['n']:,}, 95% Wilson)"
+    changes = f"search split {s['search_change'] * 100:+.1f}%, eval split {s['eval_change'] * 100:+.1f}%"
+    if not values:
+        return f"{changes} ({s['n']:,} tokens)"
+    ppls = " vs base ".join(format_ppl(held[k]["value"], held[k].get("low"), held[k].get("high"))
+                            for k in ("final", "base"))
+    windows = f", {held['final']['seq_len']}-token windows" if held["final"].get("seq_len") else ""
+    shown = all(held[k].get("low") is not None for k in ("final", "base"))
+    how = "95% bootstrap over windows" if shown else "no interval: measured before perplexity intervals were kept"
+    return f"{changes}: ppl {ppls} ({s['n']:,} tokens{windows}, {how})"

@@ -66,6 +66,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
                 progress: bool = True) -> Run:
     """Compress, measure and evaluate once; a finished run is returned as it is."""
     from sfsd.evaluate import evaluate_tasks, perplexity
+    from sfsd.evaluate.perplexity import run_metrics
 
     check_placement(device)  # a bad device map fails before the run exists
     run = Run.create(config.to_dict(), root)
@@ -97,8 +98,7 @@ def run_uniform(config: UniformConfig, root: Path | None = None, device: str | N
             ppl = perplexity(model, tokenizer, split="eval", seq_len=seq_len, max_tokens=config.ppl_tokens,
                              model_key=key, progress=progress)
             run.append_evaluation({"kind": "ppl", "task": "wiki", "split": "eval", "limit": config.ppl_tokens,
-                                   "metrics": {"ppl": ppl["ppl"], "seq_len": seq_len, "n_tokens": ppl["n_tokens"],
-                                               "bos": ppl["bos"]}})
+                                   "metrics": run_metrics(ppl)})
         if run.cancel_requested():
             run.mark_cancelled(layers_done=0)
             return run
