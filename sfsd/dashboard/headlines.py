@@ -107,12 +107,13 @@ def _proportion(value: float, n: float | None) -> str:
     return f"{100 * value:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={int(n)})"
 
 
-def accuracy_headline(curves: Sequence[tuple[str, pd.DataFrame]], column: str) -> str:
+def accuracy_headline(curves: Sequence[tuple[str, pd.DataFrame]], column: str,
+                      metric_label: str = "the search metric") -> str:
     """curves: (run label, its frame as drawn: `step`, `params`, `column` and, for an accuracy, `n:<task>`; step 0
     is the base model). Per run, at its last point: the share of the base model's parameters left and the value
     there (with its 95% interval and n), against the base model's on the same documents."""
     accuracy = column != "metric"
-    what = f"{column.split(':', 1)[1]} {column.split(':', 1)[0]}" if accuracy else "the search metric"
+    what = f"{column.split(':', 1)[1]} {column.split(':', 1)[0]}" if accuracy else metric_label
     n_col = "n:" + column.split(":", 1)[1] if accuracy else ""
 
     def value(row: pd.Series) -> str:

@@ -298,7 +298,7 @@ def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: i
     lines at the rank of each beta 0.1..0.9 (Eq. 3), a solid one at the run's chosen rank."""
     if spectra.empty:
         return empty_figure("No spectrum stored for this layer")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14)  # room for the right panel's axis title
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     top = 0.0
     for kind in kinds:
@@ -347,7 +347,7 @@ def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: i
 
 # Eigenvalues of Cov(Wx) and squared singular values of W are in different units: each spectrum is drawn as the
 # share of its own total (its energy), which both have.
-SHARE_TITLE = "share of energy (%, log): λᵢ / Σλ, σᵢ² / Σσ²"
+SHARE_TITLE = "share of energy (%, log scale)"
 BETA_LABEL_HEIGHT = 28  # px above the plot for the rotated beta labels
 BETA_LABEL_GAP = 0.06  # share of a panel's width between two beta labels (14 px rotated text at ~240 px panels)
 
