@@ -1,23 +1,34 @@
 """Budget heatmap (the paper's Figure 3): blocks x roles, % of each layer's parameters the search kept."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from sfsd.dashboard import data, plots, widgets
+from sfsd.dashboard import data, headlines, plots, widgets
 
-widgets.page_setup("Budget heatmap", "Per layer: the share of its parameters the surgical search kept, "
-                   "r (d_in + d_out) / (d_in d_out). Click a cell (or box-select it) to open its spectrum.")
+top = widgets.page_setup("Budget heatmap", "Per layer: the share of its parameters the surgical search kept, "
+                         "r (d_in + d_out) / (d_in d_out). Click a cell (or box-select it) to open its spectrum.")
 
 runs = widgets.search_runs_with("layers")
 if runs.empty:
     widgets.no_runs("search runs with decided layers", key="heatmap-empty")
     st.stop()
 
-mode = st.radio("Show", ["one run", "average over runs"], horizontal=True, key="heatmap-mode")
-if mode == "one run":
-    run_ids = [widgets.pick_run(runs, key="heatmap-run")]
+mode = st.radio("Show", ["one run", "average over runs of one method"], horizontal=True, key="heatmap-mode",
+                help="Figure 3 averages the searches of one method on one model (over tasks or seeds): runs of other "
+                     "methods or models are not offered for an average")
+if mode == "one run":  # the feature-space search by default: the paper's method
+    feature = runs[(runs["kind"] == "search") & (runs["method"] == "feature")]["run_id"]
+    run_ids = [widgets.pick_run(runs, key="heatmap-run", starts_among=list(feature) or None)]
 else:
-    run_ids = widgets.pick_runs(runs, key="heatmap-runs", label="Runs to average", default=len(runs))
+    groups = data.same_method_groups(runs)
+    keys = sorted(groups, key=lambda k: (k[0] != "feature", -len(groups[k])))  # feature first, then the largest
+    group = st.selectbox("Method · model", keys, key="heatmap-group",
+                         format_func=lambda k: f"{k[0]} · {Path(k[1]).name} ({len(groups[k])} "
+                                              f"run{'s' if len(groups[k]) > 1 else ''})")
+    run_ids = widgets.pick_runs(runs[runs["run_id"].isin(groups[group])], key="heatmap-runs-" + "-".join(group),
+                                label="Runs to average", default=len(groups[group]))
 views = [view for view in (data.load_run(run_id) for run_id in run_ids) if view is not None]
 if not views:
     st.info("Pick at least one run.")
@@ -26,6 +37,9 @@ if not views:
 frames = [view.layers.assign(run_id=view.run_id) for view in views]
 layers = pd.concat(frames, ignore_index=True)
 cells = plots.heatmap_cells(layers)
+widgets.headline(top, headlines.heatmap_headline(
+    [(view.method, view.kind, view.model, view.layers, (view.result or {}).get("overall_budget"))
+     for view in views]))
 if len(views) == 1:
     view = views[0]
     budget = (view.result or {}).get("overall_budget")
@@ -33,14 +47,7 @@ if len(views) == 1:
              + (f", overall budget {100 * budget:.1f}%" if budget is not None else "")
              + (f"<br><sup>{view.heldout_change}</sup>" if view.heldout_change else ""))
 else:
-    title = f"Average over {len(views)} runs (hover: mean rank)"
-    methods = {view.method for view in views}
-    models = {view.model for view in views}
-    if len(models) > 1:
-        st.warning(f"These runs are on different models ({', '.join(sorted(models))}): cells average different "
-                   "layers.")
-    elif len(methods) > 1:
-        st.caption(f"Methods averaged: {', '.join(sorted(methods))}.")
+    title = f"Mean of {len(views)} {views[0].method} runs (hover: min-max and std per cell)"
 
 # The picked layer is settled before the figure is drawn: the figure (its outline) must not change between
 # a click and the rerun that reports it, or Streamlit drops the selection.
@@ -75,4 +82,4 @@ else:
     widgets.page_link("pages/3_Spectra.py", label="More on the Spectra page", icon=":material/show_chart:")
 
 with st.expander("Cells as a table"):
-    widgets.table(cells, "budget-heatmap", key="heatmap-cells")
+    widgets.table(data.heatmap_cells_text(cells), "budget-heatmap", key="heatmap-cells")

@@ -5,17 +5,19 @@ from pathlib import Path
 
 import streamlit as st
 
-from sfsd.dashboard import data, plots, widgets
+from sfsd.dashboard import data, headlines, plots, widgets
 
-widgets.page_setup("Accuracy versus parameters", "Each search records a snapshot every few decided layers: its "
-                   "metric and the parameters left. Overlay runs to compare weight and feature space, or tolerances.")
+top = widgets.page_setup("Accuracy versus parameters", "Each search records a snapshot every few decided layers: "
+                         "its metric and the parameters left. Overlay runs to compare weight and feature space, or "
+                         "tolerances.")
 
 runs = widgets.search_runs_with("snapshots")
 if runs.empty:
     widgets.no_runs("search runs with snapshots", key="acc-empty")
     st.stop()
 
-run_ids = widgets.pick_runs(runs, key="acc-runs", label="Runs to overlay", default=4)
+# the newest run of each method on one model (the demo's feature against weight), not the newest runs whatever
+run_ids = widgets.pick_runs(runs, key="acc-runs", label="Runs to overlay", initial=data.comparison_runs(runs))
 views = [view for view in (data.load_run(run_id) for run_id in run_ids) if view is not None]
 if not views:
     st.info("Pick at least one run.")
@@ -36,7 +38,10 @@ options: dict[str, str] = {}
 for view in views:
     options.update(series_of(view))
 # the y axis on a row of its own: its options are long, and three columns cut them and the toggle at 1000 px
-y_label = st.selectbox("y axis", list(options), key="acc-y")
+# accuracy first where a task was scored at the snapshots: the search metric is on the split it was searched on
+labels = list(options)
+y_label = st.selectbox("y axis", labels, key="acc-y",
+                       index=next((i for i, label in enumerate(labels) if options[label] != "metric"), 0))
 c2, c3 = st.columns(2, vertical_alignment="bottom")
 x_mode = c2.radio("x axis", ["parameters (M)", "overall budget (%)"], horizontal=True, key="acc-x")
 zoom = c3.toggle("Zoom to the searches", key="acc-zoom",
@@ -46,7 +51,7 @@ column = options[y_label]
 percent = column != "metric"
 by_params = x_mode.startswith("parameters")
 
-curves, bases, baselines, skipped, tables = [], {}, [], [], []
+curves, bases, baselines, skipped, tables, drawn, borrowed = [], {}, [], [], [], [], []
 for view in views:
     if series_of(view).get(y_label) != column:
         skipped.append(view.label)
@@ -55,6 +60,11 @@ for view in views:
     if frame.empty:
         skipped.append(view.label)
         continue
+    if percent and not (frame["step"] == 0).any():  # the curve starts at the base model, on the same documents
+        frame, source = data.with_base_accuracy(frame, view.snapshots, view.model, column)
+        if source:
+            borrowed.append(f"{view.label}: {source}")
+    drawn.append((view.label, frame))
     x = frame["params"] / 1e6 if by_params else 100 * frame["budget"]
     y = frame[column] * (100 if percent else 1)
     errors = plots.wilson_error_bars(list(frame[column]), list(data.counts(frame, column))) if percent else None
@@ -97,6 +107,7 @@ if percent and column.startswith("acc:"):
                                       text=[f"{row['run_id']}<br>Table 1 protocol"],
                                       error_y=plots.wilson_error_bars([row[column]], [row.get(data.n_column(column))])))
 
+widgets.headline(top, headlines.accuracy_headline(drawn, column, y_label.removeprefix("search metric: ")))
 unique_bases = list(dict.fromkeys((name, round(value, 6)) for name, value in baselines))
 x_title = "parameters remaining (millions)" if by_params else \
     "overall budget (% of decomposable parameters kept)"
@@ -112,6 +123,13 @@ widgets.chart(plots.metric_vs_params(curves, y_title, x_title, unique_bases, ref
 if percent:
     st.caption("Error bars: 95% Wilson intervals over the n documents of each snapshot (the table's n column); "
                "dotted lines: the rates of always giving the commonest answer and of guessing.")
+if borrowed:
+    st.caption("The base model's point (step 0) comes from its Table 1 evaluation on the same task and documents "
+               "(the search scored no task on the base model): " + "; ".join(borrowed) + ".")
+missing = [label for label, frame in drawn if percent and not (frame["step"] == 0).any()]
+if missing:
+    st.caption("No base-model accuracy on these documents, so these curves start at their first snapshot: "
+               + ", ".join(missing) + ".")
 heldout = [f"{view.label}: {view.heldout}" for view in views if view.heldout]
 if heldout:
     st.caption("Held-out check, the searched metric's change on the search split vs the eval split it never saw: "

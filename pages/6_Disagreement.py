@@ -3,16 +3,16 @@ base model's, per task, and the flipped examples themselves."""
 
 import streamlit as st
 
-from sfsd.dashboard import data, jobs, plots, widgets
+from sfsd.dashboard import data, headlines, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
 from sfsd.errors import SfsdError
 from sfsd.evaluate import disagreement
 from sfsd.evaluate.compare import disagreement_report
 from sfsd.runs.readonly import readonly
 
-widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, the "
-                   "difference, and the share of documents whose predicted answer changed — a compressed model "
-                   "can keep its accuracy while flipping many answers.")
+top = widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, "
+                         "the difference, and the share of documents whose predicted answer changed — a compressed "
+                         "model can keep its accuracy while flipping many answers.")
 
 models = data.model_choices()
 compressed = [m for m in models if data.compressed_method(m)]
@@ -45,6 +45,7 @@ model_a = st.selectbox("Model A (reference)", models, index=models.index(data.de
 default_b = next((m for m in compressed if m != model_a), next(m for m in models if m != model_a))
 model_b = st.selectbox("Model B (compared)", models, index=models.index(default_b), key="dis-b",
                        format_func=data.model_display)
+widgets.broken_model_warnings([model_a, model_b])
 c1, c2, c3 = st.columns([3, 1, 1])
 tasks = c1.multiselect("Tasks", list(OFFLINE_TASKS), default=[OFFLINE_TASKS[1] if len(OFFLINE_TASKS) > 1
                                                               else OFFLINE_TASKS[0]], key="dis-tasks")
@@ -74,6 +75,7 @@ if key not in results:
 records_a, records_b = results[key]
 label_a, label_b = data.model_display(model_a), data.model_display(model_b)
 summary = disagreement(records_a, records_b, metric)
+widgets.headline(top, headlines.disagreement_headline(summary, label_b=label_b, label_a=label_a))
 st.subheader("Per task")
 for task, n in zip(summary["task"], summary["n_shared"], strict=True):
     if n < data.SMALL_N:

@@ -4,14 +4,14 @@ compressed, with n and 95% intervals."""
 import pandas as pd
 import streamlit as st
 
-from sfsd.dashboard import data, plots, widgets
+from sfsd.dashboard import data, headlines, plots, widgets
 from sfsd.errors import SfsdError
 from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, MIN_N, REPORT_TYPES, display_table, thin_cells
 from sfsd.runs.readonly import readonly
 
-widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beats an unrelated one (higher is "
-                   "better). SS: how often the stereotype beats the anti-stereotype (50 is unbiased). ICAT = LMS · "
-                   "min(SS, 100 - SS) / 50 (100 is ideal).")
+top = widgets.page_setup("Bias: StereoSet", "LMS: how often a meaningful sentence beats an unrelated one (higher "
+                         "is better). SS: how often the stereotype beats the anti-stereotype (50 is unbiased). ICAT = "
+                         "LMS · min(SS, 100 - SS) / 50 (100 is ideal).")
 
 models = data.model_choices()
 compressed = [m for m in models if data.compressed_method(m)]
@@ -24,17 +24,20 @@ default = [data.demo_model(), *compressed[:2]]
 # the models on a row of their own: beside the examples input, a Table 1 model's name was cut at 1000 px
 chosen = st.multiselect("Models", models, default=[m for m in dict.fromkeys(default) if m in models], key="bias-models",
                         format_func=data.model_display)
-limit = st.columns([1, 3])[0].number_input("Examples (first N of all)", 1, 10000, 100, key="bias-limit",
-                        help="the first N of every StereoSet row (4,229: the whole dev set, intrasentence and "
-                             "intersentence interleaved); 3 sentences are scored per example")
-key = (tuple(chosen), int(limit))
+widgets.broken_model_warnings(chosen)
+per_cell = st.columns([1, 3])[0].number_input(
+    "Examples per domain and sentence type", 1, 1000, MIN_N, key="bias-per-cell",
+    help="a seeded random sample of every (sentence type, domain) cell of StereoSet's 4,229 rows, so that every "
+         "domain is scored (religion is 2% of the rows: the first N rows may hold none); a cell with fewer rows "
+         "is scored whole. 3 sentences are scored per example")
+key = (tuple(chosen), int(per_cell))
 results = st.session_state.setdefault("bias-results", {})
 if not readonly() and st.button("Score", key="bias-run", type="primary", disabled=not chosen,
                                 icon=":material/balance:"):
-    with st.spinner(f"Scoring {len(chosen)} model(s) on {int(limit)} StereoSet examples..."):
+    with st.spinner(f"Scoring {len(chosen)} model(s) on up to {int(per_cell)} StereoSet examples per cell..."):
         try:
             widgets.save_table1_models(chosen)
-            frames = [data.bias_summary(model, int(limit)).assign(model=data.model_display(model))
+            frames = [data.bias_summary(model, int(per_cell)).assign(model=data.model_display(model))
                       for model in chosen]
             results[key] = pd.concat(frames, ignore_index=True)
         except (SfsdError, OSError, ValueError) as exc:
@@ -49,11 +52,13 @@ summary = results[key]
 colors = {data.model_display(m): plots.method_color(data.compressed_method(m) or "base") for m in chosen}
 if len(set(colors.values())) < len(colors):  # two models of one method: tell them apart
     colors = {}
-kind = st.radio("Sentence type", REPORT_TYPES, index=len(REPORT_TYPES) - 1, horizontal=True, key="bias-type",
-                format_func=lambda t: "all (both pooled)" if t == "all" else t,
-                help="the official evaluation reports intrasentence and intersentence separately and pools "
-                     "them only for its overall score")
+kind = st.radio("Sentence type", REPORT_TYPES, index=REPORT_TYPES.index("intrasentence"), horizontal=True,
+                key="bias-type", format_func=lambda t: "all (both pooled)" if t == "all" else t,
+                help="intrasentence by default: the only type comparable with published numbers (intersentence is "
+                     "scored by likelihood here, not by a next-sentence head; docs/evaluation.md). The official "
+                     "evaluation reports the two separately and pools them only for its overall score")
 part = summary[summary["type"] == kind]
+widgets.headline(top, headlines.bias_headline(part, kind))
 notes = thin_cells(part)
 if notes:
     st.warning("Read with care: " + "; ".join(notes) + ".", icon=":material/warning:")

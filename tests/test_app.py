@@ -12,6 +12,7 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import PAGES, SMALL_HELDOUT, UNIFORM, no_exception, open_page
 from streamlit.testing.v1 import AppTest
@@ -39,6 +40,20 @@ def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "warning", "success", "code", "title", "subheader")
              for e in getattr(at, kind)]
     return "\n".join(str(p) for p in parts)
+
+
+def headline(at: AppTest) -> str:
+    """The page's headline: the bold sentence `widgets.headline` writes under the title."""
+    lines = [str(m.value) for m in at.markdown if str(m.value).startswith("**") and str(m.value).endswith("**")]
+    assert lines, texts(at)
+    return lines[0].strip("*")
+
+
+def no_empty_cells(at: AppTest) -> None:
+    """No table of the page shows a raw None, NaN or <NA>: empty cells read "—"."""
+    for frame in at.dataframe:
+        cells = frame.value.astype(str)
+        assert not cells.isin(["None", "nan", "NaN", "<NA>", ""]).any().any(), frame.value
 
 
 # ---- every page with data ------------------------------------------------------------------------------
@@ -96,6 +111,7 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     at = open_page("heatmap")
     no_exception(at)
+    assert at.selectbox(key="heatmap-run").value == env["feature"]  # the feature-space search by default
     at.selectbox(key="heatmap-run").select(env["feature"]).run()
     layer = "model.layers.1.self_attn.o_proj"
     at.selectbox(key="heatmap-layer").select(layer).run()
@@ -108,10 +124,41 @@ def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     assert all(text.endswith("%") for row in heat["text"] for text in row)
     assert layer in json.loads(figures[1].proto.spec)["layout"]["title"]["text"]
     assert "eval split" in spec["layout"]["title"]["text"]  # the held-out check in the title
-    at.radio(key="heatmap-mode").set_value("average over runs").run()
+    at.radio(key="heatmap-mode").set_value("average over runs of one method").run()
     no_exception(at)
-    # the two searches and the pruned and sliced Table 1 rows (each layer's kept share)
-    assert "Average over 4 runs" in json.loads(charts(at)[0].proto.spec)["layout"]["title"]["text"]
+    # only runs of one method on one model are offered for an average: the feature search alone here
+    groups = at.selectbox(key="heatmap-group").options
+    assert groups[0] == "feature · tiny-llama (1 run)" and len(groups) == 4, groups  # feature, weight,
+    assert all(g.endswith("(1 run)") for g in groups)  # llm-pruner, slicegpt: one run each
+    assert at.get("multiselect")[0].value == [env["feature"]]
+    no_empty_cells(at)
+
+
+def test_heatmap_headline_says_what_the_store_holds(env):
+    """The sentence over the heatmap against the feature search's layers and result, recomputed from the run."""
+    from sfsd.runs import Run, layers_frame
+
+    at = open_page("heatmap")
+    no_exception(at)
+    run = Run.open(env["feature"])
+    layers = layers_frame(run)
+    decided = layers[layers["decided"]]
+    kept = decided.groupby("block")[["params_kept", "params_full"]].sum()
+    share = (kept["params_kept"] / kept["params_full"]).astype(float)
+    text = headline(at)
+    match = re.fullmatch(r"feature search on tiny-llama: (\d+) of (\d+) layers kept at full rank, (.*), overall "
+                         r"budget (\d+\.\d)%\.", text)
+    assert match, text
+    assert int(match[1]) == int(decided["intact"].sum()) and int(match[2]) == len(layers)
+    if share.min() < 1:
+        blocks = [int(b) for b in share.index[share <= share.min() + 1e-12]]
+        named = f"block {blocks[0]} cut most ({100 * share.min():.0f}% of its" if len(blocks) == 1 else \
+            f"blocks {', '.join(map(str, blocks))} cut most ({100 * share.min():.0f}% of their"
+        assert match[3] == f"{named} parameters kept)"
+    else:
+        assert match[3] == "no layer cut"
+    assert float(match[4]) == pytest.approx(100 * run.result()["overall_budget"], abs=0.05)
+    no_empty_cells(at)
 
 
 def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
@@ -136,31 +183,77 @@ def test_spectra_page_shows_feature_and_weight_spectra_with_budget_marks(env):
     assert yaxes and all(axis["dtick"] == 25 for axis in yaxes)  # round ticks: 0, 25, ..., 100
 
 
+def test_spectra_page_opens_on_both_spectra_in_shares_of_their_energy(env):
+    """The default run has both spectra (the weight search, newer, has only its own); each spectrum is drawn as
+    the share of its own total energy; the headline's shares are those of the stored spectra at the chosen rank."""
+    import numpy as np
+
+    from sfsd.runs import Run, layers_frame
+
+    at = open_page("spectra")
+    no_exception(at)
+    assert at.selectbox(key="spectra-run").value == env["feature"]
+    layer = at.selectbox(key="spectra-layer").value
+    single = json.loads(charts(at)[0].proto.spec)
+    assert "share of energy" in single["layout"]["yaxis"]["title"]["text"]
+    def array(values) -> np.ndarray:  # Plotly writes numpy arrays as {"dtype", "bdata": base64}
+        if isinstance(values, dict):
+            import base64
+
+            return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).astype(float)
+        return np.array(values, dtype=float)
+
+    for trace in (t for t in single["data"] if t.get("xaxis", "x") == "x"):
+        assert np.nansum(array(trace["y"])) == pytest.approx(100)  # shares of one whole
+    betas = [a for a in single["layout"]["annotations"] if a["text"].startswith("β")]
+    width = max(array(t["x"]).max() for t in single["data"])
+    for axis in ("x", "x2"):  # labelled beta ranks apart from each other on each panel
+        ranks = sorted(a["x"] for a in betas if a["xref"] == axis)
+        assert ranks and all(b - a >= 0.06 * width - 1e-9 for a, b in zip(ranks, ranks[1:], strict=False))
+    run = Run.open(env["feature"])
+    row = layers_frame(run).set_index("layer").loc[layer]
+    spectra = run.read_spectra(layer)
+    from sfsd.decompose import rank_for_budget
+
+    chosen = not pd.isna(row["rank"])
+    rank = int(row["rank"]) if chosen else rank_for_budget(0.5, int(row["d_in"]), int(row["d_out"]))
+    shares = {}
+    for kind, part in spectra.groupby("kind"):
+        values = part.sort_values("index")["value"].clip(lower=0)
+        shares[kind] = 100 * values.iloc[:rank].sum() / values.sum()
+    where = f"the chosen rank r={rank}" if chosen else f"r={rank} (beta 0.5; the search kept this layer intact)"
+    assert headline(at) == (f"{layer}: at {where}, the top components hold {shares['feature']:.1f}% of the feature "
+                            f"spectrum's energy and {shares['weight']:.1f}% of the weight spectrum's energy.")
+    no_empty_cells(at)
+
+
 def test_accuracy_page_overlays_runs_with_the_base_line(env):
     at = open_page("accuracy")
     no_exception(at)
+    # by default: the feature search against the weight search, on accuracy (the feature search scored piqa)
+    assert set(at.multiselect(key="acc-runs").value) == {env["feature"], env["weight"]}
+    assert at.selectbox(key="acc-y").value == "acc piqa (eval split, %)"
     at.multiselect(key="acc-runs").set_value([env["feature"], env["weight"]]).run()
-    figure = json.loads(charts(at)[0].proto.spec)
+    at.selectbox(key="acc-y").select([o for o in at.selectbox(key="acc-y").options if o.startswith("search")][0])
+    figure = json.loads(at.run().get("plotly_chart")[0].proto.spec)
     assert len([t for t in figure["data"] if t.get("mode") == "lines+markers"]) == 2
     assert any(shape.get("type") == "line" for shape in figure["layout"]["shapes"])  # base model
-    options = at.selectbox(key="acc-y").options
-    accuracy = [o for o in options if o.startswith("acc piqa")]
-    assert accuracy, options
-    at.selectbox(key="acc-y").select(accuracy[0]).run()
+    at.selectbox(key="acc-y").select("acc piqa (eval split, %)").run()
     no_exception(at)
     figure = json.loads(charts(at)[0].proto.spec)
     modes = [trace["mode"] for trace in figure["data"]]
     # base model, the feature search, the uniform runs of weight and feature space, LLM-Pruner and SliceGPT
     assert modes == ["markers", "lines+markers", "markers", "markers", "markers", "markers"]
     base, search, *uniforms = figure["data"]
+    # the curve starts at the base model: the search's step-0 snapshot, on the same 4 documents as its other points
+    assert (search["x"][0], search["y"][0]) == (base["x"][0], base["y"][0]) and base["x"][0] == max(search["x"])
+    assert f"{env['feature']}<br>step 0" in base["text"][0]
     uniform = next(t for t in uniforms if env["uniform"]["feature"] in t["text"][0])
     pruned = next(t for t in uniforms if env["uniform"]["llm-pruner"] in t["text"][0])
     assert pruned["marker"]["color"] == "#e377c2" and pruned["x"][0] == pytest.approx(uniform["x"][0], rel=0.01)
     sliced = next(t for t in uniforms if env["uniform"]["slicegpt"] in t["text"][0])
     assert sliced["marker"]["color"] == "#bcbd22" and sliced["x"][0] == pytest.approx(uniform["x"][0], rel=0.01)
-    # the base model at 100% of the parameters: no snapshot scored it, the Table 1 base run did
-    assert base["marker"]["symbol"] == "star" and base["x"][0] > max(search["x"])
-    assert env["uniform"]["none"] in base["text"][0] and base["error_y"]["array"]
+    assert base["marker"]["symbol"] == "star" and base["error_y"]["array"]
     assert uniform["marker"]["symbol"] == "diamond" and env["uniform"]["feature"] in uniform["text"][0]
     assert env["feature"] in search["text"][0] and re.search(r"step \d+", search["text"][0])  # hover: run, step
     assert figure["layout"]["xaxis"].get("range") is None  # everything fits
@@ -174,6 +267,58 @@ def test_accuracy_page_overlays_runs_with_the_base_line(env):
     table = at.dataframe[0].value
     assert re.fullmatch(r"\S+ \[\S+, \S+\]", table["acc:piqa % [95% CI]"].iloc[-1]) and "n:piqa" in table
     assert "Not shown" in texts(at)  # the weight search has no task snapshots
+    no_empty_cells(at)
+
+
+def test_a_search_scores_its_snapshot_tasks_on_the_base_model_and_the_headline_reads_the_curve(env):
+    """Step 0 of a search with --snapshot-tasks carries the base model's accuracy on the snapshots' documents
+    (what an independent evaluation of the base model gives), and the Accuracy page's sentence reads its curve."""
+    from sfsd.evaluate import evaluate_tasks
+    from sfsd.evaluate.intervals import wilson_interval
+    from sfsd.models import load_model
+    from sfsd.runs import Run
+
+    snapshots = Run.open(env["feature"]).read_snapshots()
+    zero, last = snapshots[0], snapshots[-1]
+    model, tokenizer = load_model(env["model"], "cpu")
+    base = evaluate_tasks(model, tokenizer, ["piqa"], split="eval", limit=4, use_cache=False).summary.iloc[0]
+    assert zero["step"] == 0 and zero["evals"]["piqa"]["acc"] == pytest.approx(float(base["acc"]))
+    assert zero["evals"]["piqa"]["n"] == last["evals"]["piqa"]["n"] == 4
+
+    def proportion(p: float, n: int) -> str:
+        low, high = wilson_interval(p * n, n)
+        return f"{100 * p:.1f}% [{100 * low:.1f}, {100 * high:.1f}] (n={n})"
+
+    at = open_page("accuracy")
+    at.multiselect(key="acc-runs").set_value([env["feature"]]).run()
+    no_exception(at)
+    from sfsd.dashboard import data
+
+    label = data.load_run(env["feature"]).label
+    share = 100 * last["params"] / zero["params"]
+    assert headline(at) == (f"At {share:.0f}% of the parameters, {label} keeps piqa acc at "
+                            f"{proportion(last['evals']['piqa']['acc'], 4)} (base model "
+                            f"{proportion(zero['evals']['piqa']['acc'], 4)}).")
+
+
+def test_a_curve_without_a_base_snapshot_borrows_the_base_run_on_the_same_documents_and_says_so(env):
+    """A search stored before step 0 carried accuracies: the page takes the base model's point from a uniform run
+    of the base model on the same task and number of documents, and says which; none on other documents."""
+    import pandas as pd
+
+    from sfsd.dashboard import data
+    from sfsd.runs import Run
+
+    snapshots = pd.DataFrame({"step": [0, 11], "params": [100, 80], "budget": [1.0, 0.8],
+                              "acc:piqa": [float("nan"), 0.5], "n:piqa": [float("nan"), 5.0]})
+    frame = snapshots.dropna(subset=["acc:piqa"])
+    out, source = data.with_base_accuracy(frame, snapshots, env["model"], "acc:piqa")
+    stored = next(e for e in Run.open(env["uniform"]["none"]).read_evaluations() if e["kind"] == "task")["metrics"]
+    assert list(out["step"]) == [0, 11] and out["acc:piqa"].iloc[0] == pytest.approx(stored["acc"])
+    assert out["params"].iloc[0] == 100 and source == f"base run {env['uniform']['none']} (n=5)"
+    other = frame.assign(**{"n:piqa": 4.0})  # 4 documents: the base run scored 5, not the same ones
+    unchanged, source = data.with_base_accuracy(other, snapshots, env["model"], "acc:piqa")
+    assert unchanged is other and source == ""
 
 
 @pytest.mark.slow  # a background `sfsd snapshot-eval` over every snapshot
@@ -329,9 +474,15 @@ def test_disagreement_page_compares_two_models_and_lists_flips(env):
     assert (low, high) == pytest.approx([100 * x for x in wilson_interval(differ, 6)], abs=0.05)
     delta = 100 * (int((b["pred"] == b["gold"]).sum()) - int((a["pred"] == a["gold"]).sum())) / 6
     assert float(summary["delta B - A, points [95% CI]"].split(" ")[0]) == pytest.approx(delta, abs=0.05)
-    assert [w.value for w in at.warning] and "piqa: only 6 documents" in at.warning[0].value
     from sfsd.dashboard import data
 
+    low, high = (100 * x for x in wilson_interval(differ, 6))
+    acc_a, acc_b = (100 * (frame["pred"] == frame["gold"]).mean() for frame in (a, b))
+    assert headline(at) == (f"{data.model_display(env['saved'])} changes {100 * differ / 6:.1f}% [{low:.1f}, "
+                            f"{high:.1f}] of {data.model_display(env['model'])}'s answers on piqa (n=6; accuracy "
+                            f"{acc_a:.1f}% → {acc_b:.1f}%).")
+    no_empty_cells(at)
+    assert [w.value for w in at.warning] and "piqa: only 6 documents" in at.warning[0].value
     golds = list(a["gold"])  # the majority-class reference line agrees with the records' gold answers
     assert data.reference_rates("piqa", 6)["majority"] == pytest.approx(max(map(golds.count, set(golds))) / 6)
     figure = json.loads(charts(at)[0].proto.spec)
@@ -406,28 +557,76 @@ def test_bias_page_scores_stereoset(env):
     at = open_page("bias")
     no_exception(at)
     at.multiselect(key="bias-models").set_value([env["model"], env["saved"]])
-    at.number_input(key="bias-limit").set_value(8)
+    at.number_input(key="bias-per-cell").set_value(2)
     at.run()
     at.button(key="bias-run").click().run(timeout=180)
     no_exception(at)
     table = at.dataframe[0].value
     assert {"LMS", "SS", "ICAT", "n"} <= set(table.columns) and table["model"].nunique() == 2
-    assert set(table["type"]) == {"all"}  # pooled by default
+    # intrasentence by default (the type comparable with published numbers), every domain sampled: 2 examples each
+    assert set(table["type"]) == {"intrasentence"}
     assert list(table["bias_type"].unique()) == ["gender", "profession", "race", "religion", "overall"]
-    assert (table.groupby("model")["n"].max() == 8).all() and table["SS"].str.contains(r"\[").any()
-    # 8 examples: every cell is thin, and a bias type missing from the first 8 is shown as "—", not dropped
-    warning = " ".join(str(w.value) for w in at.warning)
-    assert "only" in warning and "(< 30)" in warning
-    missing = table[table["n"] == 0]
-    assert not missing.empty and (missing["SS"] == "—").all()
-    assert all(f"{b} (all): no examples" in warning for b in set(missing["bias_type"]))
+    assert list(table["n"]) == [2, 2, 2, 2, 8] * 2 and table["SS"].str.contains(r"\[").any()
+    warning = " ".join(str(w.value) for w in at.warning)  # 2 examples: every cell is thin, and says so
+    assert "only 2 examples (< 30)" in warning and "no examples" not in warning
+    no_empty_cells(at)
+    # the headline: each model's intrasentence ICAT over all domains, recomputed from the scored records
+    from sfsd.dashboard import data
+    from sfsd.data import load_stereoset
+    from sfsd.evaluate import stereoset
+    from sfsd.evaluate.stereoset import cell_scores
+    from sfsd.models import load_model
+
+    expected = []
+    for name in (env["model"], env["saved"]):
+        model, tokenizer = load_model(name, "cpu")
+        rows = data.stratified_sample(list(load_stereoset(split="all")), 2)
+        records = stereoset(model, tokenizer, rows=rows, progress=False).records
+        scores = cell_scores(records[records["type"] == "intrasentence"], "intrasentence/overall")
+        expected.append(f"{data.model_display(name)} {scores['ICAT']:.1f} [{scores['ICAT_low']:.1f}, "
+                        f"{scores['ICAT_high']:.1f}] (n=8)")
+    assert headline(at) == "intrasentence ICAT, all domains: " + " vs ".join(expected) + "."
     figure = json.loads(charts(at)[0].proto.spec)  # SS by default, with its interval as error bars
     assert figure["data"][0]["error_y"]["array"] and "interval" in figure["layout"]["yaxis"]["title"]["text"]
-    at.radio(key="bias-type").set_value("intrasentence").run()
+    at.radio(key="bias-type").set_value("all").run()
     no_exception(at)
-    intra = at.dataframe[0].value
-    assert set(intra["type"]) == {"intrasentence"} and (intra.groupby("model")["n"].max() < 8).all()
+    pooled = at.dataframe[0].value
+    assert set(pooled["type"]) == {"all"} and (pooled.groupby("model")["n"].max() == 16).all()
     assert len(charts(at)) == 1
+
+
+def test_disagreement_and_bias_warn_about_a_broken_compared_model(env, monkeypatch):
+    """A model whose perplexity is more than PPL_BLOWUP x its base model's is flagged on both pages, with the
+    numbers of the runs that made it; the threshold is lowered here below the Table 1 feature row's real ratio (a
+    tiny random model is not broken by compression)."""
+    from sfsd.dashboard import data
+    from sfsd.runs import Run
+
+    folder = str(Path(env["root"]) / "models" / env["uniform"]["feature"])
+
+    def ppl(run_id: str) -> float:
+        return next(e for e in Run.open(run_id).read_evaluations() if e["kind"] == "ppl")["metrics"]["ppl"]
+
+    ratio = ppl(env["uniform"]["feature"]) / ppl(env["uniform"]["none"])
+    facts = data.perplexity_vs_base(folder)
+    assert facts["ratio"] == pytest.approx(ratio) and facts["run_id"] == env["uniform"]["feature"]
+    held = Run.open(env["feature"]).result()["heldout"]  # a saved search: its held-out check
+    assert data.perplexity_vs_base(env["saved"])["ratio"] == pytest.approx(held["final"]["value"] /
+                                                                          held["base"]["value"])
+    assert data.perplexity_vs_base(env["model"]) is None  # the base model itself: nothing to compare with
+    monkeypatch.setattr("sfsd.dashboard.data.PPL_BLOWUP", 0.5 * ratio)
+    at = open_page("disagreement")
+    at.selectbox(key="dis-a").select(env["model"])
+    at.selectbox(key="dis-b").select(folder).run()
+    no_exception(at)
+    shown = data.model_display(folder)
+    line = f"{shown} looks broken: perplexity {facts['ppl']:,.1f} ("
+    assert any(str(w.value).startswith(line) for w in at.warning), [w.value for w in at.warning]
+    at = open_page("bias")
+    at.multiselect(key="bias-models").set_value([env["model"], folder]).run()
+    no_exception(at)
+    assert [str(w.value) for w in at.warning if str(w.value).startswith(line)]
+    assert not [w for w in at.warning if "tiny-llama looks broken" in str(w.value)]
 
 
 def test_report_is_one_self_contained_html_file(env):

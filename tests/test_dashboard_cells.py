@@ -99,3 +99,96 @@ def test_frontier_headline_compares_the_lines_at_the_budget_most_reached():
         "base model's 31.06: sensitivity (feature) 2.6x, uniform (feature) 6.2x, spectrum (feature) 8.9x (best "
         "first).")
     assert frontier_headline(frame[frame["strategy"] != "base"], "ppl@128") is None
+
+
+def _layers(kept: list[int], full: int = 100, blocks: list[int] | None = None) -> pd.DataFrame:
+    blocks = blocks or [0] * len(kept)
+    return pd.DataFrame({"layer": [f"b{b}.l{i}" for i, b in enumerate(blocks)], "block": blocks,
+                         "role": [f"r{i}" for i in range(len(kept))], "d_in": [10] * len(kept),
+                         "d_out": [10] * len(kept), "decided": [True] * len(kept),
+                         "intact": [k == full for k in kept], "rank": [None if k == full else 3 for k in kept],
+                         "params_kept": kept, "params_full": [full] * len(kept),
+                         "retained": [k / full for k in kept]})
+
+
+def test_the_heatmap_headline_counts_full_rank_layers_and_names_the_block_cut_most():
+    from sfsd.dashboard.headlines import heatmap_headline
+
+    layers = _layers([100, 100, 60, 30], blocks=[0, 0, 1, 1])
+    one = heatmap_headline([("feature", "search", "/m/tiny", layers, 0.725)])
+    assert one == ("feature search on tiny: 2 of 4 layers kept at full rank, block 1 cut most (45% of its "
+                   "parameters kept), overall budget 72.5%.")
+    other = _layers([100, 100, 100, 50], blocks=[0, 0, 1, 1])  # block 1 keeps 75%: the mean of 45% and 75% is 60%
+    two = heatmap_headline([("feature", "search", "tiny", layers, 0.725), ("feature", "search", "tiny", other, 0.875)])
+    assert two == ("Mean of 2 feature searches on tiny: block 1 cut most (60% of its parameters kept on average), "
+                   "overall budget 80.0% on average (range 72.5-87.5%, 2 runs).")
+    whole = heatmap_headline([("weight", "search", "tiny", _layers([100, 100]), 1.0)])
+    assert "2 of 2 layers kept at full rank, no layer cut" in whole
+
+
+def test_averaged_heatmap_cells_carry_their_spread_and_show_no_empty_values():
+    from sfsd.dashboard.data import EMPTY, heatmap_cells_text
+    from sfsd.dashboard.plots import heatmap_cells
+
+    first, second = _layers([100, 60], blocks=[0, 1]), _layers([100, 20], blocks=[0, 1])
+    second.loc[0, "decided"] = False  # undecided in one run: that cell is the other run's value alone
+    cells = heatmap_cells(pd.concat([first.assign(run_id="a"), second.assign(run_id="b")])).set_index("layer")
+    assert cells.loc["b1.l1", "retained_pct"] == 40 and cells.loc["b1.l1", "retained_min"] == 20
+    assert cells.loc["b1.l1", "retained_max"] == 60 and cells.loc["b1.l1", "runs"] == 2
+    text = heatmap_cells_text(cells.reset_index())
+    assert list(text["retained % std"]) == [EMPTY, "28.3"]  # one run: no spread
+    assert not text.astype(str).isin(["None", "nan", "<NA>", ""]).any().any()
+
+
+def test_a_stratified_stereoset_sample_covers_every_domain_where_the_first_rows_do_not():
+    from collections import Counter
+
+    from sfsd.dashboard.data import stratified_sample
+    from sfsd.data import load_stereoset
+    from sfsd.evaluate.stereoset import BIAS_TYPES, SENTENCE_TYPES
+
+    rows = list(load_stereoset(split="all"))
+    assert "religion" not in {r["bias_type"] for r in rows[:100]}  # what "the first N" gave
+    sample = stratified_sample(rows, 30)
+    cells = Counter((r["type"], r["bias_type"]) for r in sample)
+    assert cells == {(t, b): 30 for t in SENTENCE_TYPES for b in BIAS_TYPES}
+    assert sample == stratified_sample(rows, 30)  # seeded
+    assert [r["id"] for r in sample] == [r["id"] for r in rows if r in sample]  # in file order
+    small = Counter(r["bias_type"] for r in stratified_sample(rows, 10_000) if r["type"] == "intrasentence")
+    assert small == Counter(r["bias_type"] for r in rows if r["type"] == "intrasentence")  # a small cell: all of it
+
+
+def test_the_disagreement_and_bias_headlines_carry_intervals_and_n():
+    from sfsd.dashboard.headlines import bias_headline, disagreement_headline
+    from sfsd.evaluate.intervals import wilson_interval
+
+    summary = pd.DataFrame({"task": ["piqa"], "n_shared": [40], "acc_a": [0.6], "acc_b": [0.55], "n_differ": [10]})
+    low, high = wilson_interval(10, 40)
+    assert disagreement_headline(summary, "base", "B") == (
+        f"B changes 25.0% [{100 * low:.1f}, {100 * high:.1f}] of base's answers on piqa (n=40; accuracy 60.0% → "
+        "55.0%).")
+    part = pd.DataFrame({"model": ["A", "B"], "type": ["intrasentence"] * 2, "bias_type": ["overall"] * 2,
+                         "n": [120, 0], "ICAT": [61.25, float("nan")], "ICAT_low": [55.0, float("nan")],
+                         "ICAT_high": [66.5, float("nan")]})
+    assert bias_headline(part, "intrasentence") == "intrasentence ICAT, all domains: A 61.2 [55.0, 66.5] (n=120) " \
+                                                   "vs B — (n=0)."
+
+
+def test_spectra_are_drawn_as_shares_of_their_energy_with_beta_labels_apart():
+    """Eigenvalues of Cov(Wx) and squared singular values of W have different units: each is drawn as the % of
+    its own sum. At a 1536-wide axis the beta ranks of a 576 x 1536 layer are 1.4% of the axis apart: labelled
+    ones are kept 6% apart."""
+    import numpy as np
+
+    from sfsd.dashboard import plots
+
+    spectra = pd.DataFrame({"layer": "l", "block": 0, "role": "up", "kind": ["feature"] * 3 + ["weight"] * 3,
+                            "index": [0, 1, 2] * 2, "value": [6.0, 3.0, 1.0, 600.0, 300.0, 100.0]})
+    figure = plots.spectrum_figure(spectra, 4, 4)
+    left = [trace for trace in figure.data if trace.xaxis == "x"]
+    assert [list(trace.y) for trace in left] == [[60.0, 30.0, 10.0]] * 2  # same shares, whatever the units
+    assert "share of energy" in figure.layout.yaxis.title.text
+    ranks = [rank for _, rank in plots.budget_ranks(576, 1536)]
+    kept = sorted(plots.spaced_labels(ranks, 1536))
+    assert kept[0] == ranks[0] and len(kept) < len(ranks) and np.all(np.diff(kept) >= 0.06 * 1536)
+    assert plots.spaced_labels(ranks, 576) != set()

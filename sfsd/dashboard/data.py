@@ -974,18 +974,6 @@ def task_records(model: str, tasks: tuple[str, ...], limit: int | None) -> pd.Da
     return evaluate_tasks(loaded, tokenizer, list(tasks), split="eval", limit=limit, model_key=key).records
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def bias_summary(model: str, limit: int | None) -> pd.DataFrame:
-    """StereoSet LMS, SS, ICAT with 95% intervals and n per sentence type (intrasentence, intersentence,
-    all) and bias type of a model, on the first `limit` of every StereoSet row (cached on disk by
-    sfsd.evaluate)."""
-    from sfsd.evaluate import stereoset
-
-    require_writable("score models")  # computes for minutes and writes the evaluation cache
-    loaded, tokenizer = load_model(model)
-    return stereoset(loaded, tokenizer, split="all", limit=limit, progress=False).summary
-
-
 @st.cache_data(show_spinner=False)
 def task_rows(task: str) -> pd.DataFrame:
     """The eval-split rows of an offline task, indexed by their id (doc_id of the records)."""
@@ -1015,11 +1003,11 @@ def flip_table(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, metr
 
     def lls(which: str, doc_id: str) -> str:
         values = loglik[which].get(doc_id)
-        return "" if values is None else ", ".join(f"{float(v):.2f}" for v in values)
+        return EMPTY if values is None else ", ".join(f"{float(v):.2f}" for v in values)
 
     out = pd.DataFrame({
         "doc_id": changed["doc_id"], "direction": changed["direction"],
-        "question": [str(rows.loc[d, "query"]) if d in rows.index else "" for d in changed["doc_id"]],
+        "question": [str(rows.loc[d, "query"]) if d in rows.index else EMPTY for d in changed["doc_id"]],
         "gold": [choice(d, g) for d, g in zip(changed["doc_id"], changed["gold"], strict=True)],
         "pred_a": [choice(d, p) for d, p in zip(changed["doc_id"], changed["pred_a"], strict=True)],
         "pred_b": [choice(d, p) for d, p in zip(changed["doc_id"], changed["pred_b"], strict=True)],
@@ -1027,3 +1015,170 @@ def flip_table(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, metr
         "loglik_b": [lls("b", d) for d in changed["doc_id"]],
     })
     return out[columns]
+
+
+# ---- page defaults and checks (issue 28: every page tells one true story by default) --------------------
+
+
+def filled(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame for a table: every empty cell (None, NaN, <NA>) reads EMPTY."""
+    return frame.astype(object).where(frame.notna(), EMPTY)
+
+
+def same_method_groups(runs: pd.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """The runs of `runs` grouped by (method, model), newest first within a group, groups by their newest run:
+    the only runs a heatmap may average (Figure 3 averages searches of one method, over tasks or seeds)."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for row in runs.itertuples():
+        groups.setdefault((str(row.method), str(row.model)), []).append(row.run_id)
+    return groups
+
+
+def heatmap_cells_text(cells: pd.DataFrame) -> pd.DataFrame:
+    """`plots.heatmap_cells` for people: retained % (mean, and min, max, std over runs when several), rank, the
+    layer; an undecided cell reads EMPTY."""
+    out = pd.DataFrame({"block": cells["block"].astype(int), "role": cells["role"].astype(str),
+                        "retained %": [number_text(v, 1) for v in cells["retained_pct"]]})
+    if "runs" in cells and (pd.to_numeric(cells["runs"], errors="coerce").fillna(0) > 1).any():
+        for name in ("min", "max", "std"):
+            out[f"retained % {name}"] = [number_text(v, 1) for v in cells[f"retained_{name}"]]
+        out["runs"] = [number_text(v, 0) for v in cells["runs"]]
+    out["rank"] = [number_text(v, 0 if _number(v) is None or float(v).is_integer() else 1) for v in cells["rank"]]
+    out["d_in"] = [number_text(v, 0) for v in cells["d_in"]]
+    out["d_out"] = [number_text(v, 0) for v in cells["d_out"]]
+    out["layer"] = cells["layer"].astype(str)
+    return filled(out)
+
+
+def comparison_runs(runs: pd.DataFrame) -> list[str]:
+    """The runs an overlay starts with: the newest run of each method on the newest run's model (the demo's
+    feature-versus-weight comparison), not the newest runs whatever they are."""
+    if runs.empty:
+        return []
+    model = runs["model"].iloc[0]
+    same = runs[runs["model"] == model]
+    return list(same.drop_duplicates("method")["run_id"])
+
+
+def base_accuracy(model: str, column: str, n: int | None) -> dict | None:
+    """The base model's accuracy in `column` (acc:<task>) from a uniform run of the base model on the same task and
+    the same number of documents (the first n of the eval split): {value, n, params, run_id}; None when no such
+    run was stored."""
+    uniform = uniform_frame()
+    if uniform.empty or column not in uniform or n is None:
+        return None
+    rows = uniform[(uniform["model"] == model) & (uniform["method"] == BASE)].dropna(subset=[column])
+    rows = rows[counts(rows, column) == n]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return {"value": float(row[column]), "n": int(n), "params": _number(row["params"]), "run_id": row["run_id"]}
+
+
+def perplexity_vs_base(model: str) -> dict | None:
+    """A compared model's perplexity against its base model's, from the run that made it: {ppl, base, ratio,
+    where, run_id}; None without such data (a plain model, a run without a perplexity). A Table 1 model: its
+    wiki eval perplexity against the base model's uniform run at the same window; a saved search: its held-out
+    check (eval split, perplexity searches)."""
+    view = table1_run(model)
+    if view is None:
+        name = Path(model).name
+        view = load_run(name) if Path(model).parent == models_dir() else None
+        if view is None or view.kind != "search":
+            return None
+        held = (view.result or {}).get("heldout") or {}
+        if held.get("metric") != "ppl" or not held.get("base") or not held.get("final"):
+            return None
+        ppl, base = _number(held["final"].get("value")), _number(held["base"].get("value"))
+        where = f"eval split, {int(held['final'].get('n') or 0):,} tokens, run {view.run_id}"
+    else:
+        row = uniform_row(view)
+        columns = [c for c in row if c.startswith("ppl") and _number(row[c]) is not None]
+        uniform = uniform_frame()
+        if uniform.empty:
+            return None
+        bases = uniform[(uniform["model"] == view.model) & (uniform["method"] == BASE)]
+        column = next((c for c in columns if c in bases and bases[c].notna().any()), None)
+        if column is None:
+            return None
+        ppl, base = row[column], _number(bases[column].dropna().iloc[0])
+        where = f"wiki eval, {column.removeprefix('ppl@')}-token windows, run {view.run_id}"
+    if ppl is None or not base:
+        return None
+    return {"ppl": ppl, "base": base, "ratio": ppl / base, "where": where, "run_id": view.run_id}
+
+
+def broken_models(models: list[str]) -> list[tuple[str, dict]]:
+    """(model, perplexity_vs_base) of each of `models` whose perplexity is above PPL_BLOWUP x its base model's."""
+    out = []
+    for model in models:
+        facts = perplexity_vs_base(model)
+        if facts is not None and facts["ratio"] > PPL_BLOWUP:
+            out.append((model, facts))
+    return out
+
+
+STEREOSET_SEED = 0
+
+
+def stratified_sample(rows: list[dict], per_cell: int, keys: tuple[str, ...] = ("type", "bias_type"),
+                      seed: int = STEREOSET_SEED) -> list[dict]:
+    """Up to `per_cell` rows of every stratum (one value of each of `keys`), drawn without replacement with a
+    seeded generator, in file order: every domain is in the sample, where the first N rows may leave one out
+    (StereoSet's religion rows are 2% of the set)."""
+    import random
+
+    strata: dict[tuple, list[int]] = {}
+    for index, row in enumerate(rows):
+        strata.setdefault(tuple(row.get(k) for k in keys), []).append(index)
+    chosen: list[int] = []
+    for stratum in sorted(strata, key=str):
+        members = strata[stratum]
+        chosen += random.Random(f"{seed}/{stratum}").sample(members, min(per_cell, len(members)))
+    return [rows[i] for i in sorted(chosen)]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def bias_summary(model: str, per_cell: int) -> pd.DataFrame:
+    """StereoSet LMS, SS, ICAT with 95% intervals and n per sentence type (intrasentence, intersentence, all) and
+    bias type of a model, on a stratified sample: `per_cell` examples of every sentence type and domain
+    (`stratified_sample`), cached on disk by sfsd.evaluate under the sample's own key."""
+    from sfsd.data import load_stereoset
+    from sfsd.evaluate import stereoset
+
+    require_writable("score models")  # computes for minutes and writes the evaluation cache
+    rows = stratified_sample(list(load_stereoset(split="all")), per_cell)
+    loaded, tokenizer = load_model(model)
+    return stereoset(loaded, tokenizer, split="all", rows=rows, progress=False).summary
+
+
+def runs_with_both_spectra(run_ids: list[str]) -> list[str]:
+    """The runs among `run_ids` that stored two spectra per layer (their method's and the weight's): the ones
+    that show feature space against weight space."""
+    return [run_id for run_id in run_ids if spectra(run_id)["kind"].nunique() > 1]
+
+
+def energy_text(energy: pd.DataFrame) -> pd.DataFrame:
+    """`plots.energy_table` for people: energy shares with two decimals, an empty one EMPTY."""
+    out = energy.copy()
+    for column in [c for c in out.columns if c.startswith("energy")]:
+        out[column] = [number_text(v, 2) for v in out[column]]
+    return filled(out)
+
+
+def with_base_accuracy(frame: pd.DataFrame, snapshots: pd.DataFrame, model: str, column: str) -> tuple[pd.DataFrame,
+                                                                                                      str]:
+    """A search's accuracy rows (`frame`, without step 0: the search scored no task on the base model) with the
+    base model's point put first when a uniform run of the base model scored the same task on the same number
+    of documents (`base_accuracy`), and a line that says where it comes from ("" when none was found)."""
+    ns = counts(frame, column).dropna()
+    found = base_accuracy(model, column, int(ns.max()) if len(ns) and ns.nunique() == 1 else None)
+    if found is None:
+        return frame, ""
+    zero = snapshots[snapshots["step"] == 0]
+    params = _number(zero["params"].iloc[0]) if not zero.empty else found["params"]
+    row = {"step": 0, "params": params, "budget": 1.0, column: found["value"], n_column(column): found["n"]}
+    out = pd.concat([pd.DataFrame([row]), frame], ignore_index=True)
+    for name in ("step", "params", "budget"):
+        out[name] = pd.to_numeric(out[name], errors="coerce")
+    return out, f"base run {found['run_id']} (n={found['n']})"

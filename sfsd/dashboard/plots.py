@@ -151,8 +151,10 @@ def empty_figure(message: str, height: int = 300) -> go.Figure:
 
 def heatmap_cells(layers: pd.DataFrame) -> pd.DataFrame:
     """One row per (block, role): retained % (mean over runs when several are stacked with a `run_id`
-    column), rank (mean), d_in, d_out, layer name and how many runs decided it. Undecided layers give NaN."""
-    columns = ["block", "role", "retained_pct", "rank", "d_in", "d_out", "layer", "runs"]
+    column, with its min, max and standard deviation over them), rank (mean), d_in, d_out, layer name and how
+    many runs decided it. Undecided layers give NaN."""
+    columns = ["block", "role", "retained_pct", "rank", "d_in", "d_out", "layer", "runs", "retained_min",
+               "retained_max", "retained_std"]
     if layers.empty:
         return pd.DataFrame(columns=columns)
     frame = layers.copy()
@@ -165,7 +167,9 @@ def heatmap_cells(layers: pd.DataFrame) -> pd.DataFrame:
     frame["rank_value"] = frame["rank_value"].where(decided)
     cells = (frame.groupby(["block", "role"], sort=False)
              .agg(retained_pct=("retained_pct", "mean"), rank=("rank_value", "mean"), d_in=("d_in", "first"),
-                  d_out=("d_out", "first"), layer=("layer", "first"), runs=("retained_pct", "count"))
+                  d_out=("d_out", "first"), layer=("layer", "first"), runs=("retained_pct", "count"),
+                  retained_min=("retained_pct", "min"), retained_max=("retained_pct", "max"),
+                  retained_std=("retained_pct", "std"))
              .reset_index())
     return cells[columns]
 
@@ -228,6 +232,10 @@ def _cell_custom(cell) -> list:
         return ["", "", "", "", ""]
     rank = "" if pd.isna(cell.rank) else (f"{cell.rank:.0f}" if float(cell.rank).is_integer() else f"{cell.rank:.1f}")
     retained = "undecided" if pd.isna(cell.retained_pct) else f"{cell.retained_pct:.1f}%"
+    runs = getattr(cell, "runs", 1)
+    if retained != "undecided" and runs > 1:  # an average: its spread over the runs
+        retained += (f" (mean of {runs} runs, {cell.retained_min:.1f}-{cell.retained_max:.1f}%, "
+                     f"std {cell.retained_std:.1f})")
     return [rank, int(cell.d_in) if not pd.isna(cell.d_in) else "", int(cell.d_out) if not pd.isna(cell.d_out) else "",
             cell.layer, retained]
 
@@ -290,33 +298,37 @@ def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: i
     lines at the rank of each beta 0.1..0.9 (Eq. 3), a solid one at the run's chosen rank."""
     if spectra.empty:
         return empty_figure("No spectrum stored for this layer")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.14)  # room for the right panel's axis title
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     top = 0.0
     for kind in kinds:
         part = spectra[spectra["kind"] == kind].sort_values("index")
         values = part["value"].to_numpy(dtype="float64")
         x = part["index"].to_numpy() + 1
-        shown = np.where(values > 0, values, np.nan)
+        shown = energy_share(values)
         energy = np.cumsum(np.where(values > 0, values, 0.0))
         energy = 100 * energy / energy[-1] if len(energy) and energy[-1] > 0 else energy
         color = method_color(kind)
         fig.add_trace(go.Scatter(x=x, y=shown, mode="lines", name=spectrum_label(kind), line=dict(color=color),
                                  legendgroup=kind,
-                                 hovertemplate="component %{x}<br>%{y:.4g}<extra>" + kind + "</extra>"),
+                                 hovertemplate="component %{x}<br>%{y:.3g}% of the energy<extra>" + kind
+                                               + "</extra>"),
                       row=1, col=1)
         fig.add_trace(go.Scatter(x=x, y=energy, mode="lines", name=spectrum_label(kind), line=dict(color=color),
                                  legendgroup=kind, showlegend=False,
                                  hovertemplate="top %{x} components<br>%{y:.2f}% of energy<extra>" + kind + "</extra>"),
                       row=1, col=2)
         top = max(top, float(len(values)))
-    for beta, rank in budget_ranks(d_in, d_out):
+    ranks = budget_ranks(d_in, d_out)
+    labelled = spaced_labels([rank for _, rank in ranks], top)
+    for beta, rank in ranks:
         for col in (1, 2):
             fig.add_vline(x=rank, line=dict(color="#b0b0b0", width=1, dash="dot"), row=1, col=col)
-        fig.add_annotation(x=rank, y=1.0, xref="x2", yref="paper", text=f"β{beta:g}", showarrow=False,
-                           font=dict(size=9, color="#808080"), yanchor="bottom", textangle=-90)
-        fig.add_annotation(x=rank, y=1.0, xref="x", yref="paper", text=f"β{beta:g}", showarrow=False,
-                           font=dict(size=9, color="#808080"), yanchor="bottom", textangle=-90)
+        if rank not in labelled:
+            continue
+        for axis in ("x", "x2"):
+            fig.add_annotation(x=rank, y=1.0, xref=axis, yref="paper", text=f"β{beta:g}", showarrow=False,
+                               font=dict(size=10, color="#707070"), yanchor="bottom", textangle=-90)
     if chosen_rank is not None and not pd.isna(chosen_rank):
         color = method_color(method)
         for col in (1, 2):
@@ -324,11 +336,40 @@ def spectrum_figure(spectra: pd.DataFrame, d_in: int, d_out: int, chosen_rank: i
         fig.add_annotation(x=int(chosen_rank), y=0.02, xref="x2", yref="paper", text=f"chosen r={int(chosen_rank)}",
                            showarrow=False, font=dict(size=11, color=color), xanchor="left", bgcolor="white")
     # powers of ten only: Plotly would label every minor tick of a decade with a bare digit
-    fig.update_yaxes(type="log", title="eigenvalue / σ² (log scale)", row=1, col=1, exponentformat="power", dtick=1)
+    fig.update_yaxes(type="log", title=SHARE_TITLE, row=1, col=1, exponentformat="power", dtick=1)
     fig.update_yaxes(title="cumulative energy (% of total)", range=[0, 101], row=1, col=2)
     fig.update_xaxes(title="component (rank)", row=1, col=1)
     fig.update_xaxes(title="rank r (components kept)", row=1, col=2)
-    return _layout(fig, title, height=480, legend="bottom")
+    fig = _layout(fig, title, height=480, legend="bottom")
+    # the beta labels stand above the plot, under the title: room for them (about 28 px, rotated)
+    return fig.update_layout(margin=dict(t=fig.layout.margin.t + BETA_LABEL_HEIGHT))
+
+
+# Eigenvalues of Cov(Wx) and squared singular values of W are in different units: each spectrum is drawn as the
+# share of its own total (its energy), which both have.
+SHARE_TITLE = "share of energy (%, log scale)"
+BETA_LABEL_HEIGHT = 28  # px above the plot for the rotated beta labels
+BETA_LABEL_GAP = 0.06  # share of a panel's width between two beta labels (14 px rotated text at ~240 px panels)
+
+
+def energy_share(values: np.ndarray) -> np.ndarray:
+    """Each value as a % of the spectrum's total energy (its positive values' sum); non-positive ones NaN (a log
+    axis cannot draw them)."""
+    positive = np.where(values > 0, values, 0.0)
+    total = positive.sum()
+    if total <= 0:
+        return np.full(values.shape, np.nan)
+    return np.where(values > 0, 100 * positive / total, np.nan)
+
+
+def spaced_labels(positions: Sequence[float], axis_max: float, gap: float = BETA_LABEL_GAP) -> set[float]:
+    """The positions that get a label: from the first, each at least `gap` of the axis (0..`axis_max`) after the
+    last labelled one, so that labels do not overlap in a narrow panel."""
+    kept: list[float] = []
+    for position in sorted(positions):
+        if not kept or position - kept[-1] >= gap * max(axis_max, 1.0):
+            kept.append(position)
+    return set(kept)
 
 
 def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None = None, method: str | None = None,
@@ -345,7 +386,8 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"block {b}" for b in blocks],
                         horizontal_spacing=0.02, vertical_spacing=min(0.12, 0.5 / rows) if rows > 1 else 0.1,
                         shared_xaxes=True, shared_yaxes="all")
-    decades = _decade_step(spectra["value"].to_numpy(dtype="float64"))
+    decades = _decade_step(np.concatenate([energy_share(part["value"].to_numpy(dtype="float64")) for _, part in
+                                           spectra.groupby(["block", "kind"])]))
     kinds = sorted(dict.fromkeys(spectra["kind"]), key=lambda k: (k == "weight", k))
     for i, block in enumerate(blocks):
         row, col = i // cols + 1, i % cols + 1
@@ -356,11 +398,11 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
                 energy = np.cumsum(np.where(values > 0, values, 0.0))
                 y = 100 * energy / energy[-1] if len(energy) and energy[-1] > 0 else energy
             else:
-                y = np.where(values > 0, values, np.nan)
+                y = energy_share(values)
             fig.add_trace(go.Scatter(x=part["index"].to_numpy() + 1, y=y, mode="lines", name=spectrum_label(kind),
                                      line=dict(color=method_color(kind), width=1.4), legendgroup=kind,
                                      showlegend=i == 0, hovertemplate=f"block {block}<br>component %{{x}}<br>"
-                                     "%{y:.4g}<extra>" + kind + "</extra>"), row=row, col=col)
+                                     "%{y:.3g}%<extra>" + kind + "</extra>"), row=row, col=col)
         rank = (ranks or {}).get(block)
         if rank is not None and not pd.isna(rank):
             fig.add_vline(x=int(rank), line=dict(color=method_color(method), width=1.5), row=row, col=col)
@@ -371,7 +413,8 @@ def spectra_grid(spectra: pd.DataFrame, ranks: Mapping[int, int | None] | None =
             fig.update_yaxes(type="log", exponentformat="power", dtick=decades, row=row, col=col)
         fig.update_xaxes(nticks=4, row=row, col=col)
         if col == 1:
-            fig.update_yaxes(title="energy (%)" if cumulative else "value (log)", row=row, col=col)
+            fig.update_yaxes(title="cumulative energy (%)" if cumulative else "share of energy (%, log)",
+                             row=row, col=col)
         if row == rows:
             fig.update_xaxes(title="component", row=row, col=col)
     fig.update_annotations(font_size=11)

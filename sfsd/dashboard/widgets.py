@@ -21,7 +21,9 @@ SELECTED_LAYER = "sfsd_layer"  # session state: the layer last picked (heatmap -
 WATCHED = "sfsd_watched"  # session state: runs launched from this session
 
 
-def page_setup(title: str, caption: str | None = None) -> None:
+def page_setup(title: str, caption: str | None = None):
+    """The page's config, title and caption; returns the place under them where the page's headline goes (it
+    is written once the page knows what it shows)."""
     route_through_app()
     st.set_page_config(page_title=f"sfsd · {title}", layout="wide")
     st.title(title)
@@ -30,6 +32,13 @@ def page_setup(title: str, caption: str | None = None) -> None:
     if readonly():
         st.caption(f":material/lock: Read-only presenting mode ({READONLY_ENV}=1): nothing can be started, cancelled, "
                    "deleted, saved or imported here.")
+    return st.empty()
+
+
+def headline(place, text: str) -> None:
+    """The page's one-sentence story (`sfsd.dashboard.headlines`), in bold, where `page_setup` left room."""
+    if text:
+        place.markdown(f"**{text}**")
 
 
 def route_through_app() -> None:
@@ -159,8 +168,10 @@ def pick_loaded_run(runs: pd.DataFrame, key: str,
     return run_id, view
 
 
-def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 3) -> list[str]:
-    """A multiselect over `runs`, starting with the run last picked plus the newest ones."""
+def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 3,
+              initial: Sequence[str] | None = None) -> list[str]:
+    """A multiselect over `runs`, starting with `initial` when given, else the run last picked plus the newest
+    ones."""
     if runs.empty:
         return []
     ids = list(runs["run_id"])
@@ -171,8 +182,9 @@ def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 
     current = [i for i in st.session_state.get(key) or [] if i in ids]
     if key not in st.session_state or len(current) != len(st.session_state[key]):
         wanted = st.session_state.get(SELECTED_RUN)
-        initial = ([wanted] if wanted in ids else []) + [i for i in ids if i != wanted]
-        st.session_state[key] = current or initial[:default]
+        start = [i for i in initial or () if i in ids] or \
+            (([wanted] if wanted in ids else []) + [i for i in ids if i != wanted])[:default]
+        st.session_state[key] = current or start
     chosen = st.multiselect(label, ids, key=key, format_func=lambda i: labels.get(i, i))
     origin_note(chosen)
     return chosen
@@ -568,3 +580,12 @@ def transfer_panel(runs: pd.DataFrame, key: str) -> None:
                 return
             data.clear()
             st.success("\n\n".join(result.lines()))
+
+
+def broken_model_warnings(models: Sequence[str]) -> None:
+    """A warning per compared model whose perplexity is more than data.PPL_BLOWUP x its base model's (from the run
+    that made it): its answers then say little about its method (Disagreement and Bias pages)."""
+    from sfsd.dashboard.headlines import broken_line
+
+    for model, facts in data.broken_models(list(dict.fromkeys(models))):
+        st.warning(broken_line(data.model_display(model), facts), icon=":material/warning:")

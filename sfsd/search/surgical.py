@@ -195,19 +195,22 @@ class SurgicalSearch:
         return heldout_value(self.model, self.tokenizer, asdict(self.config.metric), model_key=key,
                              progress=self.progress)
 
-    def snapshot(self, step: int, value: float) -> None:
-        evals = {}
-        if self.config.snapshot_tasks:
-            from sfsd.evaluate import evaluate_tasks
+    def snapshot_evals(self, base: bool = False) -> dict:
+        """The snapshot tasks' accuracies of the model as it stands ({} without `snapshot_tasks`); the base
+        model's are cached by its weights, as its held-out value is."""
+        if not self.config.snapshot_tasks:
+            return {}
+        from sfsd.evaluate import evaluate_tasks
 
-            key = compressed_model_key(self.run_store.config, self.ranks)
-            summary = evaluate_tasks(self.model, self.tokenizer, self.config.snapshot_tasks, split="eval",
-                                     limit=self.config.snapshot_limit, model_key=key).summary
-            evals = {row.task: {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)}
-                     for row in summary.itertuples()}
+        key = None if base else compressed_model_key(self.run_store.config, self.ranks)
+        summary = evaluate_tasks(self.model, self.tokenizer, self.config.snapshot_tasks, split="eval",
+                                 limit=self.config.snapshot_limit, model_key=key).summary
+        return {row.task: {"acc": row.acc, "acc_norm": row.acc_norm, "n": int(row.n)} for row in summary.itertuples()}
+
+    def snapshot(self, step: int, value: float) -> None:
         self.run_store.append_snapshot({"step": step, "params": count_parameters(self.model),
                                         "budget": overall_budget(self.all_layers, self.ranks, self.config.factors),
-                                        "metric": value, "evals": evals})
+                                        "metric": value, "evals": self.snapshot_evals()})
 
     def prepare(self) -> tuple[dict[str, Decomposition], float, int, dict]:
         """Decompositions, spectra, the base model's metric (step-0 snapshot), parameters and held-out value;
@@ -219,9 +222,9 @@ class SurgicalSearch:
         base_value = run.stored_status().get("base_metric")
         if base_value is None:
             base_value = self.evaluate(0)
-            if not run.read_snapshots():
+            if not run.read_snapshots():  # every accuracy curve starts at the base model, on the same documents
                 run.append_snapshot({"step": 0, "params": count_parameters(self.model), "budget": 1.0,
-                                     "metric": base_value, "evals": {}})
+                                     "metric": base_value, "evals": self.snapshot_evals(base=True)})
         return decs, base_value, count_parameters(self.model), self.heldout(base=True)
 
     def run(self) -> dict:
