@@ -69,7 +69,7 @@ def test_the_frontier_draws_one_perplexity_protocol_with_its_own_base_line():
     assert note == ("ppl@128 on 16,384 eval-split tokens; 2 point(s) measured on other token counts (4,096) are "
                     "another protocol and are not drawn.")
     fig = frontier_figure(frame, "ppl@128")
-    assert [a.text for a in fig.layout.annotations if a.text.startswith("base model")] == ["base model 31.06"]
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("base model")] == ["base model 31.06 (no CI)"]
     assert "16,384 tokens" in fig.layout.yaxis.title.text
     assert sorted(t.name for t in fig.data) == ["Algorithm 1 (feature)", "Algorithm 1 (weight)"]
 
