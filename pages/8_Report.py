@@ -4,12 +4,29 @@ import streamlit as st
 
 from sfsd.dashboard import data, report, widgets
 
-widgets.page_setup("Report", "Everything the dashboard shows about one run in a single HTML file: works offline, "
-                   "interactive figures included.")
+widgets.page_setup("Report", "Everything the dashboard shows about one run, or about one model (its Table 1 "
+                   "protocols and its frontier), in a single HTML file: works offline, interactive figures included.")
 
 runs = data.list_runs()
 if runs.empty:
     widgets.no_runs("runs", key="report-empty")
+    st.stop()
+
+if st.radio("Report of", ["one run", "one model"], horizontal=True, key="report-of") == "one model":
+    models = sorted(runs["model"].dropna().astype(str).unique())
+    model = st.selectbox("Model", models, format_func=data.model_display, key="report-model")
+
+    @st.cache_data(ttl=10, show_spinner="Building the report...", max_entries=4)
+    def build_model(root: str, model: str, newest: str) -> str:
+        return report.build_model_report(model)
+
+    document = build_model(data.store_root(), model, str(runs["updated"].max()))
+    st.download_button("Download the HTML report", document.encode(), file_name="sfsd-model-report.html",
+                       mime="text/html", key="report-model-download", type="primary", icon=":material/download:",
+                       on_click="ignore")
+    st.caption(f"{len(document) / 1e6:.1f} MB · self-contained (Plotly's JavaScript is inlined once).")
+    if st.toggle("Preview", value=True, key="report-model-preview"):
+        st.iframe(document, height=900)
     st.stop()
 
 finished = list(runs.loc[runs["state"] == "done", "run_id"])  # newest first: the report starts at the latest

@@ -662,6 +662,27 @@ def test_report_is_one_self_contained_html_file(env):
     assert "held-out check (search vs eval split)" in document
 
 
+def test_a_model_report_holds_its_table1_protocols_with_their_headlines(env):
+    from sfsd.dashboard import data, report
+
+    at = open_page("report")
+    at.radio(key="report-of").set_value("one model").run()
+    at.selectbox(key="report-model").select(env["model"]).run()
+    no_exception(at)
+    assert at.get("download_button")
+    document = report.build_model_report(env["model"])
+    uniform = data.uniform_frame()
+    protocols = [p for p in data.table1_protocols(uniform) if p["model"] == env["model"]]
+    assert protocols and document.count("<script src=") == 0 and document.count("plotly.js v") == 1
+    for protocol in protocols:  # each protocol's heading and its headline, computed from its rows
+        import html
+
+        assert html.escape(f"Table 1: {data.protocol_label(protocol)}") in document
+        headline = data.table1_headline(data.table1_rows(uniform, **protocol))
+        assert headline is None or html.escape(headline) in document
+    assert "[95% CI]" in document and "not part of this report yet" in document
+
+
 # ---- empty and broken stores ---------------------------------------------------------------------------
 
 
