@@ -81,8 +81,10 @@ def test_start_page_shows_the_model_the_runs_and_the_demo(env):
     from sfsd.dashboard import data, widgets
 
     summary = widgets.demo_summary([data.load_run(env["feature"]), data.load_run(env["weight"])])
-    assert re.fullmatch(r"The quick demo ran a feature-space search \(overall budget \d+\.\d%\); a weight-space "
-                        r"search \(overall budget \d+\.\d%\)\. It took \d+m\d\ds\.", summary), summary
+    change = r"perplexity search split [-+]\d+\.\d%, eval split [-+]\d+\.\d% \([\d,]+ tokens\)"
+    assert re.fullmatch(rf"The quick demo ran a feature-space search \(overall budget \d+\.\d%; {change}\); a "
+                        rf"weight-space search \(overall budget \d+\.\d%; {change}\)\.( On held-out text .*)? It "
+                        r"took \d+m\d\ds\.", summary), summary
     assert widgets.demo_summary([data.load_run(env["feature"]), None]) is None  # not all done: nothing said
     assert "No run in progress" in texts(at)
 
