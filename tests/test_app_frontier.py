@@ -42,9 +42,10 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert all(y > 0 for trace in lines.values() for y in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     base_labels = [a for a in figure["layout"].get("annotations", []) if "base model" in a.get("text", "")]
-    # "base model ppl@32 value [low, high]": the base model's perplexity with its 95% interval over windows
+    # "base model value [low, high]": the base model's perplexity with its 95% interval over windows (the axis
+    # title names the protocol)
     base_ppl, low, high = (float(x.replace(",", "")) for x in re.fullmatch(
-        r"base model ppl@32 (\S+) \[(\S+), (\S+)\]", base_labels[0]["text"]).groups())
+        r"base model (\S+) \[(\S+), (\S+)\]", base_labels[0]["text"]).groups())
     assert low < base_ppl < high
     # On the log axis the label sits at log10(ppl) (Plotly's own hline label went to 10^ppl and the axis with it).
     assert len(base_labels) == 1 and abs(base_labels[0]["y"] - math.log10(base_ppl)) < 1e-3
