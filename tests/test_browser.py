@@ -42,7 +42,7 @@ PAGES = {
 }
 # pages whose figures appear after a button press: (input to shrink, its value, button label, charts afterwards)
 PRESS = {"disagreement": ("Documents per task", "6", "Compare", 1),
-         "bias": ("Examples (first N of all)", "10", "Score", 1)}
+         "bias": ("Examples per domain and sentence type", "2", "Score", 1)}
 # pages whose accuracy chart is picked in a selectbox after loading: (its label, the option to pick)
 SELECT = {"accuracy": ("y axis", "acc piqa (eval split, %)")}
 # warning / error alerts a page may show on the fixture store (regular expressions); any other fails the page.
@@ -51,7 +51,7 @@ SELECT = {"accuracy": ("y axis", "acc piqa (eval split, %)")}
 ALLOWED_ALERTS = {
     "table1": [r"^piqa: only 5 documents \(fewer than 30\)"],
     "disagreement": [r"^piqa: only 6 documents \(fewer than 30\)"],
-    # 10 StereoSet examples leave every domain thin or empty
+    # 2 StereoSet examples per domain and sentence type leave every domain thin
     "bias": [r"(^|\n)Read with care: (gender|profession|race|religion|overall) "],
 }
 REQUIRED_ALERTS = dict(ALLOWED_ALERTS)
