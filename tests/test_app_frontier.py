@@ -78,6 +78,21 @@ def test_frontier_page_plots_each_strategy_and_the_base_line(frontier_store, mon
     assert at.get("download_button")
 
 
+def test_frontier_page_opens_on_a_headline_read_from_its_points(frontier_store, monkeypatch):
+    """The sentence at the top compares the lines at the target budget most strategies reached, each as a multiple
+    of the base model's perplexity, recomputed here from the store's points."""
+    from sfsd.runs.frontier import frontier_frame
+
+    at = open_frontier(monkeypatch, frontier_store["root"])
+    headline = next(m.value for m in at.markdown if "as a multiple of the base model's" in m.value)
+    points = frontier_frame(Path(frontier_store["root"]) / "runs", frontier_store["model"])
+    base = points.loc[points["strategy"] == "base", "ppl@32"].iloc[0]
+    at_target = points[(points["strategy"] != "base") & (points["target"] == 0.8)].sort_values("ppl@32")
+    assert headline.startswith("**At the 80% target budget, perplexity (32-token windows on 2,048 eval-split tokens)")
+    shown = [float(x.replace(",", "")) for x in re.findall(r" ([\d,.]+)x", headline)]
+    assert shown == pytest.approx([v / base for v in at_target["ppl@32"]], rel=0.01, abs=0.051)
+
+
 def test_a_clicked_frontier_point_names_its_run():
     from sfsd.dashboard.frontier import clicked_run
 
