@@ -328,6 +328,15 @@ def test_frontier_page_draws_its_charts_and_a_click_opens_the_heatmap(frontier_s
         bars = page.evaluate("() => document.querySelectorAll('.js-plotly-plot')[1]._fullData"
                              ".map(t => t.error_y && t.error_y.visible ? t.error_y.array.length : 0)")
         assert bars and all(bars), bars
+        # as drawn in the browser: every log-axis label reads its value (Plotly's own minor ticks read 400 as
+        # "4"), and one base line, labelled, for the one perplexity protocol drawn
+        axis = page.evaluate("() => { const l = document.querySelector('.js-plotly-plot')._fullLayout;"
+                             " return {vals: l.yaxis.tickvals, text: l.yaxis.ticktext,"
+                             " notes: (l.annotations || []).map(a => a.text)}; }")
+        scale = {"k": 1e3, "M": 1e6}
+        read = [float(t[:-1]) * scale[t[-1]] if t[-1] in scale else float(t) for t in axis["text"]]
+        assert read == pytest.approx(axis["vals"]) and len(read) >= 2, axis
+        assert len([n for n in axis["notes"] if n.startswith("base model ")]) == 1, axis["notes"]
         page.screenshot(path=str(ARTIFACTS / "frontier.png"), full_page=True)
         box = page.locator(".js-plotly-plot").first.locator(".scatterlayer .points path").first.bounding_box()
         click_at(page, box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)  # the first marker
