@@ -70,7 +70,7 @@ def _target(config: dict, result: dict, strategy: str) -> float | None:
 
 
 def _points(run) -> list[dict]:
-    """A run's point, and for an Algorithm 1 search evaluated only by its own held-out check, that check's base
+    """A run's point, and for an Algorithm 1 search whose perplexity is its own held-out check's, that check's base
     model as a base point of the same protocol."""
     row = _point(run)
     if row is None:
@@ -130,10 +130,10 @@ def _point(run) -> dict | None:
         elif record.get("kind") == "task":
             row[f"acc:{record['task']}"] = metrics.get("acc")
             row[f"n:{record['task']}"] = metrics.get("n")
-    if strategy == ALG1 and not evaluated:  # its own held-out check, else no point here
-        cells = _ppl_cells(_heldout(run).get("final"))
-        if not cells:
+    if strategy == ALG1 and not any(column.startswith("ppl") for column in row):  # no perplexity evaluated: its
+        cells = _ppl_cells(_heldout(run).get("final"))  # own held-out check's, else no point here (unless evaluated)
+        if not cells and not evaluated:
             return None
         row.update(cells)
-        row[_FROM_HELDOUT] = True
+        row[_FROM_HELDOUT] = bool(cells)
     return row
