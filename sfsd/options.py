@@ -304,7 +304,7 @@ SUITE = Option("--suite", "task suite: offline (the pack's tasks and splits) or 
 
 # The search (SearchConfig)
 STRATEGY = Option("--strategy", "per-layer walk: linear (the paper) or bisect; with --target-budget an allocation: "
-                  "uniform, spectrum (default), sensitivity or alg1", label="Strategy")
+                  "uniform, spectrum (default), sensitivity, refined or alg1", label="Strategy")
 TARGET_BUDGET = Option("--target-budget", "overall budget B in (0, 1] to reach (within 0.5%) with an allocation "
                        "--strategy", kind="float", label="Target budget")
 ALG1_BISECTIONS = Option("--alg1-bisections", "alg1: bisections of the tolerance after growing it; fewer Algorithm "

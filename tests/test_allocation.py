@@ -1,5 +1,6 @@
 """Rank allocation at a target budget on a tiny real model: every strategy lands on the budget, the
-knapsack is exact, spectrum ranks grow with the budget, and a killed frontier resumes."""
+knapsack is exact, spectrum ranks grow with the budget, the refinement re-solves only around its first allocation,
+and a killed frontier resumes."""
 
 from __future__ import annotations
 
@@ -12,15 +13,29 @@ from conftest import save_tiny_llama
 
 from sfsd.adapters import LinearLayer
 from sfsd.compress import CalibrationSpec
+from sfsd.decompose import BETA_GRID
 from sfsd.errors import SfsdError
 from sfsd.runs import Run, RunStore, layers_frame, run_id_for
 from sfsd.search import MetricSpec, SearchConfig, materialize, run_search
-from sfsd.search.allocation import ALLOCATIONS, bisect_tolerance, budget_band, solve_choices, spectrum_allocation
+from sfsd.search.allocation import (
+    ALLOCATIONS,
+    INTACT,
+    bisect_tolerance,
+    budget_band,
+    choice_key,
+    choice_params,
+    neighbours,
+    refined_choices,
+    sensitivity_choices,
+    solve_choices,
+    spectrum_allocation,
+)
 
 STRATEGIES = list(ALLOCATIONS)  # every registered allocation strategy is tested
 # Left out of `make test-fast` (run by `make test`): the strategies that run many searches or trials on the tiny
-# model (sensitivity: a trial per layer and beta; alg1: a search per tolerance tried).
-SLOW_STRATEGIES = {"sensitivity", "alg1"}
+# model (sensitivity: a trial per layer and beta; refined: those and up to 3 per layer more; alg1: a search per
+# tolerance tried).
+SLOW_STRATEGIES = {"sensitivity", "refined", "alg1"}
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +193,91 @@ def test_sensitivity_on_a_tiny_model_equals_brute_force(cache, tiny_dir):
     assert cost == pytest.approx(best)
 
 
+REFINE_LAYERS = [LinearLayer(f"ly{i}", i, "q", d_in, d_out, "") for i, (d_in, d_out) in
+                 enumerate([(64, 64), (64, 96), (96, 64), (48, 80), (80, 48)])]
+
+
+def _hand_made_table(seed):
+    import numpy as np
+
+    gen = np.random.default_rng(seed)  # each layer's change falls with beta, at its own scale
+    return {layer.name: dict(zip(map(str, BETA_GRID), sorted(gen.random(len(BETA_GRID)) * gen.uniform(0.1, 2),
+                                                              reverse=True), strict=True)) for layer in REFINE_LAYERS}
+
+
+def test_neighbours_are_at_most_three_adjacent_choices():
+    assert neighbours(0.1) == [0.2, None] and neighbours(0.5) == [0.4, 0.6, None]
+    assert neighbours(0.9) == [0.8, None] and neighbours(None) == [0.9]
+    assert all(len(neighbours(choice)) <= 3 for choice in [*BETA_GRID, None])
+
+
+def test_refinement_with_all_zero_trials_keeps_the_first_allocation():
+    for target in (0.45, 0.6, 0.8):
+        first = sensitivity_choices(REFINE_LAYERS, REFINE_LAYERS, _hand_made_table(0), target)
+        zeros = {name: {choice_key(n): 0.0 for n in neighbours(choice)} for name, choice in first.items()}
+        assert refined_choices(REFINE_LAYERS, REFINE_LAYERS, first, zeros, target) == (first, 0.0)
+
+
+def test_refinement_is_the_exact_knapsack_over_each_layer_and_its_neighbours():
+    import numpy as np
+
+    gen = np.random.default_rng(1)
+    total = sum(layer.params for layer in REFINE_LAYERS)
+    moved_somewhere = False
+    for target in (0.45, 0.6, 0.8):
+        low, high = budget_band(target)
+        first = sensitivity_choices(REFINE_LAYERS, REFINE_LAYERS, _hand_made_table(2), target)
+        trials = {name: {choice_key(n): float(gen.normal(0, 0.1)) for n in neighbours(choice)}
+                  for name, choice in first.items()}
+        chosen, predicted = refined_choices(REFINE_LAYERS, REFINE_LAYERS, first, trials, target)
+        options = [[(first[layer.name], 0.0)] + [(n, trials[layer.name][choice_key(n)])
+                                                  for n in neighbours(first[layer.name])] for layer in REFINE_LAYERS]
+        best = min(sum(cost for _, cost in combo) for combo in itertools.product(*options)
+                   if low * total <= sum(choice_params(layer, choice) for layer, (choice, _) in
+                                         zip(REFINE_LAYERS, combo, strict=True)) <= high * total)
+        assert predicted == pytest.approx(min(best, 0.0))
+        kept = sum(choice_params(layer, chosen[layer.name]) for layer in REFINE_LAYERS)
+        assert low * total <= kept <= high * total
+        assert all(chosen[name] in (first[name], *neighbours(first[name])) for name in first)
+        moved_somewhere |= chosen != first
+    assert moved_somewhere  # the random trials offer gains: the test sees a re-solve that moves layers
+
+
+@pytest.mark.slow  # the sensitivity trials of 7 layers, then at most 21 refinement trials
+def test_refined_on_a_tiny_model_lands_on_the_budget_and_never_measures_worse_than_sensitivity(cache, tiny_dir,
+                                                                                               tmp_path):
+    from sfsd.decompose import rank_for_budget
+
+    target, last_block = 0.7, dict(first_block=2)
+    sensitivity = run_search(_config(tiny_dir, "sensitivity", target, **last_block), progress=False).result()
+    run = run_search(_config(tiny_dir, "refined", target, **last_block), progress=False)
+    result = run.result()
+    details = result["allocation"]
+    low, high = budget_band(target)
+    assert low <= result["overall_budget"] <= high and result["strategy"] == "refined"
+    # The first allocation is the sensitivity run's (its table reused: no sensitivity trial), measured alike.
+    stored = json.loads(run.file("refined.json").read_text())
+    first = {name: None if key == INTACT else float(key) for name, key in stored["first"].items()}
+    layers = {s["name"]: s for s in run.config["layers"]}
+    assert {name: rank_for_budget(beta, layers[name]["d_in"], layers[name]["d_out"])
+            for name, beta in first.items() if beta is not None} == sensitivity["ranks"]
+    assert details["start_metric"] == pytest.approx(sensitivity["final_metric"], rel=1e-9)
+    # One trial per neighbour of each layer's first choice, all the trials of this run: at most 3 x layers.
+    assert {name: set(row) for name, row in stored["table"].items()} == \
+        {name: {choice_key(n) for n in neighbours(beta)} for name, beta in first.items()}
+    assert result["trials"] == details["trials"] <= details["trial_budget"] == 3 * len(layers)
+    # Never worse than the sensitivity allocation on the search metric: the refined ranks are measured and kept
+    # only if they are not. On this fixture the re-solve moves layers and gains, as it predicted.
+    assert result["final_metric"] <= sensitivity["final_metric"] * (1 + 1e-9)
+    assert details["moved"] and details["kept"] == "refined" and result["ranks"] != sensitivity["ranks"]
+    assert result["final_metric"] == pytest.approx(details["refined_metric"], rel=1e-9)
+    assert details["predicted_metric"] < details["start_metric"]
+    # Another store on the same cache reuses both tables: no trial at all, the same ranks.
+    again = run_search(_config(tiny_dir, "refined", target, **last_block), root=tmp_path / "other",
+                       progress=False).result()
+    assert again["trials"] == 0 and again["ranks"] == result["ranks"]
+
+
 def test_spectrum_ranks_are_monotone_in_the_budget():
     layers = [LinearLayer(f"ly{i}", i, "q", d_in, d_out, "") for i, (d_in, d_out) in
               enumerate([(256, 256), (256, 128), (384, 256), (256, 384)] * 2)]
@@ -206,8 +306,10 @@ def test_bad_targets_are_one_line_errors_and_write_nothing(cache, tiny_dir):
         SearchConfig(model=str(tiny_dir), strategy="spectrum")
     with pytest.raises(SfsdError, match="does not allocate"):
         _config(tiny_dir, "linear", 0.8)
-    with pytest.raises(SfsdError, match="below what"):
-        run_search(_config(tiny_dir, "sensitivity", 0.05), progress=False)
+    for strategy in ("sensitivity", "refined"):  # the same grid floor, the same line
+        with pytest.raises(SfsdError, match=rf"^target budget 0.05 is below what '{strategy}' can reach on these "
+                                            r"layers \(0\.\d+: the lowest rank everywhere\): choose --target-budget"):
+            run_search(_config(tiny_dir, strategy, 0.05), progress=False)
     assert RunStore().ids() == []
 
 

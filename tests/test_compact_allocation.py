@@ -216,3 +216,34 @@ def test_compact_frontier_is_a_line_of_its_own_and_refuses_alg1(cache, tiny_dir,
     point = frame[frame["strategy"] == "spectrum compact"]
     assert len(point) == 1 and point["ppl@32"].notna().all()
     assert abs(point["overall_budget"].iloc[0] / 0.8 - 1) <= 0.005
+
+
+@pytest.mark.slow  # 14 layers' sensitivity trials, up to 42 refinement trials, then the eval perplexity
+def test_refined_compact_frontier_point_refines_in_compact_factors(cache, tiny_dir, capsys):
+    import json
+
+    from sfsd.cli import main
+    from sfsd.runs import Run
+    from sfsd.runs.frontier import frontier_frame
+
+    argv = ["frontier", "--model", str(tiny_dir), "--budgets", "0.8", "--search-samples", "4", "--search-seq-len",
+            "32", "--ppl-seq-lens", "32", "--ppl-tokens", "512", "--calib-source", "wiki", "--calib-samples", "16",
+            "--calib-seq-len", "32", "--quiet", "--device", "cpu", "--factors", COMPACT, "--strategies", "refined"]
+    assert main(argv) == 0
+    assert "refined compact @ 0.8" in capsys.readouterr().out
+    frame = frontier_frame()
+    point = frame[frame["strategy"] == "refined compact"]
+    assert len(point) == 1 and point["ppl@32"].notna().all()
+    run = Run.open(point["run_id"].iloc[0])
+    result = run.result()
+    low, high = budget_band(0.8)
+    assert result["factors"] == COMPACT and low <= result["overall_budget"] <= high
+    # every layer at a compact grid rank, its trials measured in compact factors against their own table
+    for layer in run.config["layers"]:
+        grid = {rank_for_budget(beta, layer["d_in"], layer["d_out"], COMPACT) for beta in BETA_GRID}
+        assert result["ranks"].get(layer["name"], min(grid)) in grid
+    details = result["allocation"]
+    assert details["trials"] <= details["trial_budget"] == 3 * len(run.config["layers"]) == 42
+    assert result["trials"] == 14 * len(BETA_GRID) + details["trials"]
+    assert len(json.loads(run.file("refined.json").read_text())["table"]) == 14
+    assert result["final_metric"] <= details["start_metric"] * (1 + 1e-9)

@@ -32,7 +32,7 @@ def test_every_registry_refuses_an_unknown_name_in_one_line():
             registry.get("nope")
         assert str(error.value) == f"unknown {kind} 'nope': choose one of {', '.join(registry.names())}"
     assert STRATEGIES.names() == ["linear", "bisect"]
-    assert ALLOCATIONS.names() == ["uniform", "spectrum", "sensitivity", "alg1"]
+    assert ALLOCATIONS.names() == ["uniform", "spectrum", "sensitivity", "refined", "alg1"]
     assert METRICS.names() == ["ppl", "task"]
 
 

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             strategy = result["strategy"] + ("" if factors == "two-factor" else f" in {factors} factors")
             print(f"strategy {strategy}: target {result['target_budget']}, allocated in "
                   f"{result['allocation_seconds']:.1f} s with {trials}")
+            if "trial_budget" in result["allocation"]:
+                print(refinement_line(run_.config, result["allocation"]))
         from sfsd.cli.runs import metric_text
 
         print(f"overall budget {result['overall_budget']:.4f}, params {result['params']:,} of "
@@ -75,6 +77,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out check: {describe_heldout(result)}")
         print(f"save the model with: sfsd materialize {run_.id} --out cache/models/{run_.id}")
     return 0 if status["state"] == "done" else 1
+
+
+def refinement_line(config: dict, details: dict) -> str:
+    """What the refined strategy did: its trials against their budget and the search metric it predicted and got."""
+    from sfsd.cli.runs import metric_text
+
+    return (f"refined: {details['trials']} trials of at most {details['trial_budget']} (3 per layer), "
+            f"{len(details['moved'])} layers moved; search metric {metric_text(config, details['start_metric'])} "
+            f"at the sensitivity allocation, predicted {metric_text(config, details['predicted_metric'])}, "
+            f"measured {metric_text(config, details['refined_metric'])}; kept the {details['kept']} allocation")
 
 
 def run_materialize(args: argparse.Namespace) -> int:

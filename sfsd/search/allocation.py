@@ -40,8 +40,11 @@ from sfsd.registry import Registry
 BUDGET_TOLERANCE = 0.005  # a strategy's overall budget must lie within B * (1 -/+ this)
 
 SENSITIVITY_FILE = "sensitivity.json"  # the sensitivity table, copied into the run folder
+REFINED_FILE = "refined.json"  # the refinement's trial table around the sensitivity allocation, in the run folder
+INTACT = "intact"  # the key of a layer left whole in the refinement's trial table
 # (ranks of the searched layers that are factorised, details for the run's result); None: cancelled
 Allocated = tuple[dict[str, int], dict] | None
+Choice = float | None  # a layer's choice in a grid allocation: a grid beta, or None (intact)
 
 
 class AllocationInputs(Protocol):
@@ -52,10 +55,17 @@ class AllocationInputs(Protocol):
     layers: Sequence[LinearLayer]  # the searched layers
     target: float
     factors: str  # the factor format the ranks are stored in, which every count follows
+    higher_is_better: bool  # the search metric's direction
 
     def spectra(self) -> Mapping[str, Sequence[float]]: ...
 
     def sensitivities(self) -> Mapping[str, Mapping[str, float]] | None: ...  # None: cancelled
+
+    # (the metric at `first`, {layer: {choice_key(neighbour): metric change}}); None: cancelled
+    def neighbour_changes(self, first: Mapping[str, Choice]) -> tuple[float, Mapping[str, Mapping[str, float]]] | None:
+        ...
+
+    def metric_at(self, ranks: Mapping[str, int]) -> float: ...  # the search metric with these ranks applied
 
     def algorithm1(self) -> tuple[dict[str, int], dict]: ...
 
@@ -244,26 +254,98 @@ def solve_choices(costs: Sequence[Sequence[float]], weights: Sequence[Sequence[f
     return chosen
 
 
-def sensitivity_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
-                           table: Mapping[str, Mapping[str, float]], target: float,
-                           factors: str = TWO_FACTOR) -> dict[str, int]:
+def choice_key(choice: Choice) -> str:
+    """A choice as the trial tables name it: the beta as text (as in the sensitivity table), or "intact"."""
+    return INTACT if choice is None else str(choice)
+
+
+def choice_params(layer: LinearLayer, choice: Choice, factors: str = TWO_FACTOR) -> int:
+    """The weights a layer keeps at a choice: Eq. 3's rank for the beta in the format `factors`, or all."""
+    if choice is None:
+        return layer.params
+    return factor_params(rank_for_budget(choice, layer.d_in, layer.d_out, factors), layer.d_in, layer.d_out, factors)
+
+
+def choice_ranks(searched: Sequence[LinearLayer], choices: Mapping[str, Choice],
+                 factors: str = TWO_FACTOR) -> dict[str, int]:
+    """The ranks of the factorised layers of a grid allocation (intact layers left out)."""
+    return {layer.name: rank_for_budget(choices[layer.name], layer.d_in, layer.d_out, factors)
+            for layer in searched if choices[layer.name] is not None}
+
+
+def choose(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+           options: Mapping[str, Mapping[Choice, float]], target: float,
+           factors: str = TWO_FACTOR) -> dict[str, Choice]:
+    """One option per searched layer (`options[layer]`: choice -> cost) minimising the summed cost with the
+    overall budget within the band of B: the multiple-choice knapsack of `solve_choices`."""
+    total = sum(layer.params for layer in all_layers)
+    searched_names = {layer.name for layer in searched}
+    fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
+    picks = [list(options[layer.name]) for layer in searched]
+    costs = [[options[layer.name][choice] for choice in group] for layer, group in zip(searched, picks, strict=True)]
+    weights = [[choice_params(layer, choice, factors) for choice in group]
+               for layer, group in zip(searched, picks, strict=True)]
+    low, high = budget_band(target)
+    chosen = solve_choices(costs, weights, low * total - fixed, high * total - fixed)
+    return {layer.name: group[pick] for layer, group, pick in zip(searched, picks, chosen, strict=True)}
+
+
+def sensitivity_choices(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                        table: Mapping[str, Mapping[str, float]], target: float,
+                        factors: str = TWO_FACTOR) -> dict[str, Choice]:
     """The per-layer grid betas (or intact) minimising the summed metric change at budget B.
 
     `table[layer][str(beta)]` is the metric change with only that layer at beta (intact: 0), the layer at Eq. 3's
     rank for beta in the factor format `factors` (the format the table was measured in)."""
-    total = sum(layer.params for layer in all_layers)
-    searched_names = {layer.name for layer in searched}
-    fixed = sum(layer.params for layer in all_layers if layer.name not in searched_names)
-    costs, weights, ranks_of = [], [], []
-    for layer in searched:
-        ranks = [rank_for_budget(beta, layer.d_in, layer.d_out, factors) for beta in BETA_GRID]
-        costs.append([table[layer.name][str(beta)] for beta in BETA_GRID] + [0.0])
-        weights.append([factor_params(rank, layer.d_in, layer.d_out, factors) for rank in ranks] + [layer.params])
-        ranks_of.append([*ranks, None])
-    low, high = budget_band(target)
-    chosen = solve_choices(costs, weights, low * total - fixed, high * total - fixed)
-    return {layer.name: options[pick] for layer, options, pick in zip(searched, ranks_of, chosen, strict=True)
-            if options[pick] is not None}
+    options = {layer.name: {**{beta: table[layer.name][str(beta)] for beta in BETA_GRID}, None: 0.0}
+               for layer in searched}
+    return choose(all_layers, searched, options, target, factors)
+
+
+def sensitivity_allocation(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                           table: Mapping[str, Mapping[str, float]], target: float,
+                           factors: str = TWO_FACTOR) -> dict[str, int]:
+    """The ranks of `sensitivity_choices`."""
+    return choice_ranks(searched, sensitivity_choices(all_layers, searched, table, target, factors), factors)
+
+
+def metric_change(value: float, reference: float, higher_is_better: bool) -> float:
+    """How much worse `value` is than `reference`, as every trial table records it: the drop of a metric where
+    higher is better (accuracy), the relative increase of one where lower is (perplexity)."""
+    return reference - value if higher_is_better else value / reference - 1
+
+
+def metric_after(reference: float, change: float, higher_is_better: bool) -> float:
+    """The metric `change` (as `metric_change` counts it) away from `reference`."""
+    return reference - change if higher_is_better else reference * (1 + change)
+
+
+def neighbours(choice: Choice) -> list[Choice]:
+    """The choices a refinement tries for a layer at `choice`: one grid beta lower, one higher (intact above the
+    top beta) and intact; at most three (an intact layer: the top beta only)."""
+    if choice is None:
+        return [BETA_GRID[-1]]
+    index = BETA_GRID.index(choice)
+    tried: list[Choice] = [BETA_GRID[index - 1]] if index > 0 else []
+    tried.append(BETA_GRID[index + 1] if index + 1 < len(BETA_GRID) else None)
+    return tried if None in tried else [*tried, None]
+
+
+def refined_choices(all_layers: Sequence[LinearLayer], searched: Sequence[LinearLayer],
+                    first: Mapping[str, Choice], trials: Mapping[str, Mapping[str, float]], target: float,
+                    factors: str = TWO_FACTOR) -> tuple[dict[str, Choice], float]:
+    """Re-solve the knapsack around a first allocation: (choices, their predicted summed metric change).
+
+    Each layer may keep its choice in `first` (cost 0) or move to one of its `neighbours`, at the cost
+    `trials[layer][choice_key(neighbour)]` measured with every other layer at `first`. The first allocation is
+    kept unless the re-solve predicts an improvement (a negative sum), so that, with nothing to gain, no layer
+    moves for a tie."""
+    options = {layer.name: {first[layer.name]: 0.0, **{choice: trials[layer.name][choice_key(choice)]
+                                                        for choice in neighbours(first[layer.name])}}
+               for layer in searched}
+    chosen = choose(all_layers, searched, options, target, factors)
+    predicted = sum(options[name][choice] for name, choice in chosen.items())
+    return (chosen, predicted) if predicted < 0 else (dict(first), 0.0)
 
 
 def truncate_at_target(all_layers: Sequence[LinearLayer], decisions: Sequence[Mapping],
@@ -351,6 +433,33 @@ def _sensitivity(inputs: AllocationInputs) -> Allocated:
     return ranks, {"file": SENSITIVITY_FILE}
 
 
+def _refined(inputs: AllocationInputs) -> Allocated:
+    """The sensitivity allocation, then one round of `refined_choices` on trials around it: every searched layer
+    alone moved to each of its `neighbours`, the others at the allocation (at most 3 trials a layer: a trial
+    budget of 3 x layers). The refined ranks are measured once more and kept only if the search metric is no
+    worse than at the sensitivity allocation."""
+    table = inputs.sensitivities()
+    if table is None:
+        return None
+    first = sensitivity_choices(inputs.all_layers, inputs.layers, table, inputs.target, inputs.factors)
+    measured = inputs.neighbour_changes(first)
+    if measured is None:
+        return None
+    start, trials = measured
+    choices, predicted = refined_choices(inputs.all_layers, inputs.layers, first, trials, inputs.target,
+                                         inputs.factors)
+    ranks = choice_ranks(inputs.layers, choices, inputs.factors)
+    higher = inputs.higher_is_better
+    moved = sorted(name for name, choice in choices.items() if choice != first[name])
+    refined = inputs.metric_at(ranks) if moved else start
+    kept = "refined" if metric_change(refined, start, higher) <= 0 else "sensitivity"
+    details = {"file": SENSITIVITY_FILE, "refinement_file": REFINED_FILE, "kept": kept, "moved": moved,
+               "trials": sum(len(row) for row in trials.values()), "trial_budget": 3 * len(inputs.layers),
+               "start_metric": start, "predicted_metric": metric_after(start, predicted, higher),
+               "refined_metric": refined}
+    return (ranks if kept == "refined" else choice_ranks(inputs.layers, first, inputs.factors)), details
+
+
 def _algorithm1(inputs: AllocationInputs) -> Allocated:
     return inputs.algorithm1()
 
@@ -364,6 +473,8 @@ for _allocation in (
     Allocation("sensitivity",
                "per-layer metric change at each grid beta, then an exact multiple-choice knapsack (HiGHS)",
                _sensitivity, color="#d62728", grid_only=True),
+    Allocation("refined", "sensitivity, then the knapsack re-solved on trials of each layer's neighbouring betas "
+               "around that allocation (at most 3 x layers trials)", _refined, color="#ff9896", grid_only=True),
     Allocation("alg1", "Algorithm 1 with its tolerance bisected until it reaches B, stopped when it does", _algorithm1,
                color="#2ca02c", grid_only=True),
 ):

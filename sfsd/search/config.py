@@ -65,10 +65,10 @@ class SearchConfig:
         check_factors(self.factors)
         if self.factors != TWO_FACTOR and self.target_budget is None:
             raise SfsdError(f"Algorithm 1 searches in two factors only: --factors {self.factors} goes with "
-                            "--target-budget (strategies uniform, spectrum, sensitivity) or `sfsd uniform`")
+                            "--target-budget (strategies uniform, spectrum, sensitivity, refined) or `sfsd uniform`")
         if self.factors != TWO_FACTOR and self.strategy == "alg1":
             raise SfsdError(f"--strategy alg1 runs Algorithm 1, which searches in two factors only: --factors "
-                            f"{self.factors} goes with --strategy uniform, spectrum or sensitivity")
+                            f"{self.factors} goes with --strategy uniform, spectrum, sensitivity or refined")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from tqdm.auto import tqdm
 
 from sfsd import options
@@ -43,12 +45,18 @@ from sfsd.paths import cache_dir
 from sfsd.runs import Run
 from sfsd.search.allocation import (
     ALLOCATIONS,
+    REFINED_FILE,
     SENSITIVITY_FILE,
     Allocated,
+    Choice,
     bisect_tolerance,
     budget_band,
     check_reachable,
+    choice_key,
+    choice_ranks,
     layer_budget,
+    metric_change,
+    neighbours,
     truncate_at_target,
 )
 from sfsd.search.config import SearchConfig
@@ -155,19 +163,88 @@ class AllocationSearch(SurgicalSearch):
         return table
 
     def layer_sensitivity(self, layer: LinearLayer, dec: Decomposition, base_value: float) -> dict[str, float]:
-        original = self.model.get_submodule(layer.name)
-        like = like_tensor(original)
+        return self.layer_changes(layer, dec, BETA_GRID, base_value, self.model.get_submodule(layer.name))
+
+    def layer_changes(self, layer: LinearLayer, dec: Decomposition, choices: Sequence[Choice], reference: float,
+                      original: nn.Module) -> dict[str, float]:
+        """The metric change against `reference` (`metric_change`) with this layer alone at each choice (a grid
+        beta, or None: the intact `original`), every other layer as it stands; the layer is then put back."""
+        current = self.model.get_submodule(layer.name)
+        like = like_tensor(original)  # an offloaded layer's replacement lives on its execution device
         changes = {}
         try:
-            for beta in BETA_GRID:
-                rank = grid_rank(beta, layer.d_in, layer.d_out, self.config.factors)
-                set_module(self.model, layer.name, low_rank_module(dec, rank, like, self.config.factors))
+            for choice in choices:
+                module = original if choice is None else low_rank_module(
+                    dec, grid_rank(choice, layer.d_in, layer.d_out, self.config.factors), like, self.config.factors)
+                set_module(self.model, layer.name, module)
                 value = self.evaluate(layer.block)
                 self.trials += 1
-                changes[str(beta)] = base_value - value if self.metric.higher_is_better else value / base_value - 1
+                changes[choice_key(choice)] = metric_change(value, reference, self.metric.higher_is_better)
         finally:
-            set_module(self.model, layer.name, original)
+            set_module(self.model, layer.name, current)
         return changes
+
+    def refinement_path(self, first: Mapping[str, Choice]) -> Path:
+        """The refinement's trial table in the cache, beside the sensitivity table: keyed by that table's key and
+        the first allocation, so that another first allocation never reuses it."""
+        sensitivity = self.sensitivity_path()
+        key = cache_key("refinement", DECOMPOSITION_FORMAT, sensitivity=sensitivity.stem,
+                        first={name: choice_key(choice) for name, choice in first.items()})
+        return sensitivity.parent / f"{self.config.method}-{self.config.metric.name}-refined-{key}.json"
+
+    def neighbour_changes(self, decs: dict[str, Decomposition],
+                          first: Mapping[str, Choice]) -> tuple[float, dict[str, dict[str, float]]] | None:
+        """The metric with every searched layer at its choice in `first`, and the change when one layer alone
+        moves to each of its `neighbours` (at most 3 trials a layer). Saved after each layer, so a killed pass
+        continues; the model is put back intact; None if cancelled."""
+        path = self.refinement_path(first)  # before any layer changes: the key holds the weights' fingerprint
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        table: dict[str, dict[str, float]] = stored.get("table", {})
+        originals = apply_ranks(self.model, decs, choice_ranks(self.layers, first, self.config.factors),
+                                self.config.factors)
+        try:
+            start = stored["start_metric"] if "start_metric" in stored else self.evaluate(0)
+            todo = [layer for layer in self.layers if layer.name not in table]
+            self.prepare_prefix(todo, "refine-prefix")
+            budget = 3 * len(self.layers)
+            for layer in tqdm(todo, desc=f"refine (<= {budget} trials)", unit="layer", disable=not self.progress):
+                if self.run_store.cancel_requested():
+                    return None
+                original = originals.get(layer.name, self.model.get_submodule(layer.name))
+                table[layer.name] = self.layer_changes(layer, decs[layer.name], neighbours(first[layer.name]), start,
+                                                       original)
+                write_json(path, self.refinement_record(first, start, table))
+                self.run_store.write_status(trials_done=self.trials, current_layer=layer.name,
+                                            message=f"refined: {sum(map(len, table.values()))} of at most {budget} "
+                                                    "trials around the sensitivity allocation")
+        finally:
+            for name, module in originals.items():
+                set_module(self.model, name, module)
+            shutil.rmtree(self.run_store.path / "refine-prefix", ignore_errors=True)
+        write_json(self.run_store.file(REFINED_FILE), self.refinement_record(first, start, table))
+        return start, table
+
+    def refinement_record(self, first: Mapping[str, Choice], start: float, table: dict) -> dict:
+        return {"start_metric": start, "metric": self.config.metric.name,
+                "higher_is_better": self.metric.higher_is_better,
+                "first": {name: choice_key(choice) for name, choice in first.items()}, "table": table}
+
+    def prepare_prefix(self, todo: list[LinearLayer], folder: str) -> None:
+        """With the fast engine and trials to run: the hidden states entering every block of the model as it
+        stands (built afresh: the blocks below a trial's layer stay as they are during the trials)."""
+        if todo and self.config.engine == "fast":
+            shutil.rmtree(self.run_store.path / folder, ignore_errors=True)
+            self.prefix = PrefixCache(self.run_store.path / folder, self.metric.batches)
+            self.prefix.build(self.model, self.adapter)
+
+    def metric_at(self, decs: dict[str, Decomposition], ranks: Mapping[str, int]) -> float:
+        """The search metric (a full pass) with `ranks` applied; the layers are put back afterwards."""
+        originals = apply_ranks(self.model, decs, ranks, self.config.factors)
+        try:
+            return self.evaluate(0)
+        finally:
+            for name, module in originals.items():
+                set_module(self.model, name, module)
 
     def algorithm1(self) -> tuple[dict, dict]:
         """Algorithm 1 runs (each a stored search run, reused by any later target that tries the same
@@ -252,8 +329,18 @@ class RunInputs:
     def spectra(self) -> dict[str, list[float]]:
         return {name: dec.spectrum.double().cpu().tolist() for name, dec in self.decs.items()}
 
+    @property
+    def higher_is_better(self) -> bool:
+        return self.search.metric.higher_is_better
+
     def sensitivities(self) -> dict | None:
         return self.search.sensitivities(self.decs, self.base_value)
+
+    def neighbour_changes(self, first: Mapping[str, Choice]) -> tuple[float, dict] | None:
+        return self.search.neighbour_changes(self.decs, first)
+
+    def metric_at(self, ranks: Mapping[str, int]) -> float:
+        return self.search.metric_at(self.decs, ranks)
 
     def algorithm1(self) -> tuple[dict, dict]:
         return self.search.algorithm1()
