@@ -17,7 +17,7 @@ if points.empty:
     st.stop()
 
 c1, c2, c3 = st.columns([2, 1, 1])
-model = c1.selectbox("Model", sorted(points["model"].unique()), key="frontier-model")
+model = c1.selectbox("Model", sorted(points["model"].unique()), format_func=data.model_display, key="frontier-model")
 frame = frontier.points(model)
 columns = frontier.ppl_columns(frame)
 if not columns:

@@ -335,7 +335,7 @@ def test_frontier_page_draws_its_charts_and_a_click_opens_the_heatmap(frontier_s
                              " notes: (l.annotations || []).map(a => a.text)}; }")
         scale = {"k": 1e3, "M": 1e6}
         read = [float(t[:-1]) * scale[t[-1]] if t[-1] in scale else float(t) for t in axis["text"]]
-        assert read == pytest.approx(axis["vals"]) and len(read) >= 2, axis
+        assert read == pytest.approx(axis["vals"]) and read, axis
         assert len([n for n in axis["notes"] if n.startswith("base model ")]) == 1, axis["notes"]
         page.screenshot(path=str(ARTIFACTS / "frontier.png"), full_page=True)
         box = page.locator(".js-plotly-plot").first.locator(".scatterlayer .points path").first.bounding_box()
@@ -472,8 +472,8 @@ def after_the_demo(server: str, page, ids: list[str], root: str) -> None:
 
     page.goto(f"{server}/Bias")
     settle(page)
-    page.get_by_label("Examples (first N of all)", exact=True).fill("10")
-    page.get_by_label("Examples (first N of all)", exact=True).press("Enter")
+    page.get_by_label("Examples per domain and sentence type", exact=True).fill("2")
+    page.get_by_label("Examples per domain and sentence type", exact=True).press("Enter")
     settle(page)
     page.get_by_role("button", name="Score").click()
     settle(page, 150)

@@ -214,10 +214,15 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
             format_proportion(float(p), int(k)) if pd.notna(p) and n is not None and pd.notna(k) else "—"
             for p, k in zip(frame[column], n if n is not None else [None] * len(frame), strict=True)]
     for column in ("target", "overall_budget"):  # budgets in %, as everywhere else
-        table[column] = [data.number_text(100 * v if pd.notna(v) else None, 1) for v in frame[column]]
-    table["tolerance"] = [f"+{100 * v:g}%" if pd.notna(v) else data.EMPTY for v in frame["tolerance"]]
+        if column in frame:
+            table[column] = [data.number_text(100 * v if pd.notna(v) else None, 1) for v in frame[column]]
+    if "tolerance" in frame:
+        table["tolerance"] = [f"+{100 * v:g}%" if pd.notna(v) else data.EMPTY for v in frame["tolerance"]]
     for column in ("params", "macs"):
-        table[column] = [data.number_text(v, 0) for v in frame[column]]
+        if column in frame:
+            table[column] = [data.number_text(v, 0) for v in frame[column]]
+    if "model" in frame:  # its name, not a local folder's path (read-only mode shows none)
+        table["model"] = [data.model_display(str(m)) for m in frame["model"]]
     table = table.rename(columns={"target": "target (%)", "overall_budget": "budget (%)"})
     # every cell text (a column mixing numbers and "—" is not one Arrow type); an empty cell reads "—"
     return table.astype(object).where(table.notna(), data.EMPTY).astype(str)
