@@ -33,6 +33,7 @@ views = [view for view in (data.load_run(run_id) for run_id in run_ids) if view 
 if not views:
     st.info("Pick at least one run.")
     st.stop()
+widgets.broken_run_warnings(views)
 
 frames = [view.layers.assign(run_id=view.run_id) for view in views]
 layers = pd.concat(frames, ignore_index=True)

@@ -19,6 +19,7 @@ if runs.empty:
 # the newest run of each method on one model (the demo's feature against weight), not the newest runs whatever
 run_ids = widgets.pick_runs(runs, key="acc-runs", label="Runs to overlay", initial=data.comparison_runs(runs))
 views = [view for view in (data.load_run(run_id) for run_id in run_ids) if view is not None]
+widgets.broken_run_warnings(views)
 if not views:
     st.info("Pick at least one run.")
     st.stop()

@@ -5,7 +5,8 @@ import streamlit as st
 from sfsd.dashboard import data, report, widgets
 
 widgets.page_setup("Report", "Everything the dashboard shows about one run, or about one model (its Table 1 "
-                   "protocols and its frontier), in a single HTML file: works offline, interactive figures included.")
+                   "protocols, its frontier, its disagreement and bias comparisons), in a single HTML file: works "
+                   "offline, interactive figures included.")
 
 runs = data.list_runs()
 if runs.empty:
@@ -16,11 +17,19 @@ if st.radio("Report of", ["one run", "one model"], horizontal=True, key="report-
     models = sorted(runs["model"].dropna().astype(str).unique())
     model = st.selectbox("Model", models, format_func=data.model_display, key="report-model")
 
-    @st.cache_data(ttl=10, show_spinner="Building the report...", max_entries=4)
-    def build_model(root: str, model: str, newest: str) -> str:
-        return report.build_model_report(model)
+    # the comparisons made on the Disagreement and Bias pages in this browser session (cached on disk: a second
+    # Compare or Score is instant)
+    pairs, scored = report.model_comparisons(model, st.session_state.get("dis-results", {}),
+                                             st.session_state.get("bias-results", {}))
 
-    document = build_model(data.store_root(), model, str(runs["updated"].max()))
+    @st.cache_data(ttl=10, show_spinner="Building the report...", max_entries=4)
+    def build_model(root: str, model: str, newest: str, compared: tuple, _pairs: list, _scored: list) -> str:
+        return report.build_model_report(model, _pairs, _scored)
+
+    compared = (tuple(st.session_state.get("dis-results", {})), tuple(st.session_state.get("bias-results", {})))
+    document = build_model(data.store_root(), model, str(runs["updated"].max()), compared, pairs, scored)
+    st.caption(f"Includes {len(pairs)} disagreement and {len(scored)} bias comparison(s) of this model made on those "
+               "pages in this session; make more there and they join the report.")
     st.download_button("Download the HTML report", document.encode(), file_name="sfsd-model-report.html",
                        mime="text/html", key="report-model-download", type="primary", icon=":material/download:",
                        on_click="ignore")

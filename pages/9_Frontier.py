@@ -35,6 +35,9 @@ event = widgets.chart(frontier.frontier_figure(frame, column, x_axis), key="fron
 _, other_protocols = frontier.one_protocol(frame, column)
 if other_protocols:
     st.caption(other_protocols)
+broken = frontier.broken_note(frame, column)
+if broken:
+    st.warning(broken, icon=":material/warning:")
 tasks = frontier.task_columns(frame)
 if tasks:
     task = st.selectbox("Accuracy on", tasks, key="frontier-task") if len(tasks) > 1 else tasks[0]

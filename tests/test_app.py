@@ -630,6 +630,12 @@ def test_disagreement_and_bias_warn_about_a_broken_compared_model(env, monkeypat
     no_exception(at)
     assert [str(w.value) for w in at.warning if str(w.value).startswith(line)]
     assert not [w for w in at.warning if "tiny-llama looks broken" in str(w.value)]
+    # every page that shows the run says it too: the Runs page's details, the Report
+    for page, key in (("runs", "runs-detail"), ("report", "report-run")):
+        at = open_page(page)
+        at.selectbox(key=key).select(env["uniform"]["feature"]).run()
+        no_exception(at)
+        assert [w for w in at.warning if f"looks broken: perplexity {facts['ppl']:,.1f} (" in str(w.value)], page
 
 
 def test_report_is_one_self_contained_html_file(env):
@@ -683,7 +689,49 @@ def test_a_model_report_holds_its_table1_protocols_with_their_headlines(env):
         assert html.escape(f"Table 1: {data.protocol_label(protocol)}") in document
         headline = data.table1_headline(data.table1_rows(uniform, **protocol))
         assert headline is None or html.escape(headline) in document
-    assert "[95% CI]" in document and "not part of this report yet" in document
+    assert "[95% CI]" in document and "No disagreement comparison of this model yet" in document
+
+
+def test_a_model_report_holds_the_disagreement_and_bias_comparisons_made_on_their_pages(env):
+    """Compare on the Disagreement page, score on the Bias page, then the Report's model report holds both, with
+    the pages' headlines (computed from the same records) and intervals."""
+    import html
+
+    from sfsd.dashboard import data, headlines, report
+    from sfsd.evaluate import disagreement
+
+    at = open_page("disagreement")
+    at.selectbox(key="dis-a").select(env["model"])
+    at.selectbox(key="dis-b").select(env["saved"])
+    at.multiselect(key="dis-tasks").set_value(["piqa"])
+    at.number_input(key="dis-limit").set_value(6)
+    at.run()
+    at.button(key="dis-run").click().run(timeout=180)
+    at.switch_page(PAGES["bias"]).run()
+    at.multiselect(key="bias-models").set_value([env["model"], env["saved"]])
+    at.number_input(key="bias-per-cell").set_value(2)
+    at.run()
+    at.button(key="bias-run").click().run(timeout=180)
+    no_exception(at)
+    at.switch_page(PAGES["report"]).run()
+    at.radio(key="report-of").set_value("one model").run()
+    at.selectbox(key="report-model").select(env["model"]).run()
+    no_exception(at)
+    assert "Includes 1 disagreement and 1 bias comparison(s)" in texts(at)
+    (pair,), (scored,) = report.model_comparisons(env["model"], at.session_state["dis-results"],
+                                                  at.session_state["bias-results"])
+    records_a, records_b = next(iter(at.session_state["dis-results"].values()))
+    label_a, label_b = data.model_display(env["model"]), data.model_display(env["saved"])
+    assert pair[:2] == (label_a, label_b) and scored[0] == 2
+    document = report.build_model_report(env["model"], [pair], [scored])
+    summary = disagreement(records_a, records_b, "acc")
+    assert html.escape(headlines.disagreement_headline(summary, label_a=label_a, label_b=label_b)) in document
+    part = scored[1][scored[1]["type"] == "intrasentence"]
+    assert html.escape(headlines.bias_headline(part, "intrasentence")) in document
+    assert "disagreement, % of n [95% CI]" in document and "ICAT" in document and "<script src=" not in document
+    # a comparison without this model is not its report's
+    other = {("x", "y", ("piqa",), 6): (records_a, records_b)}
+    assert report.model_comparisons(env["model"], other, {}) == ([], [])
 
 
 # ---- empty and broken stores ---------------------------------------------------------------------------

@@ -101,6 +101,20 @@ def test_frontier_headline_compares_the_lines_at_the_budget_most_reached():
     assert frontier_headline(frame[frame["strategy"] != "base"], "ppl@128") is None
 
 
+def test_the_frontier_warns_about_points_far_above_the_base_model():
+    from sfsd.dashboard.frontier import broken_note
+
+    frame = pd.DataFrame({"strategy": ["base", "uniform", "uniform", "spectrum"], "method": ["none"] + ["weight"] * 3,
+                          "run_id": list("abcd"), "target": [1.0, 0.8, 0.6, 0.8],
+                          "overall_budget": [1.0, 0.8, 0.6, 0.8],
+                          "ppl@128": [31.06, 300.0, 4196.0, 310.7], "tokens:ppl@128": [16384] * 4})
+    assert broken_note(frame, "ppl@128") == (
+        "2 point(s) above 10x the base model's perplexity (31.06): uniform (weight) at 60% (135x), spectrum (weight) "
+        "at 80% (10x). These models are broken: their accuracies only show which answer they favour.")
+    assert broken_note(frame.iloc[:2], "ppl@128") is None  # 300 is 9.7x: not broken
+    assert broken_note(frame.iloc[1:], "ppl@128") is None  # no base model drawn: no multiple
+
+
 def _layers(kept: list[int], full: int = 100, blocks: list[int] | None = None) -> pd.DataFrame:
     blocks = blocks or [0] * len(kept)
     return pd.DataFrame({"layer": [f"b{b}.l{i}" for i, b in enumerate(blocks)], "block": blocks,

@@ -1081,11 +1081,15 @@ def perplexity_vs_base(model: str) -> dict | None:
     wiki eval perplexity against the base model's uniform run at the same window; a saved search: its held-out
     check (eval split, perplexity searches)."""
     view = table1_run(model)
-    if view is None:
-        name = Path(model).name
-        view = load_run(name) if Path(model).parent == models_dir() else None
-        if view is None or view.kind != "search":
-            return None
+    if view is None and Path(model).parent == models_dir():
+        view = load_run(Path(model).name)
+    return run_vs_base(view) if view is not None else None
+
+
+def run_vs_base(view: RunView) -> dict | None:
+    """`perplexity_vs_base` of the model a run made: a search's held-out check, a uniform run's wiki eval
+    perplexity against the base model's uniform run at the same window."""
+    if view.kind == "search":
         held = (view.result or {}).get("heldout") or {}
         if held.get("metric") != "ppl" or not held.get("base") or not held.get("final"):
             return None
@@ -1106,6 +1110,20 @@ def perplexity_vs_base(model: str) -> dict | None:
     if ppl is None or not base:
         return None
     return {"ppl": ppl, "base": base, "ratio": ppl / base, "where": where, "run_id": view.run_id}
+
+
+def base_model_of(folder: str) -> str | None:
+    """The model a compared folder was compressed from: its Table 1 run's, or the search run's it was saved from
+    (None for a plain model or a folder of unknown origin)."""
+    view = table1_run(folder)
+    if view is None and Path(folder).parent == models_dir():
+        view = load_run(Path(folder).name)
+    return view.model if view is not None else None
+
+
+def of_model(folder: str, model: str) -> bool:
+    """Whether `folder` is `model` itself or was compressed from it."""
+    return folder == model or base_model_of(folder) == model
 
 
 def broken_models(models: list[str]) -> list[tuple[str, dict]]:

@@ -267,3 +267,21 @@ def frontier_headline(frame: pd.DataFrame, column: str) -> str | None:
     on = f" on {tokens:,} eval-split tokens" if tokens else ""
     return (f"At the {100 * target:.0f}% target budget, perplexity ({column.removeprefix('ppl@')}-token windows{on}) "
             f"as a multiple of the base model's {base:,.2f}: " + ", ".join(lines) + " (best first).")
+
+
+def broken_note(frame: pd.DataFrame, column: str) -> str | None:
+    """A warning for the drawn points whose perplexity is more than data.PPL_BLOWUP x the base model's (what
+    their accuracy shows says little about their method), or None."""
+    frame, _ = one_protocol(frame, column)
+    bases = frame.loc[frame["strategy"] == "base", column].dropna()
+    if bases.empty:
+        return None
+    base = float(bases.iloc[0])
+    broken = frame[(frame["strategy"] != "base") & (frame[column] > data.PPL_BLOWUP * base)]
+    if broken.empty:
+        return None
+    named = [f"{point_name(s, m)} at {100 * b:.0f}% ({v / base:,.0f}x)"
+             for s, m, b, v in zip(broken["strategy"], broken["method"], broken["overall_budget"], broken[column],
+                                   strict=True)]
+    return (f"{len(named)} point(s) above {data.PPL_BLOWUP:g}x the base model's perplexity ({base:,.2f}): "
+            + ", ".join(named) + ". These models are broken: their accuracies only show which answer they favour.")

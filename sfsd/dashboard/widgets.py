@@ -165,6 +165,8 @@ def pick_loaded_run(runs: pd.DataFrame, key: str,
     view = data.load_run(run_id) if run_id else None
     if run_id and view is None:
         st.warning(f"Run {run_id} cannot be read any more.")
+    if view is not None:
+        broken_run_warnings([view])
     return run_id, view
 
 
@@ -580,6 +582,18 @@ def transfer_panel(runs: pd.DataFrame, key: str) -> None:
                 return
             data.clear()
             st.success("\n\n".join(result.lines()))
+
+
+def broken_run_warnings(views: Sequence[data.RunView]) -> None:
+    """A warning per run whose model's perplexity is more than data.PPL_BLOWUP x its base model's (every page that
+    shows runs: what they show of a broken model says little about its method)."""
+    from sfsd.dashboard.headlines import broken_line
+
+    for view in views:
+        facts = data.run_vs_base(view)
+        if facts is not None and facts["ratio"] > data.PPL_BLOWUP:
+            st.warning(broken_line(data.run_label(view.run_id, view.config, view.state), facts),
+                       icon=":material/warning:")
 
 
 def broken_model_warnings(models: Sequence[str]) -> None:
