@@ -66,5 +66,6 @@ st.caption(f"[low, high]: 95% percentile bootstrap over examples ({BOOTSTRAP_RES
            f"n: examples in the cell; fewer than {MIN_N} are flagged above. SS and LMS are means over target terms "
            "as in the official script.")
 widgets.table(display_table(part, digits=2), "stereoset", key="bias-table")
-metric = st.radio("Metric", list(plots.BIAS_METRICS), index=1, horizontal=True, key="bias-metric")
+metric = st.radio("Metric", list(plots.BIAS_METRICS), index=list(plots.BIAS_METRICS).index("ICAT"), horizontal=True,
+                  key="bias-metric")  # ICAT: the headline's metric
 widgets.chart(plots.bias_bars(part, metric, colors), key="bias-chart")

@@ -108,6 +108,10 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     assert re.search(r"Held-out check \(perplexity\): search split [+-]\d+\.\d%, eval split [+-]\d+\.\d%: "
                      r"ppl \S+ \[\S+, \S+\] vs base \S+ \[\S+, \S+\] "
                      rf"\({tokens} tokens, 32-token windows, 95% bootstrap over windows\)", texts(at))
+    no_empty_cells(at)
+    at.selectbox(key="runs-detail").select(env["uniform"]["slicegpt"]).run()  # its evaluations: no raw empties
+    no_exception(at)
+    no_empty_cells(at)
 
 
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
@@ -589,8 +593,8 @@ def test_bias_page_scores_stereoset(env):
         expected.append(f"{data.model_display(name)} {scores['ICAT']:.1f} [{scores['ICAT_low']:.1f}, "
                         f"{scores['ICAT_high']:.1f}] (n=8)")
     assert headline(at) == "intrasentence ICAT, all domains: " + " vs ".join(expected) + "."
-    figure = json.loads(charts(at)[0].proto.spec)  # SS by default, with its interval as error bars
-    assert figure["data"][0]["error_y"]["array"] and "interval" in figure["layout"]["yaxis"]["title"]["text"]
+    figure = json.loads(charts(at)[0].proto.spec)  # ICAT by default (the headline's), its interval as error bars
+    assert figure["data"][0]["error_y"]["array"] and figure["layout"]["yaxis"]["title"]["text"].startswith("ICAT")
     at.radio(key="bias-type").set_value("all").run()
     no_exception(at)
     pooled = at.dataframe[0].value

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 
@@ -51,6 +53,15 @@ def test_the_frontier_log_axis_labels_read_their_values():
     read = [float(text[:-1]) * scale[text[-1]] if text[-1] in scale else float(text) for text in axis.ticktext]
     assert read == list(axis.tickvals) and len(read) >= 3
     assert 10 ** axis.range[0] <= 31.06 and 10 ** axis.range[1] >= 950.0  # the base line and every point shown
+
+
+def test_a_narrow_log_axis_still_gets_three_readable_ticks():
+    """After the quick demo the Frontier's points and base line span 40 to 60: one tick ("50") was all it had."""
+    from sfsd.dashboard.plots import log_ticks
+
+    assert [text for _, text in log_ticks(math.log10(40), math.log10(60))] == ["40", "50", "60"]
+    assert [text for _, text in log_ticks(math.log10(42), math.log10(53))] == ["45", "50"]  # all it can
+    assert [text for _, text in log_ticks(1, 3)] == ["10", "20", "50", "100", "200", "500", "1k"]  # wide: 1-2-5
 
 
 def test_the_frontier_draws_one_perplexity_protocol_with_its_own_base_line():
@@ -206,3 +217,20 @@ def test_spectra_are_drawn_as_shares_of_their_energy_with_beta_labels_apart():
     kept = sorted(plots.spaced_labels(ranks, 1536))
     assert kept[0] == ranks[0] and len(kept) < len(ranks) and np.all(np.diff(kept) >= 0.06 * 1536)
     assert plots.spaced_labels(ranks, 576) != set()
+
+
+def test_every_table_shows_an_empty_cell_as_a_dash_and_keeps_full_columns_typed():
+    """The Runs page's layer table showed "None" for the rank and beta of a layer kept whole; a column of bools
+    and texts (the evaluations' bos) was refused by Arrow."""
+    from sfsd.dashboard.data import EMPTY, empty_cells_as_text
+
+    layers = pd.DataFrame({"layer": ["a", "b"], "rank": pd.array([None, 167], dtype="Int64"),
+                           "beta": [None, 0.4], "params_kept": [884736, 352704], "retained": [1.0, 0.39870000000001],
+                           "bos": [True, "auto"]})
+    shown = empty_cells_as_text(layers)
+    assert list(shown["rank"]) == [EMPTY, "167"] and list(shown["beta"]) == [EMPTY, "0.4"]
+    assert list(shown["bos"]) == ["True", "auto"]
+    assert shown["params_kept"].dtype == "int64" and shown["retained"].dtype == "float64"  # full: untouched
+    import pyarrow as pa
+
+    pa.Table.from_pandas(shown)  # what st.dataframe does with it

@@ -1020,6 +1020,27 @@ def flip_table(records_a: pd.DataFrame, records_b: pd.DataFrame, task: str, metr
 # ---- page defaults and checks (issue 28: every page tells one true story by default) --------------------
 
 
+def _cell_text(value: Any) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return EMPTY
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return str(value)
+
+
+def empty_cells_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame for a table: each column holding an empty cell (None, NaN, <NA>) or values of several types as
+    text, EMPTY in the empty cells (a number column with a gap shows "None"; a mixed one is refused by Arrow);
+    other columns keep their type."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        mixed = values.dtype == object and len({type(v) for v in values.dropna()}) > 1
+        if mixed or values.isna().any():
+            out[column] = [_cell_text(value) for value in values]
+    return out
+
+
 def filled(frame: pd.DataFrame) -> pd.DataFrame:
     """A frame for a table: every empty cell (None, NaN, <NA>) reads EMPTY."""
     return frame.astype(object).where(frame.notna(), EMPTY)

@@ -171,8 +171,9 @@ def frontier_figure(frame: pd.DataFrame, column: str, x: str = "overall_budget")
 
 
 def task_columns(frame: pd.DataFrame) -> list[str]:
-    """Tasks with at least one accuracy among the points."""
-    return sorted(c.split(":", 1)[1] for c in frame.columns if c.startswith("acc:") and frame[c].notna().any())
+    """Tasks with at least one accuracy among the compressed points (the base model's alone draws no line)."""
+    compressed = frame[frame["strategy"] != "base"]
+    return sorted(c.split(":", 1)[1] for c in frame.columns if c.startswith("acc:") and compressed[c].notna().any())
 
 
 def accuracy_figure(frame: pd.DataFrame, task: str, x: str = "overall_budget") -> go.Figure:

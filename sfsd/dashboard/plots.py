@@ -613,14 +613,18 @@ def interval_error_bars(values: Sequence[float | None], lows: Sequence[float | N
     return dict(type="data", symmetric=False, array=plus, arrayminus=minus, thickness=1.3, width=4)
 
 
-def log_ticks(low: float, high: float, mantissas: Sequence[int] = (1, 2, 5)) -> list[tuple[float, str]]:
-    """The values m * 10**k (m in `mantissas`) between 10**low and 10**high with short labels (20k, 50k, 1M)."""
-    ticks = []
-    for exponent in range(math.floor(low), math.ceil(high) + 1):
-        for mantissa in mantissas:
-            value = mantissa * 10.0 ** exponent
-            if 10 ** low <= value <= 10 ** high:
-                ticks.append((value, _short_number(value)))
+def log_ticks(low: float, high: float, mantissas: Sequence[float] = (1, 2, 5)) -> list[tuple[float, str]]:
+    """The values m * 10**k (m in `mantissas`) between 10**low and 10**high with short labels (20k, 50k, 1M);
+    on a range too short for three of them (40 to 60), every integer mantissa, then every half one."""
+    for choice in (mantissas, range(1, 10), [m / 2 for m in range(2, 20)]):
+        ticks = []
+        for exponent in range(math.floor(low), math.ceil(high) + 1):
+            for mantissa in choice:
+                value = mantissa * 10.0 ** exponent
+                if 10 ** low * (1 - 1e-9) <= value <= 10 ** high * (1 + 1e-9):  # the ends count (log10 rounds)
+                    ticks.append((value, _short_number(value)))
+        if len(ticks) >= 3:
+            break
     return ticks
 
 

@@ -103,8 +103,8 @@ def run_columns(**widths: int) -> dict:
 
 
 def table(frame: pd.DataFrame, name: str, key: str, **kwargs) -> None:
-    """A dataframe with its CSV download button under it."""
-    st.dataframe(frame, width="stretch", hide_index=True, key=f"{key}-table", **kwargs)
+    """A dataframe with its CSV download button under it (the CSV keeps empty cells empty)."""
+    st.dataframe(data.empty_cells_as_text(frame), width="stretch", hide_index=True, key=f"{key}-table", **kwargs)
     csv_download(frame, name, key=f"{key}-csv")
 
 
