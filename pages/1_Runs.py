@@ -13,6 +13,7 @@ from sfsd.data import CALIBRATION_SOURCES, OFFLINE_TASKS
 from sfsd.errors import SfsdError
 from sfsd.runs.readonly import readonly
 from sfsd.search import STRATEGIES, MetricSpec, SearchConfig
+from sfsd.search.allocation import ALLOCATIONS
 
 widgets.page_setup("Runs", "Every search and uniform run in the cache: status, progress, config. Runs execute in "
                    "background processes; this page only watches them.")
@@ -62,8 +63,21 @@ if not readonly():  # read-only mode: nothing is started from this page
             metric["samples"] = int(widgets.option_input(c1, options.SEARCH_SAMPLES, "new-samples", min_value=1))
             metric["seq_len"] = int(widgets.option_input(c2, options.SEARCH_SEQ_LEN, "new-seqlen", min_value=2,
                                                          step=16))
-        strategy = widgets.option_input(c4, options.STRATEGY, "new-strategy", "linear", choices=list(STRATEGIES),
-                                        help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
+        c1, c2, c3, c4 = st.columns(4)
+        # Algorithm 1 (a tolerance), or an allocation that reaches a target budget (the Frontier's points); the
+        # compact format is offered with a target only (Algorithm 1 searches in two factors)
+        targeted = c1.checkbox("Reach a target budget", key="new-targeted",
+                               help="off: Algorithm 1, each layer's smallest beta within the tolerance; on: "
+                                    + options.TARGET_BUDGET.help)
+        target = widgets.option_input(c2, options.TARGET_BUDGET, "new-target", 0.8, min_value=0.05, max_value=1.0,
+                                      step=0.05) if targeted else None
+        factors = widgets.option_input(c3, options.FACTORS, "new-factors") if targeted else options.FACTORS.default
+        if targeted:
+            strategy = widgets.option_input(c4, options.STRATEGY, "new-allocation", "spectrum",
+                                            choices=list(ALLOCATIONS), label="Allocation strategy")
+        else:
+            strategy = widgets.option_input(c4, options.STRATEGY, "new-strategy", "linear", choices=list(STRATEGIES),
+                                            help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
         c1, c2, c3, c4 = st.columns(4)
         calibration = CalibrationSpec(
             source=widgets.option_input(c1, options.CALIB_SOURCE, "new-calib-source", choices=CALIBRATION_SOURCES),
@@ -86,6 +100,7 @@ if not readonly():  # read-only mode: nothing is started from this page
         dtype = widgets.option_input(c4, options.DTYPE, "new-dtype")
         try:
             config = SearchConfig(model=model, method=method, metric=MetricSpec(**metric), strategy=strategy,
+                                  target_budget=None if target is None else float(target), factors=factors,
                                   first_block=int(first_block), roles=roles or None, calibration=calibration,
                                   snapshot_every=int(snapshot_every), snapshot_tasks=snapshot_tasks, dtype=dtype)
         except SfsdError as exc:

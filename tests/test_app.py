@@ -114,6 +114,25 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
     no_empty_cells(at)
 
 
+def test_runs_form_starts_a_target_budget_search_in_either_factor_format(env):
+    """The form offers what `sfsd search` does: a target budget with an allocation strategy (refined included)
+    and the compact format; the command shown is the one the run is, and Algorithm 1 stays in two factors."""
+    at = open_page("runs")
+    assert not at.selectbox(key="new-strategy").value == "refined"
+    assert [s.key for s in at.selectbox if s.key == "new-factors"] == []  # Algorithm 1: two factors only
+    at.checkbox(key="new-targeted").check().run()
+    at.number_input(key="new-target").set_value(0.8)
+    at.selectbox(key="new-factors").select("compact")
+    at.selectbox(key="new-allocation").select("refined").run()
+    no_exception(at)
+    command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
+    for flag in ("--target-budget 0.8", "--strategy refined", "--factors compact"):
+        assert flag in command, command
+    from sfsd.search.allocation import ALLOCATIONS
+
+    assert at.selectbox(key="new-allocation").options == list(ALLOCATIONS)
+
+
 def test_heatmap_page_shows_budgets_and_the_picked_layer_spectrum(env):
     at = open_page("heatmap")
     no_exception(at)
