@@ -72,9 +72,13 @@ if not readonly():  # read-only mode: nothing is started from this page
         target = widgets.option_input(c2, options.TARGET_BUDGET, "new-target", 0.8, min_value=0.05, max_value=1.0,
                                       step=0.05) if targeted else None
         factors = widgets.option_input(c3, options.FACTORS, "new-factors") if targeted else options.FACTORS.default
+        stream = options.OPEN_LOOP
         if targeted:
             strategy = widgets.option_input(c4, options.STRATEGY, "new-allocation", "spectrum",
                                             choices=list(ALLOCATIONS), label="Allocation strategy")
+            stream = widgets.option_input(st.columns(4)[0], options.CALIBRATION_STREAM, "new-stream",
+                                          help="how the final model is built once the ranks are allocated: "
+                                               + options.CALIBRATION_STREAM.help)
         else:
             strategy = widgets.option_input(c4, options.STRATEGY, "new-strategy", "linear", choices=list(STRATEGIES),
                                             help="linear: the paper's scan of beta 0.1..0.9; bisect: fewer trials")
@@ -101,6 +105,7 @@ if not readonly():  # read-only mode: nothing is started from this page
         try:
             config = SearchConfig(model=model, method=method, metric=MetricSpec(**metric), strategy=strategy,
                                   target_budget=None if target is None else float(target), factors=factors,
+                                  calibration_stream=stream,
                                   first_block=int(first_block), roles=roles or None, calibration=calibration,
                                   snapshot_every=int(snapshot_every), snapshot_tasks=snapshot_tasks, dtype=dtype)
         except SfsdError as exc:

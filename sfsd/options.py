@@ -264,8 +264,10 @@ CALIBRATION_STREAM = Option(
     "--calibration-stream", "whose activations each block's statistics come from: open-loop (the original model's), "
     "closed-loop (the model with every earlier block, and the block's earlier layers, already compressed: the inputs "
     "each layer will see) or anchored (closed-loop inputs, each layer fit to the original model's outputs: an "
-    "error-correcting reduced-rank regression, feature method only); needs the ranks before decomposing (compress "
-    "--beta/--ranks, uniform), not the search", CALIBRATION_STREAMS[0], choices=CALIBRATION_STREAMS,
+    "error-correcting reduced-rank regression, feature method only); needs the ranks before decomposing: compress "
+    "--beta/--ranks, uniform, or a target-budget search (and the frontier), whose ranks are allocated on open-loop "
+    "trials and whose final model is built with this stream; Algorithm 1 searches open loop",
+    CALIBRATION_STREAMS[0], choices=CALIBRATION_STREAMS,
     label="Calibration stream")
 
 # Calibration (CalibrationSpec)

@@ -115,18 +115,20 @@ def test_runs_page_lists_runs_and_builds_the_search_command(env):
 
 
 def test_runs_form_starts_a_target_budget_search_in_either_factor_format(env):
-    """The form offers what `sfsd search` does: a target budget with an allocation strategy (refined included)
-    and the compact format; the command shown is the one the run is, and Algorithm 1 stays in two factors."""
+    """The form offers what `sfsd search` does: a target budget with an allocation strategy (refined included),
+    the compact format and the final model's calibration stream; the command shown is the one the run is, and
+    Algorithm 1 stays in two factors, open loop."""
     at = open_page("runs")
     assert not at.selectbox(key="new-strategy").value == "refined"
-    assert [s.key for s in at.selectbox if s.key == "new-factors"] == []  # Algorithm 1: two factors only
+    assert [s.key for s in at.selectbox if s.key in ("new-factors", "new-stream")] == []  # Algorithm 1: neither
     at.checkbox(key="new-targeted").check().run()
     at.number_input(key="new-target").set_value(0.8)
     at.selectbox(key="new-factors").select("compact")
     at.selectbox(key="new-allocation").select("refined").run()
+    at.selectbox(key="new-stream").select("anchored").run()
     no_exception(at)
     command = [c.value for c in at.code if c.value.startswith("sfsd search")][0]
-    for flag in ("--target-budget 0.8", "--strategy refined", "--factors compact"):
+    for flag in ("--target-budget 0.8", "--strategy refined", "--factors compact", "--calibration-stream anchored"):
         assert flag in command, command
     from sfsd.search.allocation import ALLOCATIONS
 

@@ -169,3 +169,62 @@ def test_run_ids_and_refusals():
     with pytest.raises(SfsdError, match="needs the ranks"):
         stream_decompositions(model, None, _layers(model, {2}), "feature", CALIB, progress=False,
                               stream="closed-loop")
+
+
+def test_a_search_takes_a_stream_only_with_a_target_budget_and_names_it_on_the_command_line():
+    from sfsd.cli.search import config_from_argv
+    from sfsd.search import SearchConfig
+
+    config = config_from_argv(["--target-budget", "0.8", "--strategy", "refined", "--calibration-stream", "anchored"])
+    assert config.calibration_stream == "anchored" and config.to_dict()["calibration_stream"] == "anchored"
+    assert "calibration_stream" not in SearchConfig(target_budget=0.8).to_dict()  # open-loop runs keep their ids
+    with pytest.raises(SfsdError, match="goes with --target-budget"):
+        SearchConfig(calibration_stream="closed-loop")  # Algorithm 1's trials are open loop
+    with pytest.raises(SfsdError, match="goes with --target-budget"):
+        SearchConfig(calibration_stream="closed-loop", target_budget=0.8, strategy="alg1")
+    with pytest.raises(SfsdError, match="--method feature"):
+        SearchConfig(calibration_stream="anchored", target_budget=0.8, method="svdllm")
+    import argparse
+
+    from sfsd.cli import frontier
+
+    parser = argparse.ArgumentParser()
+    frontier.register(parser.add_subparsers())
+    assert parser.parse_args(["frontier", "--calibration-stream", "anchored"]).calibration_stream == "anchored"
+
+
+def test_a_target_budget_search_builds_its_final_model_with_its_stream(tmp_path, default_model_dir):
+    """The ranks are allocated on open-loop trials (the same as the open-loop run's); the final model, its search
+    metric, its held-out check and the model every later step rebuilds (materialize, the frontier's evaluation)
+    are compress(ranks) with the stream."""
+    from conftest import save_tiny_llama
+
+    from sfsd.evaluate.keys import compressed_model_key
+    from sfsd.models import load_model
+    from sfsd.runs.frontier import frontier_frame
+    from sfsd.search import MetricSpec, SearchConfig, run_search
+    from sfsd.search.surgical import model_at_step
+
+    folder = save_tiny_llama(tmp_path / "tiny", default_model_dir, 3)
+    calibration = CalibrationSpec(source="wiki", samples=16, seq_len=32)
+    common = dict(model=str(folder), metric=MetricSpec(name="ppl", tolerance=0.05, samples=4, seq_len=32),
+                  calibration=calibration, strategy="spectrum", target_budget=0.8)
+    open_run = run_search(SearchConfig(**common), progress=False)
+    anchored = run_search(SearchConfig(**common, calibration_stream="anchored"), progress=False)
+    assert anchored.id != open_run.id and "calibration_stream" not in open_run.config
+    opened, result = open_run.result(), anchored.result()
+    assert result["ranks"] == opened["ranks"] and result["calibration_stream"] == "anchored"
+    built, tokenizer, ranks = model_at_step(anchored, len(anchored.decisions()))
+    reference, _ = load_model(str(folder), "cpu")
+    compress(reference, tokenizer, "feature", ranks=ranks, calibration=calibration, progress=False,
+             calibration_stream="anchored")
+    ids = torch.randint(3, 49152, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(built(ids).logits, reference(ids).logits)
+        open_model, _, _ = model_at_step(open_run, len(open_run.decisions()))
+        assert not torch.allclose(open_model(ids).logits, built(ids).logits, atol=1e-4)
+    assert result["final_metric"] != opened["final_metric"]
+    assert result["heldout"]["final"]["value"] != opened["heldout"]["final"]["value"]
+    assert compressed_model_key(anchored.config, ranks) != compressed_model_key(open_run.config, ranks)
+    lines = set(frontier_frame()["strategy"])  # the test's own cache
+    assert {"spectrum", "spectrum anchored"} <= lines  # a line of its own on the Frontier

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # the base search config's fields a frontier takes (strategy and target budget vary per point)
 BASE_FIELDS = ("model", "method", "dtype", "metric.name", "metric.tolerance", "metric.task", "metric.samples",
-               "metric.seq_len", "factors")
+               "metric.seq_len", "factors", "calibration_stream")
 
 
 def run(args: argparse.Namespace) -> int:

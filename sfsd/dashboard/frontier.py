@@ -72,8 +72,9 @@ def point_name(strategy: str, method: str) -> str:
 
 
 def strategy_color(strategy: str) -> str:
-    # a compact-factor line ("spectrum compact") keeps its strategy's colour; its open markers tell them apart
-    return STRATEGY_COLORS.get(strategy.removesuffix(" compact")) or method_color(strategy)
+    # a compact-factor or calibration-stream line ("spectrum compact anchored") keeps its strategy's colour; its
+    # markers tell them apart
+    return STRATEGY_COLORS.get(strategy.split(" ", 1)[0]) or STRATEGY_COLORS.get(strategy) or method_color(strategy)
 
 
 def _base_line(fig: go.Figure, y: float, text: str, log: bool) -> None:
@@ -89,8 +90,9 @@ def _traces(fig: go.Figure, points_: pd.DataFrame, x: str, y_of, hover: str, err
     `text_of(group)`: each point's value as the hover shows it (default: y to 4 digits)."""
     for i, ((strategy, method), group) in enumerate(points_.groupby(["strategy", "method"], sort=True)):
         group = group.sort_values(x)
-        alg1, compact = strategy == ALG1, strategy.endswith(" compact")
-        symbol = "diamond" if alg1 else "circle-open" if compact else "circle"
+        words = strategy.split(" ")
+        alg1, compact, stream = strategy == ALG1, "compact" in words, bool({"closed-loop", "anchored"} & set(words))
+        symbol = "diamond" if alg1 else ("square" if stream else "circle") + ("-open" if compact else "")
         label = point_name(strategy, method)
         texts = text_of(group) if text_of else [f"{y:.4g}" for y in y_of(group)]
         fig.add_trace(go.Scatter(

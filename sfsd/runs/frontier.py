@@ -1,7 +1,8 @@
 """The budget-quality frontier as a table: one row per finished target-budget run (and per base model run).
 
 Base models are the `uniform` runs of method "none" (what `sfsd frontier` stores), with strategy "base".
-A target-budget run in compact factors is a point of its own line, "<strategy> compact".
+A target-budget run in compact factors is a point of its own line, "<strategy> compact"; one whose final
+model is built with another calibration stream too ("<strategy> anchored", "<strategy> compact anchored").
 Algorithm 1 searches (a tolerance, no target) whose final model was evaluated on the eval split are points
 with strategy "Algorithm 1" and their tolerance; a search's own held-out check (its final and base model on the
 eval split, `result.heldout`) counts as such an evaluation, and gives a base point too. The uniform runs of a
@@ -113,6 +114,8 @@ def _point(run) -> dict | None:
     strategy = config["strategy"] if is_target else ALG1 if is_search else config["method"] if is_baseline else "base"
     if is_target and config.get("factors") not in (None, "two-factor"):  # compact factors: a line of their own
         strategy = f"{strategy} {config['factors']}"
+    if is_target and config.get("calibration_stream") not in (None, "open-loop"):  # closed-loop/anchored: too
+        strategy = f"{strategy} {config['calibration_stream']}"
     row = {"model": config["model"], "strategy": strategy, "method": config["method"],
            "target": _target(config, result, strategy),
            "tolerance": _tolerance(config, result, strategy),

@@ -43,6 +43,9 @@ class SearchConfig:
     # How the thin layers are stored and counted (two-factor, compact): every budget the allocation spends and
     # every trial layer follow it. Left out of the stored config at its default, so earlier runs keep their ids.
     factors: str = options.FACTORS.field()
+    # Target-budget searches only: the ranks are allocated on open-loop trials, then the final model is built with
+    # this stream (closed-loop or anchored statistics need every upstream rank first). Left out at its default.
+    calibration_stream: str = options.CALIBRATION_STREAM.field()
 
     def __post_init__(self):
         if self.strategy is None:
@@ -69,6 +72,14 @@ class SearchConfig:
         if self.factors != TWO_FACTOR and self.strategy == "alg1":
             raise SfsdError(f"--strategy alg1 runs Algorithm 1, which searches in two factors only: --factors "
                             f"{self.factors} goes with --strategy uniform, spectrum, sensitivity or refined")
+        if self.calibration_stream != options.OPEN_LOOP:
+            from sfsd.closed_loop import check_stream
+
+            check_stream(self.calibration_stream, self.method)
+            if self.target_budget is None or self.strategy == "alg1":
+                raise SfsdError(f"--calibration-stream {self.calibration_stream} builds a model from ranks decided "
+                                "beforehand: it goes with --target-budget and an allocation strategy (uniform, "
+                                "spectrum, sensitivity, refined); Algorithm 1's trials are open loop")
         if self.engine not in ("fast", "reference"):
             raise SfsdError(f"unknown engine {self.engine!r}: choose fast or reference")
         if self.first_block < 0 or self.snapshot_every < 1:
@@ -98,6 +109,8 @@ class SearchConfig:
                 del data[key]
         if data["factors"] == TWO_FACTOR:  # the default, left out so that earlier runs keep their ids
             del data["factors"]
+        if data["calibration_stream"] == options.OPEN_LOOP:  # the default: earlier runs keep their ids
+            del data["calibration_stream"]
         return data | sequence_identity(self.model)
 
     @classmethod

@@ -33,6 +33,7 @@ from sfsd.evaluate.keys import compressed_model_key
 from sfsd.hf_classes import mark_compressed
 from sfsd.models import check_placement, load_model
 from sfsd.offload import input_device, like_tensor, onloaded
+from sfsd.options import OPEN_LOOP
 from sfsd.runs import Run, decided_ranks
 from sfsd.search.config import SearchConfig
 from sfsd.search.heldout import heldout_value
@@ -343,11 +344,27 @@ def model_at_step(run: Run, step: int, device: str | None = None) -> tuple[nn.Mo
     if not 0 <= step <= len(decided):
         raise SfsdError(f"run {run.id} has {len(decided)} decided layers: choose a step between 0 and {len(decided)}")
     config = SearchConfig.from_dict(run.config)
+    ranks = decided_ranks(decided[:step])
+    if config.calibration_stream != OPEN_LOOP and ranks:
+        return (*built_with_stream(config, ranks, device), ranks)
     model, tokenizer = load_model(config.model, device, config.dtype)
     decs = cached_decompositions(model, tokenizer, config, search_layers(model, config))
-    ranks = decided_ranks(decided[:step])
     apply_ranks(model, decs, ranks, config.factors)
     return model, tokenizer, ranks
+
+
+def built_with_stream(config: SearchConfig, ranks: dict[str, int], device: str | None = None,
+                      progress: bool = False) -> tuple[nn.Module, Any]:
+    """The base model compressed at `ranks` with the config's calibration stream (`sfsd.compress`): closed-loop
+    and anchored statistics depend on every upstream rank, so a target-budget search allocates on open-loop
+    trials and builds its final model this way (its decompositions are cached under the stream's own key)."""
+    from sfsd.compress import compress
+
+    model, tokenizer = load_model(config.model, device, config.dtype)
+    compress(model, tokenizer, config.method, ranks=ranks, calibration=config.calibration, progress=progress,
+             device=device if isinstance(device, str) else None, factors=config.factors,
+             calibration_stream=config.calibration_stream)
+    return model, tokenizer
 
 
 def evaluate_steps(run: Run, steps: list[int], tasks: list[str], limit: int | None = 100,

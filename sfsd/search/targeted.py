@@ -61,7 +61,14 @@ from sfsd.search.allocation import (
 )
 from sfsd.search.config import SearchConfig
 from sfsd.search.replay import PrefixCache
-from sfsd.search.surgical import SurgicalSearch, decided_budget, run_layer_search, run_record, search_layers
+from sfsd.search.surgical import (
+    SurgicalSearch,
+    built_with_stream,
+    decided_budget,
+    run_layer_search,
+    run_record,
+    search_layers,
+)
 
 ALG1_BISECTIONS = options.ALG1_BISECTIONS.unset  # when the config leaves them None (declared with their flags)
 ALG1_GROWTH = options.ALG1_GROWTH.unset
@@ -110,10 +117,14 @@ class AllocationSearch(SurgicalSearch):
                             "the layers are too coarse for this target; choose another --target-budget")
         self.apply(decs, ranks)
         self.write_decisions(ranks)
+        if self.config.calibration_stream != options.OPEN_LOOP:  # the final model: rebuilt with its stream
+            self.model, self.tokenizer = built_with_stream(self.config, self.ranks, self.device_name, self.progress)
+            self.adapter = adapter_for(self.model)
         value = self.evaluate(0)
         self.snapshot(len(self.layers), value)
         result = {"ranks": self.ranks, "overall_budget": budget, "target_budget": target,
                   "strategy": self.config.strategy, "factors": self.config.factors,
+                  "calibration_stream": self.config.calibration_stream,
                   "allocation_seconds": seconds, "allocation": details,
                   "params": count_parameters(self.model), "macs": measure_macs(self.model, 128), "macs_seq_len": 128,
                   "base_params": base_params, "base_metric": base_value,
