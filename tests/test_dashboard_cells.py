@@ -234,3 +234,15 @@ def test_every_table_shows_an_empty_cell_as_a_dash_and_keeps_full_columns_typed(
     import pyarrow as pa
 
     pa.Table.from_pandas(shown)  # what st.dataframe does with it
+
+
+def test_the_frontier_accuracy_base_line_reads_in_the_axis_unit():
+    """The base model's accuracy line sat at 60 on a % axis labelled "0.600 [0.231, 0.882]"."""
+    from sfsd.dashboard.frontier import accuracy_figure
+
+    frame = pd.DataFrame({"strategy": ["base", "uniform"], "method": ["none", "feature"], "run_id": ["a", "b"],
+                          "overall_budget": [1.0, 0.8], "target": [1.0, 0.8], "acc:piqa": [0.6, 0.55],
+                          "n:piqa": [5, 20], "tolerance": [None, None], "macs": [1, 1]})
+    fig = accuracy_figure(frame, "piqa")
+    assert [a.text for a in fig.layout.annotations] == ["base model 60.0% [23.1, 88.2] (n=5)"]
+    assert fig.layout.shapes[0].y0 == 60.0

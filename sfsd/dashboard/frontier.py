@@ -192,7 +192,8 @@ def accuracy_figure(frame: pd.DataFrame, task: str, x: str = "overall_budget") -
             error_of=lambda g: wilson_error_bars(g[acc].tolist(), g[n].tolist()))
     for _, row in frame[frame["strategy"] == "base"].dropna(subset=[acc]).iterrows():
         value, count = row[acc], row[n]
-        _base_line(fig, 100 * float(value), f"base model {format_proportion(float(value), int(count))}", log=False)
+        text = format_proportion(float(value), int(count), scale=100, digits=1)  # the axis's unit: %
+        _base_line(fig, 100 * float(value), f"base model {text.replace(' [', '% [', 1)}", log=False)
     fig.update_xaxes(title=_X_TITLES[x])
     fig.update_yaxes(title=f"{task} accuracy, eval split (%, 95% Wilson interval)")
     return _layout(fig, None, height=450)
