@@ -7,7 +7,6 @@ from sfsd.dashboard import data, headlines, jobs, plots, widgets
 from sfsd.data import OFFLINE_TASKS
 from sfsd.errors import SfsdError
 from sfsd.evaluate import disagreement
-from sfsd.evaluate.compare import disagreement_report
 from sfsd.runs.readonly import readonly
 
 top = widgets.page_setup("Prediction disagreement", "Two models on the same documents (eval split): accuracy of each, "
@@ -81,10 +80,7 @@ for task, n in zip(summary["task"], summary["n_shared"], strict=True):
     if n < data.SMALL_N:
         st.warning(f"{task}: only {n} documents (fewer than {data.SMALL_N}): the 95% intervals are wide; "
                    "compare more documents.")
-shown = disagreement_report(summary)[["task", "n", "disagreement", "acc_a", "acc_b", "delta"]].rename(columns={
-    "n": "n (documents)", "acc_a": "acc A % [95% CI]", "acc_b": "acc B % [95% CI]",
-    "delta": "delta B - A, points [95% CI]", "disagreement": "disagreement, % of n [95% CI]"})
-widgets.table(shown, "disagreement", key="dis-summary")
+widgets.table(data.disagreement_text(summary), "disagreement", key="dis-summary")
 st.caption(f"A = {label_a}, B = {label_b}. Intervals: Wilson 95% for the accuracies and the disagreement; the "
            "delta's is the paired (same documents) 95% interval, from the documents one model got right and the "
            "other wrong.")

@@ -1041,6 +1041,16 @@ def empty_cells_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def disagreement_text(summary: pd.DataFrame) -> pd.DataFrame:
+    """`sfsd.evaluate.disagreement`'s table as the Disagreement page and the report show it: n, disagreement,
+    both accuracies and the delta, each with its 95% interval, in headed columns."""
+    from sfsd.evaluate.compare import disagreement_report
+
+    return disagreement_report(summary)[["task", "n", "disagreement", "acc_a", "acc_b", "delta"]].rename(columns={
+        "n": "n (documents)", "acc_a": "acc A % [95% CI]", "acc_b": "acc B % [95% CI]",
+        "delta": "delta B - A, points [95% CI]", "disagreement": "disagreement, % of n [95% CI]"})
+
+
 def filled(frame: pd.DataFrame) -> pd.DataFrame:
     """A frame for a table: every empty cell (None, NaN, <NA>) reads EMPTY."""
     return frame.astype(object).where(frame.notna(), EMPTY)
@@ -1101,10 +1111,17 @@ def perplexity_vs_base(model: str) -> dict | None:
     where, run_id}; None without such data (a plain model, a run without a perplexity). A Table 1 model: its
     wiki eval perplexity against the base model's uniform run at the same window; a saved search: its held-out
     check (eval split, perplexity searches)."""
-    view = table1_run(model)
-    if view is None and Path(model).parent == models_dir():
-        view = load_run(Path(model).name)
+    view = run_of_model(model)
     return run_vs_base(view) if view is not None else None
+
+
+def run_of_model(folder: str) -> RunView | None:
+    """The run that made a compared folder: its Table 1 run, or the search run it was saved from (None for a
+    plain model or a folder of unknown origin)."""
+    view = table1_run(folder)
+    if view is None and Path(folder).parent == models_dir():
+        view = load_run(Path(folder).name)
+    return view
 
 
 def run_vs_base(view: RunView) -> dict | None:
@@ -1133,18 +1150,10 @@ def run_vs_base(view: RunView) -> dict | None:
     return {"ppl": ppl, "base": base, "ratio": ppl / base, "where": where, "run_id": view.run_id}
 
 
-def base_model_of(folder: str) -> str | None:
-    """The model a compared folder was compressed from: its Table 1 run's, or the search run's it was saved from
-    (None for a plain model or a folder of unknown origin)."""
-    view = table1_run(folder)
-    if view is None and Path(folder).parent == models_dir():
-        view = load_run(Path(folder).name)
-    return view.model if view is not None else None
-
-
 def of_model(folder: str, model: str) -> bool:
-    """Whether `folder` is `model` itself or was compressed from it."""
-    return folder == model or base_model_of(folder) == model
+    """Whether `folder` is `model` itself or was compressed from it (`run_of_model`)."""
+    view = run_of_model(folder)
+    return folder == model or (view is not None and view.model == model)
 
 
 def broken_models(models: list[str]) -> list[tuple[str, dict]]:

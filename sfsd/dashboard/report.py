@@ -11,7 +11,6 @@ import pandas as pd
 from sfsd.dashboard import data, headlines, plots
 from sfsd.dashboard.data import RunView, uniform_row
 from sfsd.evaluate import disagreement
-from sfsd.evaluate.compare import disagreement_report
 from sfsd.evaluate.stereoset import BOOTSTRAP_RESAMPLES, display_table, thin_cells
 
 STYLE = """
@@ -277,9 +276,7 @@ def _disagreement_sections(out: _Builder, comparisons: list[Disagreement]) -> No
     for label_a, label_b, summary in comparisons:
         out.heading(f"{label_b} against {label_a}", 3)
         out.text(headlines.disagreement_headline(summary, label_a=label_a, label_b=label_b))
-        out.table(disagreement_report(summary)[["task", "n", "disagreement", "acc_a", "acc_b", "delta"]].rename(
-            columns={"n": "n (documents)", "acc_a": "acc A % [95% CI]", "acc_b": "acc B % [95% CI]",
-                     "delta": "delta B - A, points [95% CI]", "disagreement": "disagreement, % of n [95% CI]"}))
+        out.table(data.disagreement_text(summary))
         out.figure(plots.disagreement_bars(summary, label_a, label_b))
     out.text("Eval split, zero-shot through lm-eval, prediction = highest log-likelihood (acc). Intervals: Wilson "
              "95% for the accuracies and the disagreement; the delta's is the paired 95% interval.", "note")
