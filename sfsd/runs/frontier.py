@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from sfsd.errors import SfsdError
+from sfsd.options import OPEN_LOOP
 from sfsd.runs.frames import _frame, ppl_cells
 from sfsd.runs.store import RunStore
 
@@ -114,7 +115,7 @@ def _point(run) -> dict | None:
     strategy = config["strategy"] if is_target else ALG1 if is_search else config["method"] if is_baseline else "base"
     if is_target and config.get("factors") not in (None, "two-factor"):  # compact factors: a line of their own
         strategy = f"{strategy} {config['factors']}"
-    if is_target and config.get("calibration_stream") not in (None, "open-loop"):  # closed-loop/anchored: too
+    if is_target and config.get("calibration_stream") not in (None, OPEN_LOOP):  # closed-loop/anchored: too
         strategy = f"{strategy} {config['calibration_stream']}"
     row = {"model": config["model"], "strategy": strategy, "method": config["method"],
            "target": _target(config, result, strategy),

@@ -115,11 +115,13 @@ class AllocationSearch(SurgicalSearch):
         if not low <= budget <= high:  # only when single rank steps are large against the whole model
             raise SfsdError(f"{self.config.strategy} ends at budget {budget:.4f}, outside [{low:.4f}, {high:.4f}]: "
                             "the layers are too coarse for this target; choose another --target-budget")
-        self.apply(decs, ranks)
-        self.write_decisions(ranks)
-        if self.config.calibration_stream != options.OPEN_LOOP:  # the final model: rebuilt with its stream
+        if self.config.calibration_stream == options.OPEN_LOOP:
+            self.apply(decs, ranks)
+        else:  # the final model is built with its stream: the open-loop one is let go first (one model in memory)
+            self.ranks, self.model = dict(ranks), None
             self.model, self.tokenizer = built_with_stream(self.config, self.ranks, self.device_name, self.progress)
             self.adapter = adapter_for(self.model)
+        self.write_decisions(ranks)
         value = self.evaluate(0)
         self.snapshot(len(self.layers), value)
         result = {"ranks": self.ranks, "overall_budget": budget, "target_budget": target,
