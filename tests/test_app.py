@@ -473,15 +473,28 @@ def test_uniform_commands_name_the_runs_the_cli_creates(env):
     assert not started.launched and "already done" in started.message
 
 
+def compare_on_disagreement(at: AppTest, model_a: str, model_b: str, limit: int) -> None:
+    """Press Compare on the Disagreement page (open in `at`) for two models on piqa's first `limit` documents."""
+    at.selectbox(key="dis-a").select(model_a)
+    at.selectbox(key="dis-b").select(model_b)
+    at.multiselect(key="dis-tasks").set_value(["piqa"])
+    at.number_input(key="dis-limit").set_value(limit)
+    at.run()
+    at.button(key="dis-run").click().run(timeout=180)
+
+
+def score_on_bias(at: AppTest, models: list[str], per_cell: int) -> None:
+    """Press Score on the Bias page (open in `at`) for `models`, `per_cell` examples per domain and type."""
+    at.multiselect(key="bias-models").set_value(models)
+    at.number_input(key="bias-per-cell").set_value(per_cell)
+    at.run()
+    at.button(key="bias-run").click().run(timeout=180)
+
+
 def test_disagreement_page_compares_two_models_and_lists_flips(env):
     at = open_page("disagreement")
     no_exception(at)
-    at.selectbox(key="dis-a").select(env["model"])
-    at.selectbox(key="dis-b").select(env["saved"])
-    at.multiselect(key="dis-tasks").set_value(["piqa"])
-    at.number_input(key="dis-limit").set_value(6)
-    at.run()
-    at.button(key="dis-run").click().run(timeout=180)
+    compare_on_disagreement(at, env["model"], env["saved"], 6)
     no_exception(at)
     summary = at.dataframe[0].value.iloc[0]
     assert summary["task"] == "piqa" and int(summary["n (documents)"]) == 6
@@ -584,10 +597,7 @@ def test_table1_models_open_on_disagreement_without_a_manual_save(env):
 def test_bias_page_scores_stereoset(env):
     at = open_page("bias")
     no_exception(at)
-    at.multiselect(key="bias-models").set_value([env["model"], env["saved"]])
-    at.number_input(key="bias-per-cell").set_value(2)
-    at.run()
-    at.button(key="bias-run").click().run(timeout=180)
+    score_on_bias(at, [env["model"], env["saved"]], 2)
     no_exception(at)
     table = at.dataframe[0].value
     assert {"LMS", "SS", "ICAT", "n"} <= set(table.columns) and table["model"].nunique() == 2
@@ -726,17 +736,9 @@ def test_a_model_report_holds_the_disagreement_and_bias_comparisons_made_on_thei
     from sfsd.evaluate import disagreement
 
     at = open_page("disagreement")
-    at.selectbox(key="dis-a").select(env["model"])
-    at.selectbox(key="dis-b").select(env["saved"])
-    at.multiselect(key="dis-tasks").set_value(["piqa"])
-    at.number_input(key="dis-limit").set_value(6)
-    at.run()
-    at.button(key="dis-run").click().run(timeout=180)
+    compare_on_disagreement(at, env["model"], env["saved"], 6)
     at.switch_page(PAGES["bias"]).run()
-    at.multiselect(key="bias-models").set_value([env["model"], env["saved"]])
-    at.number_input(key="bias-per-cell").set_value(2)
-    at.run()
-    at.button(key="bias-run").click().run(timeout=180)
+    score_on_bias(at, [env["model"], env["saved"]], 2)
     no_exception(at)
     at.switch_page(PAGES["report"]).run()
     at.radio(key="report-of").set_value("one model").run()
