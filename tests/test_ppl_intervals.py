@@ -252,3 +252,28 @@ def test_evaluations_text_shows_the_interval_of_each_perplexity():
     text = data.evaluations_text(evaluations)
     assert list(text["ppl [95% CI]"]) == ["20.00 [19.50, 20.60]", "—", "21.00 (no CI)"]
     assert "ppl_low" not in text and list(text["n_tokens"]) == ["16,384", "—", "16,384"]
+
+
+# ---------------------------------------------------------------- the tokens kept per tokenizer and text
+
+
+def test_text_tokens_kept_per_tokenizer_and_text_equal_a_fresh_tokenization(default_model_dir):
+    from transformers import AutoTokenizer
+
+    from sfsd.data import wiki_text
+    from sfsd.data.sequences import text_ids
+    from sfsd.evaluate.perplexity import _tokens_key, text_tokens, tokenize_text
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    text = wiki_text("search")[:4000]
+    kept = text_tokens(tokenizer, text)
+    assert torch.equal(kept, tokenize_text(tokenizer, text))
+    kept[0] = -1  # a copy: changing it leaves what is kept as it was
+    assert torch.equal(text_tokens(tokenizer, text), tokenize_text(tokenizer, text))
+    assert torch.equal(text_tokens(tokenizer, text, with_specials=False), text_ids(tokenizer, text))
+    assert not torch.equal(text_tokens(tokenizer, text[1:]), kept)
+    before = _tokens_key(tokenizer, text, True)
+    tokenizer.add_tokens(["qqzzxx"])  # another vocabulary: another key, and the new token is used
+    assert _tokens_key(tokenizer, text, True) != before
+    assert torch.equal(text_tokens(tokenizer, text + " qqzzxx"), tokenize_text(tokenizer, text + " qqzzxx"))
+    assert int(text_tokens(tokenizer, " qqzzxx", with_specials=False)[-1]) == len(tokenizer) - 1

@@ -19,7 +19,9 @@ interval over windows (`sfsd.evaluate.intervals.ppl_bootstrap_interval`).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,41 @@ def window_bos(model: nn.Module, tokenizer: Any, dataset: str = "wiki") -> int |
 
 def window_tokens(tokenizer: Any, text: str, seq_len: int, max_tokens: int | None, bos: int | None) -> torch.Tensor:
     """The perplexity windows of a text (see `windows` and `window_bos`)."""
-    tokens = tokenize_text(tokenizer, text) if bos is None else text_ids(tokenizer, text)
-    return windows(tokens, seq_len, max_tokens, bos)
+    return windows(text_tokens(tokenizer, text, with_specials=bos is None), seq_len, max_tokens, bos)
+
+
+# The token sequences of the last few texts tokenized in this process. A frontier, a uniform run or a search
+# evaluates several models, window lengths or trials on one text, and the 950,000-character eval text takes
+# about 0.75 s to tokenize each time (0.02 s to identify the tokenizer).
+_TOKENS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+TEXTS_KEPT = 4
+
+
+def text_tokens(tokenizer: Any, text: str, with_specials: bool = True) -> torch.Tensor:
+    """The whole text as one token sequence: with the tokenizer's special tokens (`tokenize_text`) or without
+    (`text_ids`); a copy of the sequence kept for this tokenizer and text where there is one."""
+    tokenize = tokenize_text if with_specials else text_ids
+    key = _tokens_key(tokenizer, text, with_specials)
+    if key is None:
+        return tokenize(tokenizer, text)
+    if key not in _TOKENS:
+        _TOKENS[key] = tokenize(tokenizer, text)
+        while len(_TOKENS) > TEXTS_KEPT:
+            _TOKENS.popitem(last=False)
+    _TOKENS.move_to_end(key)
+    return _TOKENS[key].clone()
+
+
+def _tokens_key(tokenizer: Any, text: str, with_specials: bool) -> tuple | None:
+    """What the tokens depend on: the fast tokenizer's whole serialised state (vocabulary, merges, normalizer,
+    pre-tokenizer, post-processor, added tokens), the Python-side flag on special tokens, and the text. None for
+    a tokenizer without a serialisable backend (it is not cached)."""
+    try:
+        state = tokenizer.backend_tokenizer.to_str()
+    except AttributeError:
+        return None
+    return (type(tokenizer).__name__, hashlib.sha256(state.encode()).hexdigest(),
+            getattr(tokenizer, "split_special_tokens", None), _pack.digest(text), with_specials)
 
 
 @torch.no_grad()
