@@ -1,4 +1,4 @@
-"""The dashboard's chain (`python -m sfsd.dashboard.chain`, the quick demo and "run all missing"): each command
+"""The dashboard's chain (`python -m sfsd.cli.chain`, the quick demo and "run all missing"): each command
 runs to its end in a process of its own (forked from the chain on Linux), its output in its own log, its exit
 code and seconds in the record; a failing command does not stop the rest."""
 
@@ -19,7 +19,7 @@ def test_each_command_runs_to_its_end_with_its_own_log_and_exit_code(tmp_path, c
              {"argv": ["no-such-command"], "label": "not a command", "log": str(logs[2])},  # argparse exits 2
              {"argv": ["runs"], "label": "list again", "log": str(logs[0])}]
     record = tmp_path / "record.json"
-    done = subprocess.run([sys.executable, "-m", "sfsd.dashboard.chain", json.dumps(steps), str(record)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "sfsd.cli.chain", json.dumps(steps), str(record)], cwd=ROOT,
                           env={**os.environ, "SFSD_CACHE_DIR": str(cache)}, capture_output=True, text=True,
                           timeout=120)
     result = json.loads(record.read_text())

@@ -113,7 +113,7 @@ def label(config: RunConfig) -> str:
 
 
 def demo_record_path() -> Path:
-    """Where the quick demo's chain writes what it ran and how long it took (see sfsd.dashboard.chain)."""
+    """Where the quick demo's chain writes what it ran and how long it took (see sfsd.cli.chain)."""
     return cache_dir() / "jobs" / "quick-demo.json"
 
 
@@ -173,7 +173,7 @@ def resume_argv(run_id: str) -> list[str]:
 
 def start_all(configs: Sequence[RunConfig], root: Path | None = None, record: Path | None = None) -> list[Started]:
     """Create every config's run, then run the unfinished ones one after the other in ONE background process
-    (`python -m sfsd.dashboard.chain`): the first is launched, the others wait as pending ("queued"). With
+    (`python -m sfsd.cli.chain`): the first is launched, the others wait as pending ("queued"). With
     `record`, the chain writes there what it ran and its measured duration."""
     require_writable("start runs")
     results, todo = [], []
@@ -191,7 +191,7 @@ def start_all(configs: Sequence[RunConfig], root: Path | None = None, record: Pa
         return results
     first = todo[0][0]
     steps = [{"argv": resume_argv(run.id), "label": label(config), "log": str(run.log_path)} for run, config in todo]
-    chain = [sys.executable, "-m", "sfsd.dashboard.chain", json.dumps(steps)]
+    chain = [sys.executable, "-m", "sfsd.cli.chain", json.dumps(steps)]
     if record is not None:
         chain.append(str(record))
     pid = launch(first, command=chain)

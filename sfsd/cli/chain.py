@@ -1,16 +1,17 @@
 """Run several `sfsd` command lines one after the other (the dashboard's "run all missing" button, the quick
 demo).
 
-Usage: python -m sfsd.dashboard.chain '<json list of {"argv": [...], "label": "...", "log": "..."}>' [RECORD.json].
+Usage: python -m sfsd.cli.chain '<json list of {"argv": [...], "label": "...", "log": "..."}>' [RECORD.json].
 Each command (the arguments of `sfsd`) runs to its end before the next starts, so that a laptop is not asked to
 hold five models at once; a failing one does not stop the rest. A command with a "log" (its run's log file)
 writes its output there, so each run's log holds its own output only. With RECORD, the chain's measured
 wall-clock time is written there (atomically) when it starts, after each command and when it ends: what ran,
 each command's seconds and exit code, started and finished.
 
-On Linux each command is a child forked from this process after it imported `sfsd` once, instead of a new
-`python -m sfsd`: the same separate process per run (its own pid, memory given back at its end, a crash or a
-SIGTERM ends that run only), without importing torch and transformers again for every run (about 5 s each).
+On Linux each command is a child forked from this process, which imported `sfsd.cli` once (the package this
+module lives in), instead of a new `python -m sfsd`: the same separate process per run (its own pid, memory
+given back at its end, a crash or a SIGTERM ends that run only), without importing torch and transformers again
+for every run (about 5 s each).
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ def run_logged(argv: list[str], log: str | None) -> int:
 
 
 def run_forked(argv: list[str], log: str | None) -> int:
-    import sfsd.cli  # noqa: F401  imported once (in the first command's time), inherited by every child
-
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
