@@ -137,15 +137,18 @@ def offline(monkeypatch):
 # ---------------------------------------------------------------- perplexity as the field computes it
 
 
-def _field_ppl(model, ids: list[int], seq_len: int) -> tuple[float, int]:
-    """SVD-LLM's get_test_data + ppl_eval, written out: windows of seq_len, mean token loss, exp."""
+def _field_ppl(model, ids: list[int], seq_len: int, batch_size: int = 16) -> tuple[float, int]:
+    """SVD-LLM's get_test_data + ppl_eval, written out: windows of seq_len, read in batches (as its loader
+    does; c4's 300 windows at once would be 4 GB of logits), mean token loss over every window, exp."""
     n = len(ids) // seq_len
-    batch = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    windows = torch.tensor(ids[: n * seq_len]).view(n, seq_len)
+    losses = []
     with torch.no_grad():
-        logits = model(batch).logits
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                             batch[:, 1:].reshape(-1), reduction="none")
-    return math.exp(loss.mean().item()), n
+        for batch in windows.split(batch_size):
+            logits = model(batch).logits
+            losses.append(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                            batch[:, 1:].reshape(-1), reduction="none"))
+    return math.exp(torch.cat(losses).mean().item()), n
 
 
 @pytest.mark.parametrize("dataset,column,split,limit", [("wikitext2", "text", "test", None),
