@@ -195,31 +195,37 @@ def test_pages_mark_imported_runs(store, imported, monkeypatch):
 
 
 @pytest.mark.slow  # six `sfsd` processes, each importing torch and transformers
-def test_cli_moves_a_run_between_two_caches(store, tmp_path):
-    env = {**os.environ, "SFSD_CACHE_DIR": store["root"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def test_cli_moves_a_run_between_two_caches(store, tmp_path, capsys, monkeypatch):
+    """The export through `python -m sfsd` (the installed entry), then the rest through the CLI's `main` in this
+    process (the same parser and commands, without importing torch again for each)."""
+    from sfsd.cli import main
+
     out = tmp_path / "moved.zip"
-
-    def sfsd(*argv, cache):
-        return subprocess.run([sys.executable, "-m", "sfsd", *argv], cwd=ROOT, capture_output=True, text=True,
-                              env={**env, "SFSD_CACHE_DIR": str(cache)}, timeout=300)
-
-    done = sfsd("runs", "export", store["weight"], "--out", str(out), cache=store["root"])
+    env = {**os.environ, "SFSD_CACHE_DIR": store["root"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "sfsd", "runs", "export", store["weight"], "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "exported 1 run(s)" in done.stdout and out.exists()
+
+    def sfsd(*argv, cache):
+        monkeypatch.setenv("SFSD_CACHE_DIR", str(cache))
+        code = main(list(argv))
+        return code, *capsys.readouterr()
+
     second = tmp_path / "second"
-    done = sfsd("runs", "import", str(out), cache=second)
-    assert done.returncode == 0, done.stderr
-    assert f"imported run {store['weight']} (imported from " in done.stdout
-    listed = sfsd("runs", cache=second)
-    assert store["weight"] in listed.stdout and "done" in listed.stdout
-    shown = sfsd("runs", "show", store["weight"], cache=second)
-    assert "origin" in shown.stdout and "imported from" in shown.stdout
-    again = sfsd("runs", "import", str(out), cache=second)
-    assert again.returncode == 0 and "already there with the same contents" in again.stdout
+    code, stdout, stderr = sfsd("runs", "import", str(out), cache=second)
+    assert code == 0, stderr
+    assert f"imported run {store['weight']} (imported from " in stdout
+    _, listed, _ = sfsd("runs", cache=second)
+    assert store["weight"] in listed and "done" in listed
+    _, shown, _ = sfsd("runs", "show", store["weight"], cache=second)
+    assert "origin" in shown and "imported from" in shown
+    code, again, _ = sfsd("runs", "import", str(out), cache=second)
+    assert code == 0 and "already there with the same contents" in again
     broken = tmp_path / "broken.zip"
     broken.write_bytes(b"not a zip")
-    refused = sfsd("runs", "import", str(broken), cache=tmp_path / "third")
-    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "not a zip archive" in refused.stderr
+    code, _, refused = sfsd("runs", "import", str(broken), cache=tmp_path / "third")
+    assert code == 2 and refused.count("\n") == 1 and "not a zip archive" in refused
 
 
 # ---- tampered archives ----------------------------------------------------------------------------------
