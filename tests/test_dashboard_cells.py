@@ -219,6 +219,29 @@ def test_spectra_are_drawn_as_shares_of_their_energy_with_beta_labels_apart():
     assert plots.spaced_labels(ranks, 576) != set()
 
 
+def test_a_spectrum_figures_lines_are_those_add_vline_draws_on_each_panel():
+    """The beta and chosen-rank lines are added in one layout update (each `add_vline(row=, col=)` cost tenths
+    of a second): the same shapes, in the same order, as the Plotly calls they replace."""
+    from plotly.subplots import make_subplots
+
+    from sfsd.dashboard import plots
+
+    spectra = pd.DataFrame({"layer": "l", "block": 0, "role": "up", "kind": ["feature"] * 3 + ["weight"] * 3,
+                            "index": [0, 1, 2] * 2, "value": [6.0, 3.0, 1.0, 600.0, 300.0, 100.0]})
+    figure = plots.spectrum_figure(spectra, 576, 1536, chosen_rank=120, method="feature")
+    reference = make_subplots(rows=1, cols=2)
+    for col in (1, 2):
+        reference.add_scatter(x=[1], y=[1], row=1, col=col)
+    for _, rank in plots.budget_ranks(576, 1536):
+        for col in (1, 2):
+            reference.add_vline(x=rank, line=dict(color="#b0b0b0", width=1, dash="dot"), row=1, col=col)
+    for col in (1, 2):
+        reference.add_vline(x=120, line=dict(color=plots.method_color("feature"), width=2.5), row=1, col=col)
+    assert [s.to_plotly_json() for s in figure.layout.shapes] == [s.to_plotly_json() for s in reference.layout.shapes]
+    notes = [a.text for a in figure.layout.annotations]
+    assert notes[-1] == "chosen r=120" and sum(n.startswith("β") for n in notes) % 2 == 0 and len(notes) > 3
+
+
 def test_every_table_shows_an_empty_cell_as_a_dash_and_keeps_full_columns_typed():
     """The Runs page's layer table showed "None" for the rank and beta of a layer kept whole; a column of bools
     and texts (the evaluations' bos) was refused by Arrow."""
