@@ -280,6 +280,21 @@ def with_step_evaluations(snapshots: pd.DataFrame, evaluations: pd.DataFrame) ->
     return out
 
 
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def _run_config(root: str, run_id: str, hide: bool) -> dict | None:
+    try:
+        config = RunStore(Path(root)).run(run_id).config
+    except (SfsdError, OSError, ValueError):
+        return None
+    return hide_paths(config) if hide else config
+
+
+def run_config(run_id: str | None) -> dict | None:
+    """A run's config alone, as `load_run` gives it (what a picker's label needs: a picker over every run read
+    every run's frames); None if it does not exist or cannot be read."""
+    return _run_config(store_root(), run_id, readonly()) if run_id else None
+
+
 def load_run(run_id: str | None) -> RunView | None:
     """A run's config, status, result and frames (None if it does not exist or cannot be read)."""
     if not run_id:

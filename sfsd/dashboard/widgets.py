@@ -137,9 +137,9 @@ def pick_run(runs: pd.DataFrame, key: str, label: str = "Run", help: str | None 
     labels = {row.run_id: data.run_label(row.run_id, {"kind": row.kind, "method": row.method, "model": row.model},
                                          row.state) for row in runs.itertuples()}
     for row in runs.itertuples():  # richer labels need the config; cached per run
-        view = data.load_run(row.run_id)
-        if view is not None:
-            labels[row.run_id] = data.run_label(row.run_id, view.config, row.state)
+        config = data.run_config(row.run_id)
+        if config is not None:
+            labels[row.run_id] = data.run_label(row.run_id, config, row.state)
     if st.session_state.get(key) not in ids:
         wanted = st.session_state.get(SELECTED_RUN)
         starts = [i for i in (starts_among or ids) if i in ids] or ids
@@ -179,8 +179,7 @@ def pick_runs(runs: pd.DataFrame, key: str, label: str = "Runs", default: int = 
     ids = list(runs["run_id"])
     labels = {}
     for row in runs.itertuples():
-        view = data.load_run(row.run_id)
-        labels[row.run_id] = data.run_label(row.run_id, view.config if view else {}, row.state)
+        labels[row.run_id] = data.run_label(row.run_id, data.run_config(row.run_id) or {}, row.state)
     current = [i for i in st.session_state.get(key) or [] if i in ids]
     if key not in st.session_state or len(current) != len(st.session_state[key]):
         wanted = st.session_state.get(SELECTED_RUN)
