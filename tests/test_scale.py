@@ -84,7 +84,7 @@ def test_bfloat16_end_to_end_matches_float32_perplexity(capsys, tmp_path, defaul
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(out)
-        ppl[dtype] = perplexity(model.eval(), tokenizer, split="eval", seq_len=128, max_tokens=4096,
+        ppl[dtype] = perplexity(model.eval(), tokenizer, split="eval", seq_len=128, max_tokens=2048,
                                 use_cache=False, progress=False)["ppl"]
     assert ppl["bfloat16"] == pytest.approx(ppl["float32"], rel=0.02), ppl
 
