@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ def window_tokens(tokenizer: Any, text: str, seq_len: int, max_tokens: int | Non
 # evaluates several models, window lengths or trials on one text, and the 950,000-character eval text takes
 # about 0.75 s to tokenize each time (0.02 s to identify the tokenizer).
 _TOKENS: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_TOKENS_LOCK = threading.Lock()
 TEXTS_KEPT = 4
 
 
@@ -106,12 +108,17 @@ def text_tokens(tokenizer: Any, text: str, with_specials: bool = True) -> torch.
     key = _tokens_key(tokenizer, text, with_specials)
     if key is None:
         return tokenize(tokenizer, text)
-    if key not in _TOKENS:
-        _TOKENS[key] = tokenize(tokenizer, text)
-        while len(_TOKENS) > TEXTS_KEPT:
-            _TOKENS.popitem(last=False)
-    _TOKENS.move_to_end(key)
-    return _TOKENS[key].clone()
+    with _TOKENS_LOCK:  # the dashboard's sessions are threads of one process
+        kept = _TOKENS.get(key)
+        if kept is not None:
+            _TOKENS.move_to_end(key)
+    if kept is None:
+        kept = tokenize(tokenizer, text)
+        with _TOKENS_LOCK:
+            _TOKENS[key] = kept
+            while len(_TOKENS) > TEXTS_KEPT:
+                _TOKENS.popitem(last=False)
+    return kept.clone()
 
 
 def _tokens_key(tokenizer: Any, text: str, with_specials: bool) -> tuple | None:
