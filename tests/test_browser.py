@@ -179,7 +179,7 @@ def settle(page, timeout_s: float = 90) -> None:
     while page.locator("[data-testid='stStatusWidget']").count():
         if time.monotonic() > deadline:
             pytest.fail(f"{page.url}: the script was still running after {timeout_s:.0f} s")
-        page.wait_for_timeout(500)
+        page.wait_for_timeout(100)
     page.wait_for_timeout(800)
 
 
