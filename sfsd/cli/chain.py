@@ -27,6 +27,8 @@ import traceback
 from sfsd.atomic import write_json
 from sfsd.runs import timestamp
 
+FORK = sys.platform.startswith("linux")  # os.fork with the imports inherited (see the module docstring)
+
 
 def main(argv: list[str]) -> int:
     commands = json.loads(argv[0]) if argv else []
@@ -51,9 +53,6 @@ def main(argv: list[str]) -> int:
     return worst
 
 
-FORK = sys.platform.startswith("linux")
-
-
 def run_logged(argv: list[str], log: str | None) -> int:
     """`sfsd <argv>` to its end in a process of its own, its output appended to `log` (else to this process's
     output); its exit code (-N when signal N ended it)."""
@@ -72,6 +71,7 @@ def run_logged(argv: list[str], log: str | None) -> int:
 
 
 def run_forked(argv: list[str], log: str | None) -> int:
+    """`sfsd <argv>` in a child forked from this process; its exit code."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
