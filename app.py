@@ -103,7 +103,7 @@ def demo_panel(model: str, blocks: int | None) -> None:
     record = jobs.demo_record()
     summary = widgets.demo_summary([data.load_run(run_id) for run_id in jobs.demo_run_ids(model, blocks)], record)
     measured = widgets.demo_seconds(record)
-    took = "" if summary else ("about 5 minutes on an idle 2-core laptop CPU" if measured is None
+    took = "" if summary else ("about 4 minutes on an idle 2-core laptop CPU" if measured is None
                                else f"{widgets.duration(measured)} when it last ran here")
     last = min(jobs.DEMO_BLOCKS, blocks) if blocks else jobs.DEMO_BLOCKS
     st.write(f"One background process runs two surgical searches over the last {last} blocks of "

@@ -245,7 +245,7 @@ def no_runs(what: str, key: str) -> None:
         return
     model = data.demo_model()
     commands = "\n".join(jobs.command_line(config) for config in jobs.demo_configs(model, data.model_blocks(model)))
-    st.info(f"No {what} yet. Start the quick demo (a feature-space and a weight-space search, about 5 minutes on a "
+    st.info(f"No {what} yet. Start the quick demo (a feature-space and a weight-space search, about 4 minutes on a "
             f"laptop CPU), start a search on the **Runs** page, or run it from a terminal:\n\n```\n{commands}\n```",
             icon=":material/info:")
     demo_button(key=f"{key}-demo")
