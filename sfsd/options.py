@@ -44,6 +44,8 @@ class Option:
     unset: Any = None
     # False: argparse does not refuse other values; the engine does, with its own one-line error
     argparse_choices: bool = True
+    required: bool = False  # a flag the command cannot run without (an output path)
+    short: str | None = None  # a one-letter alias, e.g. -v
 
     def __post_init__(self):
         if self.kind == "bool" and self.default is None:
@@ -56,6 +58,11 @@ class Option:
     def choice_list(self) -> list[str] | None:
         choices = self.choices() if callable(self.choices) else self.choices
         return None if choices is None else list(choices)
+
+    def with_choices(self, choices: Sequence[str]) -> Option:
+        """This option with the choices its owner module holds (a module that imports this one, e.g. the bundled
+        models of sfsd.models): the list stays in one place and no import cycle is made."""
+        return dataclasses.replace(self, choices=tuple(choices))
 
     def form_label(self) -> str:
         return self.label or self.help.split(";")[0].split(" (")[0]
@@ -96,12 +103,13 @@ class Option:
         shown = _default_text(self, value)
         help_text = self.help + (f" (default: {shown})" if shown else "")
         help_text = help_text.replace("%", "%%")
+        flags = [self.short, self.flag] if self.short else [self.flag]
         if self.kind == "bool":
-            parser.add_argument(self.flag, dest=self.dest, action="store_true", help=help_text)
+            parser.add_argument(*flags, dest=self.dest, action="store_true", help=help_text)
             return
         choices = self.choice_list()
-        parser.add_argument(self.flag, dest=self.dest, default=value, type=self.parse, help=help_text,
-                            metavar=_metavar(self, choices),
+        parser.add_argument(*flags, dest=self.dest, default=value, type=self.parse, help=help_text,
+                            metavar=_metavar(self, choices), required=self.required,
                             **({"choices": choices} if choices and self.kind == "str" and self.argparse_choices
                                else {}))
 
@@ -344,3 +352,53 @@ BASELINES = Option("--baselines", "whole-model methods run beside the strategies
                    choices=_whole_model_methods, label="Baselines")
 
 QUIET = Option("--quiet", "no progress bars", kind="bool")
+VERBOSE = Option("--verbose", "log progress details", kind="bool", short="-v")
+
+
+# ---- options of one command family (evaluation, saving, inspecting); same flag, same meaning within a family ----
+
+# Saving a model or an archive
+OUT_FOLDER = Option("--out", "output folder (Hugging Face format)", required=True)
+OUT_ARCHIVE = Option("--out", "the archive to write, e.g. runs.zip", required=True)
+OVERWRITE = Option("--overwrite", "replace --out if it exists", kind="bool")
+RANKS = Option("--ranks", "per-layer ranks instead of --beta: a JSON file {module name: rank}, or a finished run's id "
+               "(its allocation)")
+WITH_MODEL = Option("--with-model", "also the runs' saved models (cache/models/RUN_ID, from `sfsd materialize`)",
+                    kind="bool")
+PREPARE_MODEL = Option("--model", "bundled model to convert", MODEL.default)  # choices: sfsd.models.BUNDLED
+FORCE_PACK = Option("--force", "rebuild the pack even if it is present", kind="bool")
+
+# Inspecting (sfsd info, runs show, data show, snapshot-eval)
+MAC_SEQ_LEN = Option("--seq-len", "sequence length for the MAC count", 128, "int")
+LAYER_TABLE = Option("--layers", "print the per-layer table", kind="bool")
+SHOW_LAYERS = Option("--rows", "layers to print (0: all)", 20, "int")
+SHOW_SPLIT = Option("--split", "pack split to print: calib, search, eval or all", "eval")
+SHOW_ROWS = Option("--n", "number of rows to print", 3, "int")
+SNAPSHOT_STEPS = Option("--steps", "steps to evaluate; every snapshot of the run when not given", kind="ints")
+
+# One-off evaluations (sfsd eval, ppl, bias, disagree)
+PACK_SPLITS = ("calib", "search", "eval")
+EVAL_SPLIT = Option("--split", "part of the offline pack: calib, search or eval (sfsd ppl: of the wiki text only)",
+                    "eval", choices=PACK_SPLITS)
+BIAS_SPLIT = Option("--split", "StereoSet rows: all (the whole set, as the official evaluation), or the pack's search "
+                    "(20%) / eval (80%) part", "all", choices=("all", "search", "eval"))
+PPL_DATASET = Option("--dataset", "wiki: the offline pack's text; wikitext2 (test), ptb (test), c4 (validation, 2000 "
+                     "documents): from the hub, joined and windowed as SVD-LLM/SliceGPT", "wiki",
+                     choices=("wiki", "wikitext2", "ptb", "c4"))
+PPL_SEQ_LEN = Option("--seq-len", "window length in tokens", 128, "int")
+MAX_TOKENS = Option("--max-tokens", "use only the first N tokens of the text", kind="int")
+MODEL_KEY = Option("--model-key", "name for the weights in the cache key; a sha256 fingerprint of the weights when "
+                   "not given")
+NO_CACHE = Option("--no-cache", "recompute even if a stored result exists", kind="bool")
+PREDICTION = Option("--metric", "which prediction to compare: acc or acc_norm", "acc", choices=("acc", "acc_norm"))
+SHOW_FLIPS = Option("--show", "flipped examples to print per task", 5, "int")
+
+# A random model of a published shape (sfsd synth)
+SYNTH_ARCH = Option("--arch", "architecture", "llama")  # choices: sfsd.synth.SYNTH_ARCHS
+HIDDEN = Option("--hidden", "hidden size", kind="int", required=True)
+INTERMEDIATE = Option("--intermediate", "MLP intermediate size", kind="int", required=True)
+HEADS = Option("--heads", "attention heads", kind="int", required=True)
+KV_HEADS = Option("--kv-heads", "key/value heads; --heads when not given", kind="int")
+BLOCKS = Option("--blocks", "decoder blocks", kind="int", required=True)
+WEIGHT_DTYPE = Option("--dtype", "weight dtype: float32, bfloat16 or float16", "float32")
+WEIGHT_SEED = Option("--seed", "weight seed", 0, "int")

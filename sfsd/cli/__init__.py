@@ -9,7 +9,9 @@ import logging
 import os
 import sys
 
+from sfsd import options
 from sfsd.errors import SfsdError
+from sfsd.options import add_flags
 from sfsd.runtime import keep_freed_memory
 
 # Each module has `register(subparsers)`; a subcommand sets `func(args) -> int`.
@@ -24,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: `sfsd ppl --model X` must not be read as `--model-key X` (and silently score the default).
     parser = argparse.ArgumentParser(prog="sfsd", description="Surgical Feature-Space Decomposition of LLMs",
                                      allow_abbrev=False)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    add_flags(parser, options.VERBOSE)
     subparsers = parser.add_subparsers(dest="command", required=True,
                                        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for name in COMMAND_MODULES:

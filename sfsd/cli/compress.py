@@ -20,20 +20,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_dispatch_flags(p)
     add_flags(p, options.COMPRESS_METHOD, options.BETA, options.LAST_BLOCKS, options.SLICING, options.FACTORS,
               beta=None, last_blocks=None)
-    p.add_argument("--ranks", help="per-layer ranks instead of --beta: a JSON file {module name: rank}, or a "
-                   "finished run's id (its allocation)")
-    p.add_argument("--out", required=True, help="output folder (Hugging Face format)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
+    add_flags(p, options.RANKS, options.OUT_FOLDER, options.OVERWRITE, options.MAC_SEQ_LEN)
     add_calibration_flags(p)
     add_flags(p, options.CALIBRATION_STREAM, options.BATCH_SIZE)
     p.set_defaults(func=run_compress)
 
     q = subparsers.add_parser("info", help="ranks, parameters, budget and MACs of a model folder")
     q.add_argument("model", help="a folder saved by `sfsd compress`, or any model")
-    q.add_argument("--seq-len", type=int, default=128, help="sequence length for the MAC count (default: 128)")
-    q.add_argument("--layers", action="store_true", help="print the per-layer table")
-    add_flags(q, options.DEVICE, options.DTYPE)
+    add_flags(q, options.MAC_SEQ_LEN, options.LAYER_TABLE, options.DEVICE, options.DTYPE)
     q.set_defaults(func=run_info)
 
 

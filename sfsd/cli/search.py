@@ -27,9 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     m = subparsers.add_parser("materialize", help="save the compressed model of a finished search run")
     m.add_argument("run_id")
-    m.add_argument("--out", required=True, help="output folder (Hugging Face format)")
-    m.add_argument("--overwrite", action="store_true")
-    add_flags(m, options.DEVICE)
+    add_flags(m, options.OUT_FOLDER, options.OVERWRITE, options.DEVICE)
     add_dispatch_flags(m)
     m.set_defaults(func=run_materialize)
     register_uniform(subparsers)
@@ -155,9 +153,7 @@ def evaluations_text(frame: pd.DataFrame) -> pd.DataFrame:
 def register_snapshot_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("snapshot-eval", help="evaluate a run's snapshots afterwards (accuracy vs params)")
     p.add_argument("run_id")
-    add_flags(p, options.TASKS, options.LIMIT)
-    p.add_argument("--steps", help="comma-separated steps (default: every snapshot of the run)")
-    add_flags(p, options.DEVICE)
+    add_flags(p, options.TASKS, options.LIMIT, options.SNAPSHOT_STEPS, options.DEVICE)
     p.set_defaults(func=run_snapshot_eval)
 
 
@@ -166,8 +162,7 @@ def run_snapshot_eval(args: argparse.Namespace) -> int:
     from sfsd.search.surgical import evaluate_steps
 
     run_ = Run.open(args.run_id)
-    steps = ([int(s) for s in args.steps.split(",")] if args.steps
-             else [int(s["step"]) for s in run_.read_snapshots()])
+    steps = args.steps or [int(s["step"]) for s in run_.read_snapshots()]
     if not args.tasks:
         raise SfsdError("snapshot-eval needs --tasks: e.g. --tasks piqa")
     evaluate_steps(run_, steps, args.tasks, args.limit, args.device)

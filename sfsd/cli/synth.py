@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from sfsd import options
+from sfsd.options import add_flags
 from sfsd.synth import SYNTH_ARCHS
 
 
@@ -13,16 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth", help="write a random-initialised model of a given shape",
         description="Write a seeded random model (safetensors, with the default model's tokenizer), e.g. "
                     "LLaMA-7B's shape: --hidden 4096 --intermediate 11008 --heads 32 --kv-heads 32 --blocks 32.")
-    p.add_argument("--arch", default="llama", choices=SYNTH_ARCHS, help="architecture (default: %(default)s)")
-    p.add_argument("--hidden", type=int, required=True, help="hidden size")
-    p.add_argument("--intermediate", type=int, required=True, help="MLP intermediate size")
-    p.add_argument("--heads", type=int, required=True, help="attention heads")
-    p.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
-    p.add_argument("--blocks", type=int, required=True, help="decoder blocks")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_flags(p, options.SYNTH_ARCH.with_choices(SYNTH_ARCHS), options.HIDDEN, options.INTERMEDIATE, options.HEADS,
+              options.KV_HEADS, options.BLOCKS, options.WEIGHT_DTYPE, options.WEIGHT_SEED, options.OUT_FOLDER,
+              options.OVERWRITE)
     p.set_defaults(func=run)
 
 
