@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -111,8 +112,11 @@ def convert_bundled(spec: BundledModel, out: Path) -> Path:
     log.info("converting %s to %s (once)", gguf.name, out)
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    # Each from_pretrained parses the whole GGUF (~4 s, its 49k-token vocabulary): the config is read once and
+    # handed to the model's, which then parses the file only for its weights.
     config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, config=copy.deepcopy(config), dtype=torch.float32,
+                                                     **kwargs)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.name_or_path = spec.name
