@@ -133,14 +133,22 @@ def _tokens_key(tokenizer: Any, text: str, with_specials: bool) -> tuple | None:
             getattr(tokenizer, "split_special_tokens", None), _pack.digest(text), with_specials)
 
 
+IGNORED_TARGET = -100  # cross_entropy's ignore_index: the last position, which predicts nothing in its window
+
+
 @torch.no_grad()
 def window_nll(model: nn.Module, batch: torch.Tensor) -> list[float]:
     """Each window's summed next-token negative log-likelihood (seq_len - 1 scored tokens per window)."""
     batch = batch.to(input_device(model))
-    logits = model(batch).logits[:, :-1].float()
-    targets = batch[:, 1:].to(logits.device)  # the head may sit on another device (a device map)
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return losses.view(targets.shape).sum(dim=1).tolist()
+    # Every position's logits are scored, the last one against an ignored target, instead of slicing the last
+    # off first: the slice would be copied whole (batch x seq_len x vocabulary floats) to be flattened. Each
+    # position's loss and each window's sum are the same numbers.
+    logits = model(batch).logits.float()
+    targets = torch.full_like(batch, IGNORED_TARGET)
+    targets[:, :-1] = batch[:, 1:]
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).to(logits.device),
+                             reduction="none", ignore_index=IGNORED_TARGET)  # the head may sit on another device
+    return losses.view(batch.shape)[:, :-1].sum(dim=1).tolist()
 
 
 def nll_of_windows(model: nn.Module, chunks: torch.Tensor, batch_size: int, progress: bool = True) -> list[float]:
